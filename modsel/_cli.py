@@ -1,0 +1,203 @@
+"""The ``modsel`` command: print a model's annotated tree for a stylesheet.
+
+    modsel torch.nn:Transformer "TransformerEncoderLayer Linear: lora"
+    modsel model.pt "Conv2d[kernel_size='3,3']" --paths --trust
+
+Exit status: 0 when some module was selected, 1 when none was, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import json
+import os
+import sys
+import zipfile
+from collections.abc import Sequence
+from typing import TextIO
+
+from torch.nn import Module
+
+from ._document import ModuleSelector
+from ._errors import SelectorSyntaxError, TargetError
+from ._render import render_text
+from ._select import select
+
+__all__ = ["load_target", "main"]
+
+EXIT_MATCHED, EXIT_NO_MATCH, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modsel",
+        description="Select modules of a PyTorch model with CSS and print the annotated tree.",
+        epilog="Exit status: 0 when something matched, 1 when nothing did, 2 on bad input.",
+    )
+    p.add_argument(
+        "target",
+        help="'package.module:factory' (called with no arguments, e.g. torch.nn:Transformer), "
+        "or a file saved with torch.save(model) or TorchScript",
+    )
+    p.add_argument("css", help="a stylesheet ('Linear: lora; LayerNorm'), or @FILE to read one")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--paths", action="store_true", help="print one selected path per line")
+    out.add_argument("--json", action="store_true", help="print the selected modules as JSON")
+    p.add_argument("--depth", type=int, metavar="N", help="print the tree at most N levels deep")
+    p.add_argument(
+        "--only-selected", action="store_true", help="print only selected modules and their ancestors"
+    )
+    p.add_argument("--params", action="store_true", help="add a parameter-count column")
+    p.add_argument("--no-fold", action="store_true", help="print runs of identical siblings in full")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow loading a whole pickled model: unpickling runs code from the file",
+    )
+    return p
+
+
+def main(
+    argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Run the command line; returns the exit status."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = _parser().parse_args(argv)
+    if args.depth is not None and args.depth < 0:
+        print(f"modsel: --depth must be 0 or more, not {args.depth}", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        css = _read_css(args.css)
+        model = load_target(args.target, trust=args.trust)
+        root = select(model, css)
+    except SelectorSyntaxError as e:
+        print(f"modsel: bad stylesheet: {e}", file=err)
+        return EXIT_BAD_INPUT
+    except TargetError as e:
+        print(f"modsel: {e}", file=err)
+        return EXIT_BAD_INPUT
+    selected = _selected(root)
+    if args.paths:
+        for node in selected:
+            print(node.path, file=out)
+    elif args.json:
+        rows = [{"path": n.path, "type": n.tag, "props": list(n.props)} for n in selected]
+        print(json.dumps(rows, indent=2), file=out)
+    else:
+        print(
+            render_text(
+                root,
+                params=args.params,
+                max_depth=args.depth,
+                fold=None if args.no_fold else 5,
+                only_selected=args.only_selected,
+            ),
+            file=out,
+        )
+    if not selected:
+        print("modsel: the stylesheet selected no module", file=err)
+        return EXIT_NO_MATCH
+    return EXIT_MATCHED
+
+
+def _selected(root: ModuleSelector) -> list[ModuleSelector]:
+    seen: set[int] = set()
+    nodes = []
+    for node in root.selected():
+        if id(node.module) not in seen:
+            seen.add(id(node.module))
+            nodes.append(node)
+    return nodes
+
+
+def _read_css(css: str) -> str:
+    if not css.startswith("@"):
+        return css
+    try:
+        with open(css[1:], encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise TargetError(f"cannot read stylesheet file {css[1:]!r}: {e.strerror}") from None
+
+
+def load_target(target: str, *, trust: bool = False) -> Module:
+    """The model a command-line target names: a file (TorchScript, or ``torch.save(model)``
+    with ``trust``) or ``package.module:factory`` called with no arguments."""
+    if os.path.exists(target):
+        return _load_file(target, trust)
+    if ":" in target:
+        return _load_factory(target)
+    raise TargetError(
+        f"target {target!r} is neither a file nor 'package.module:factory' (like torch.nn:Transformer)"
+    )
+
+
+def _load_factory(target: str) -> Module:
+    module_name, _, attr_path = target.partition(":")
+    if not module_name or not attr_path:
+        raise TargetError(f"target {target!r} must look like 'package.module:factory'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as e:
+        raise TargetError(f"cannot import {module_name!r} (from target {target!r}): {e}") from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise TargetError(f"{module_name}:{attr_path}: no attribute {part!r}{hint}") from None
+    if isinstance(obj, Module):
+        return obj
+    if not callable(obj):
+        raise TargetError(f"{target!r} is a {type(obj).__name__}, not a model or a factory")
+    try:
+        model = obj()
+    except Exception as e:  # the factory is user code: report whatever it raised
+        raise TargetError(f"calling {target!r} with no arguments failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, Module):
+        raise TargetError(f"{target!r}() returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _is_torchscript(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_file(path: str, trust: bool) -> Module:
+    import pickle
+
+    import torch
+
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call,no-any-return]
+        except Exception as e:  # a damaged archive can fail in many ways inside torch
+            raise TargetError(f"cannot load TorchScript file {path!r}: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if not trust and "weights_only" in str(e).lower().replace(" ", "_"):
+            raise TargetError(
+                f"{path!r} holds a pickled model; loading it runs code stored in the file. "
+                "If you trust where it came from, add --trust."
+            ) from None
+        raise TargetError(f"cannot load {path!r}: {e}") from None
+    except Exception as e:  # torch.load raises many kinds on damaged files
+        raise TargetError(f"cannot load {path!r}: {type(e).__name__}: {e}") from None
+    if isinstance(obj, Module):
+        return obj
+    if isinstance(obj, dict):
+        raise TargetError(
+            f"{path!r} holds a {type(obj).__name__} (a state_dict?), not a model: modsel needs the "
+            "module tree, so point it at 'package.module:factory' that builds the model instead"
+        )
+    raise TargetError(f"{path!r} holds a {type(obj).__name__}, not an nn.Module")

@@ -1,0 +1,370 @@
+"""The module document: a mirror tree of an ``nn.Module`` that selectors are matched against.
+
+Each node stands for one *place* of a module: its tag is the class name, its id the attribute
+name its parent registered it under (``root`` for the root), its children follow registration
+order (``_modules``, skipping ``None``). A module registered in two places has a node at each;
+a module that contains itself (a reference cycle) is not entered again below itself.
+
+This file holds the tree and the structural facts the matcher needs; matching lives in
+``_match.py``, rendering in ``_render.py``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gc
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from torch.nn import Module
+
+if TYPE_CHECKING:
+    from ._ast import Rule, Stylesheet
+
+__all__ = ["ModuleSelector", "attributes_of", "build", "class_names_of", "tag_of"]
+
+_ATTR_SCALARS = (bool, int, float, str)
+
+
+class ModuleSelector:
+    """One node of the mirror tree of a model, with the props a stylesheet gave it.
+
+    ``name`` is the id (``root`` for the root), ``path`` the dotted path (``""`` for the root),
+    ``module`` (alias ``nn``) the ``nn.Module``, ``props`` the props in rule order, ``rules``
+    the rules that selected it, ``parent`` and ``depth`` (0 at the root) place it in the tree;
+    the root's ``sheet`` is the stylesheet applied. ``node.bulk[2].seq[0]`` walks down by
+    child name (``[i]`` with an int is the i-th child, with a str the child of that name).
+    """
+
+    __slots__ = (
+        "_attrs",
+        "_cache",
+        "_index",
+        "_kids",
+        "_path",
+        "_tag",
+        "depth",
+        "module",
+        "name",
+        "parent",
+        "props",
+        "rules",
+        "sheet",
+    )
+
+    module: Module
+    name: str
+    parent: ModuleSelector | None
+    depth: int
+    props: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    _index: int
+    _kids: list[ModuleSelector]
+    _path: str | None
+    _tag: str
+    _attrs: dict[str, str] | None
+    _cache: dict[object, Any] | None
+    sheet: Stylesheet | None
+
+    def __init__(
+        self, module: Module, name: str, parent: ModuleSelector | None, index: int, depth: int
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.parent = parent
+        self._index = index
+        self.depth = depth
+        self._kids = _NO_KIDS
+        self._path = None if parent is not None else ""
+        self._tag = _TAGS.get(type(module)) or tag_of(module)
+        self._attrs = None
+        self._cache = None
+        self.props = ()
+        self.rules = ()
+        self.sheet = None
+
+    # ---- identity and navigation -------------------------------------------------------------
+    @property
+    def nn(self) -> Module:
+        """The ``nn.Module`` of this node (same as ``module``)."""
+        return self.module
+
+    @property
+    def path(self) -> str:
+        """Dotted path from the root, as ``named_modules()`` writes it (``""`` for the root)."""
+        path = self._path
+        if path is None:
+            parts = []
+            node: ModuleSelector | None = self
+            while node is not None and node._path is None:
+                parts.append(node.name)
+                node = node.parent
+            prefix = node._path if node is not None else ""
+            path = ".".join(reversed(parts))
+            if prefix:
+                path = prefix + "." + path
+            self._path = path
+        return path
+
+    @property
+    def tag(self) -> str:
+        """The type the selectors see: the class name (TorchScript: the original class name)."""
+        return self._tag
+
+    @property
+    def index(self) -> int:
+        """Position among the parent's children, from 0 (0 for the root)."""
+        return self._index
+
+    def children(self) -> Iterator[ModuleSelector]:
+        """The child nodes, in registration order."""
+        return iter(self._kids)
+
+    def named_children(self) -> Iterator[tuple[str, ModuleSelector]]:
+        """``(name, node)`` for each child, in registration order."""
+        return ((kid.name, kid) for kid in self._kids)
+
+    def named_modules(self, prop: str | None = None) -> Iterator[tuple[str, ModuleSelector]]:
+        """``(path, node)`` for this node and every node below it, pre-order; with ``prop``, only
+        the nodes that have that prop (or ``all``)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if prop is None or prop in node:
+                yield node.path, node
+            stack.extend(reversed(node._kids))
+
+    def modules(self, prop: str | None = None) -> Iterator[ModuleSelector]:
+        """Like ``named_modules`` without the paths."""
+        return (node for _, node in self.named_modules(prop))
+
+    def selected(self) -> Iterator[ModuleSelector]:
+        """The nodes at and below this one that some rule selected (non-empty ``props``)."""
+        return (node for node in self.modules() if node.props)
+
+    def __contains__(self, prop: object) -> bool:
+        """``"HookParam" in node``: the node has that prop, or the prop ``all``."""
+        props = self.props
+        return prop in props or "all" in props
+
+    def __iter__(self) -> Iterator[ModuleSelector]:
+        return iter(self._kids)
+
+    def __len__(self) -> int:
+        return len(self._kids)
+
+    def __getitem__(self, key: int | str) -> ModuleSelector:
+        if isinstance(key, int) and not isinstance(key, bool):
+            try:
+                return self._kids[key]
+            except IndexError:
+                raise IndexError(
+                    f"{self._where()} has {len(self._kids)} children; index {key} is out of range"
+                ) from None
+        if isinstance(key, str):
+            for kid in self._kids:
+                if kid.name == key:
+                    return kid
+            raise KeyError(self._missing_child(key))
+        raise TypeError(f"child index must be an int or a str, not {type(key).__name__}")
+
+    def __getattr__(self, name: str) -> ModuleSelector:
+        # only reached for names that are not attributes: look for a child of that name
+        if name.startswith("__") or name in ModuleSelector.__slots__:
+            raise AttributeError(name)
+        for kid in self._kids:
+            if kid.name == name:
+                return kid
+        raise AttributeError(self._missing_child(name))
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | {k.name for k in self._kids if k.name.isidentifier()})
+
+    def _where(self) -> str:
+        return f"{self.path or 'root'} ({self._tag})"
+
+    def _missing_child(self, name: str) -> str:
+        names = [kid.name for kid in self._kids]
+        msg = f"{self._where()} has no child {name!r}"
+        close = difflib.get_close_matches(name, names, n=3)
+        if close:
+            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        elif names:
+            shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+            msg += f"; its children are {shown}"
+        else:
+            msg += "; it has no children"
+        return msg
+
+    # ---- matching facts ------------------------------------------------------------------------
+    def attributes(self) -> dict[str, str]:
+        """The attributes selectors see, as strings (see ``attributes_of``), plus ``path``."""
+        attrs = self._attrs
+        if attrs is None:
+            attrs = attributes_of(self.module)
+            attrs["path"] = self.path
+            self._attrs = attrs
+        return attrs
+
+    def explain(self) -> str:
+        """Which rules select this node, and for each other rule what failed."""
+        from ._select import explain
+
+        return explain(self)
+
+    def cache(self) -> dict[object, Any]:
+        """Per-node memo for the matcher (sibling positions, ``:has`` results)."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        return cache
+
+    # ---- display ------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        from ._render import render_text
+
+        return render_text(self)
+
+    def _repr_html_(self) -> str:
+        from ._render import render_html
+
+        return render_html(self)
+
+    def tree(self, **options: Any) -> str:
+        """The annotated tree as text; options as ``modsel.render``."""
+        from ._render import render_text
+
+        return render_text(self, **options)
+
+
+_NO_KIDS: list[ModuleSelector] = []
+_TAGS: dict[type, str] = {}
+
+
+def tag_of(module: Module) -> str:
+    """The type name a type selector compares with.
+
+    The class name; for TorchScript modules (whose class is always ``RecursiveScriptModule``)
+    the name of the scripted class.
+    """
+    cls = type(module)
+    original = getattr(module, "original_name", None)
+    if isinstance(module, _script_module_type()) and isinstance(original, str):
+        return original
+    _TAGS[cls] = cls.__name__
+    return cls.__name__
+
+
+def _script_module_type() -> type:
+    import torch.jit
+
+    return torch.jit.ScriptModule
+
+
+_MRO_NAMES: dict[type, frozenset[str]] = {}
+
+
+def class_names_of(node: ModuleSelector) -> frozenset[str]:
+    """Names of every class in the module's MRO (what ``.Linear`` tests)."""
+    cls = type(node.module)
+    names = _MRO_NAMES.get(cls)
+    if names is None:
+        if isinstance(node.module, _script_module_type()):
+            return frozenset({node._tag})
+        names = _MRO_NAMES[cls] = frozenset(c.__name__ for c in cls.__mro__)
+    return names
+
+
+def attributes_of(module: Module) -> dict[str, str]:
+    """A module's public ``__dict__`` entries that are bool/int/float/str (or tuples/lists of
+    them) as strings, and for each registered parameter slot ``"true"``/``"false"`` for whether
+    it holds a parameter (``Linear[bias=false]``)."""
+    attrs: dict[str, str] = {}
+    for key, value in vars(module).items():
+        if key.startswith("_"):
+            continue
+        text = _attr_text(value)
+        if text is not None:
+            attrs[key] = text
+    for key, param in module._parameters.items():
+        attrs[key] = "false" if param is None else "true"
+    return attrs
+
+
+def _attr_text(value: object) -> str | None:
+    if isinstance(value, _ATTR_SCALARS):
+        return _scalar_text(value)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _ATTR_SCALARS) for v in value):
+        return ",".join(_scalar_text(v) for v in value)
+    return None
+
+
+def _scalar_text(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def build(model: Module) -> ModuleSelector:
+    """The mirror tree of ``model``; its root has the name ``root``."""
+    if not isinstance(model, Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}: {model!r:.80}")
+    # The tree is full of reference cycles (parent links); creating 100k nodes with the cyclic
+    # collector on runs it dozens of times for nothing and costs ~20% of the walk.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(model)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build(model: Module) -> ModuleSelector:
+    node_cls = ModuleSelector
+    root = node_cls(model, "root", None, 0, 0)
+    stack = [root]
+    pop, extend = stack.pop, stack.extend
+    seen = {id(model)}
+    add_seen = seen.add
+    while stack:
+        node = pop()
+        mods = node.module._modules
+        if not mods:
+            continue
+        depth = node.depth + 1
+        kids: list[ModuleSelector] = []
+        for name, mod in mods.items():
+            if mod is None:
+                continue
+            key = id(mod)
+            if key in seen and _is_ancestor(mod, node):
+                continue  # a cycle: the module contains itself
+            add_seen(key)
+            kids.append(node_cls(mod, name, node, len(kids), depth))
+        if kids:
+            node._kids = kids
+            extend(reversed(kids))
+    return root
+
+
+def _is_ancestor(module: Module, node: ModuleSelector | None) -> bool:
+    while node is not None:
+        if node.module is module:
+            return True
+        node = node.parent
+    return False
+
+
+def preorder(root: ModuleSelector) -> Iterator[ModuleSelector]:
+    """Every node below and at ``root``, in document (pre-)order."""
+    stack = [root]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        node = pop()
+        yield node
+        kids = node._kids
+        if kids:
+            extend(reversed(kids))

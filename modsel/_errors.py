@@ -1,0 +1,63 @@
+"""modsel's exceptions.
+
+The tree::
+
+    ModselError
+    ├── SelectorSyntaxError (also a ValueError)   a stylesheet or selector that does not parse
+    └── TargetError                               a CLI target that cannot be loaded
+"""
+
+from __future__ import annotations
+
+__all__ = ["ModselError", "SelectorSyntaxError", "TargetError"]
+
+_CONTEXT = 60  # characters of the offending line shown on each side of the caret
+
+
+class ModselError(Exception):
+    """Base class of every error modsel raises on purpose."""
+
+
+class SelectorSyntaxError(ModselError, ValueError):
+    """A selector or stylesheet that does not parse.
+
+    ``line`` and ``column`` are 1-based; the message ends with the offending line and a caret
+    under the column.
+    """
+
+    def __init__(self, reason: str, pattern: str, line: int, column: int) -> None:
+        self.reason = reason
+        self.pattern = pattern
+        self.line = line
+        self.column = column
+        super().__init__(f"{reason} at line {line}, column {column}\n{caret_context(pattern, line, column)}")
+
+
+class TargetError(ModselError):
+    """A command-line target (``pkg.mod:factory`` or a saved model) that cannot be loaded."""
+
+
+def caret_context(pattern: str, line: int, column: int) -> str:
+    """The 1-based ``line`` of ``pattern`` with a caret under ``column``.
+
+    Tabs and control characters show as spaces or escapes so the caret lines up; long lines are
+    cut to a window around the column.
+    """
+    lines = pattern.splitlines() or [""]
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    shown = [_printable(ch) for ch in text]
+    col = min(max(column - 1, 0), len(shown))
+    start = max(0, col - _CONTEXT)
+    end = min(len(shown), col + _CONTEXT)
+    prefix = "…" if start > 0 else ""
+    suffix = "…" if end < len(shown) else ""
+    caret_at = len(prefix) + sum(len(s) for s in shown[start:col])
+    return f"  {prefix}{''.join(shown[start:end])}{suffix}\n  {' ' * caret_at}^"
+
+
+def _printable(ch: str) -> str:
+    if ch == "\t":
+        return " "
+    if ch.isprintable():
+        return ch
+    return ascii(ch)[1:-1]

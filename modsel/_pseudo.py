@@ -1,0 +1,143 @@
+"""The pseudo-class registry: every pseudo-class name modsel knows, and how each one tests a node.
+
+Adding a pseudo-class means adding an entry here; the grammar only knows the shapes ``:name``
+and ``:name(selector-list)`` (plus the ``:nth-*`` and ``:has`` families, whose arguments have
+their own syntax). Names are case-insensitive and stored in lower case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ._document import ModuleSelector
+
+__all__ = [
+    "FUNCTIONAL",
+    "HAS",
+    "LOGICAL",
+    "NTH",
+    "SIMPLE",
+    "known_names",
+    "nth_position",
+]
+
+Test = Callable[[ModuleSelector], bool]
+Chain = Callable[[ModuleSelector, "ModuleSelector | None"], bool]
+
+
+def _is_root(node: ModuleSelector) -> bool:
+    return node.parent is None
+
+
+def _is_leaf(node: ModuleSelector) -> bool:
+    return not node._kids
+
+
+def _first_child(node: ModuleSelector) -> bool:
+    return node._index == 0
+
+
+def _last_child(node: ModuleSelector) -> bool:
+    parent = node.parent
+    return parent is None or node._index == len(parent._kids) - 1
+
+
+def _only_child(node: ModuleSelector) -> bool:
+    parent = node.parent
+    return parent is None or len(parent._kids) == 1
+
+
+def _first_of_type(node: ModuleSelector) -> bool:
+    return nth_position(node, "of-type", from_end=False) == 1
+
+
+def _last_of_type(node: ModuleSelector) -> bool:
+    return nth_position(node, "of-type", from_end=True) == 1
+
+
+def _only_of_type(node: ModuleSelector) -> bool:
+    return _first_of_type(node) and _last_of_type(node)
+
+
+# :name -> test. ``:scope`` is the root of the matched tree, as in document-level CSS.
+SIMPLE: dict[str, Test] = {
+    "root": _is_root,
+    "scope": _is_root,
+    "empty": _is_leaf,
+    "first-child": _first_child,
+    "last-child": _last_child,
+    "only-child": _only_child,
+    "first-of-type": _first_of_type,
+    "last-of-type": _last_of_type,
+    "only-of-type": _only_of_type,
+}
+
+
+def _not(chains: Sequence[Chain]) -> Test:
+    return lambda node: not any(chain(node, None) for chain in chains)
+
+
+def _is(chains: Sequence[Chain]) -> Test:
+    if len(chains) == 1:
+        only = chains[0]
+        return lambda node: only(node, None)
+    return lambda node: any(chain(node, None) for chain in chains)
+
+
+# :name(selector-list) -> builder from the compiled selectors to a test. ``:where`` is ``:is``
+# (specificity plays no part here: props merge in rule order).
+LOGICAL: dict[str, Callable[[Sequence[Chain]], Test]] = {
+    "not": _not,
+    "is": _is,
+    "where": _is,
+}
+
+NTH = ("nth-child", "nth-last-child", "nth-of-type", "nth-last-of-type")
+HAS = ("has",)
+FUNCTIONAL = tuple(LOGICAL) + NTH + HAS
+
+
+def known_names() -> list[str]:
+    """Every pseudo-class name, functional ones written with ``()``."""
+    return sorted(SIMPLE) + sorted(f"{name}()" for name in FUNCTIONAL)
+
+
+_OF_TYPE = object()
+
+
+def nth_position(node: ModuleSelector, kind: object, from_end: bool) -> int:
+    """1-based position of ``node`` among its siblings of the same type (``kind ==
+    "of-type"``) or among its siblings that pass the test ``kind`` (``:nth-child(An+B of S)``);
+    0 when the node itself does not pass ``kind``. The root is the only one of its kind.
+
+    Positions are computed once per parent and kind (linear in the number of children), so a
+    7,000-wide ModuleList costs 7,000 steps, not 7,000².
+    """
+    parent = node.parent
+    if parent is None:
+        if kind == "of-type":
+            return 1
+        return 1 if kind(node) else 0  # type: ignore[operator]
+    key = (_OF_TYPE if kind == "of-type" else kind, from_end)
+    cache = parent.cache()
+    positions = cache.get(key)
+    if positions is None:
+        positions = cache[key] = _positions(parent._kids, kind, from_end)
+    return positions[node._index]
+
+
+def _positions(kids: list[ModuleSelector], kind: object, from_end: bool) -> list[int]:
+    order = range(len(kids) - 1, -1, -1) if from_end else range(len(kids))
+    positions = [0] * len(kids)
+    if kind == "of-type":
+        counts: dict[str, int] = {}
+        for i in order:
+            tag = kids[i]._tag
+            counts[tag] = positions[i] = counts.get(tag, 0) + 1
+    else:
+        count = 0
+        for i in order:
+            if kind(kids[i]):  # type: ignore[operator]
+                count += 1
+                positions[i] = count
+    return positions

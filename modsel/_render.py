@@ -1,0 +1,172 @@
+"""Annotated module trees as text (terminals, logs) and HTML (notebooks).
+
+Layout: one line per node, ``name: Class`` indented four spaces per level, then an aligned
+column of props (and optionally of parameter counts). Big models stay readable: runs of more
+than ``fold`` consecutive siblings whose subtrees are identical (same classes, child names,
+parameter shapes and props) print once, followed by one line that counts the rest.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from ._document import ModuleSelector
+
+__all__ = ["render_html", "render_text"]
+
+INDENT = "    "
+MAX_LABEL_COLUMN = 72  # the props column never starts further right than this
+FOLD = 5  # fold runs of more than this many identical siblings
+
+
+@dataclass(frozen=True)
+class _Line:
+    depth: int
+    label: str  # "name: Class" or the fold summary
+    params: int | None
+    props: str
+    node: ModuleSelector | None
+
+
+def render_text(
+    root: ModuleSelector,
+    *,
+    params: bool = False,
+    max_depth: int | None = None,
+    fold: int | None = FOLD,
+    only_selected: bool = False,
+    header: bool = True,
+) -> str:
+    """The annotated tree below ``root``.
+
+    ``params``: add a column with the parameter count of each subtree; ``max_depth``: print
+    nodes at most this many levels below ``root``; ``fold``: fold runs of more than this many
+    identical siblings (``None`` never folds); ``only_selected``: print only nodes with props
+    and their ancestors.
+    """
+    lines = _layout(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
+    width = min(MAX_LABEL_COLUMN, max((len(INDENT * ln.depth + ln.label) for ln in lines), default=0))
+    pwidth = max((len(f"{ln.params:,}") for ln in lines if ln.params is not None), default=0)
+    out = ["ModuleSelector:"] if header else []
+    for ln in lines:
+        text = INDENT * ln.depth + ln.label
+        text = text.ljust(width) + "    "
+        if params:
+            count = f"{ln.params:,}" if ln.params is not None else ""
+            text += count.rjust(pwidth) + "    "
+        out.append((text + ln.props).rstrip())
+    return "\n".join(out)
+
+
+def render_html(root: ModuleSelector, **options: object) -> str:
+    """The same tree for notebooks: a ``<pre>`` block with props highlighted."""
+    text = render_text(root, **options)  # type: ignore[arg-type]
+    rows = []
+    for row in text.split("\n"):
+        escaped = html.escape(row)
+        rows.append(escaped)
+    body = "\n".join(rows)
+    return f'<pre class="modsel-tree" style="line-height:1.25">{body}</pre>'
+
+
+def _subtree_params(root: ModuleSelector) -> dict[int, int]:
+    """Parameter count of each subtree (keyed by id of the node), bottom-up in one pass.
+
+    A parameter shared by two places counts at each place, as the tree shows it twice.
+    """
+    totals: dict[int, int] = {}
+    order = list(_preorder(root))
+    for node in reversed(order):
+        own = sum(p.numel() for p in node.module._parameters.values() if p is not None)
+        totals[id(node)] = own + sum(totals[id(kid)] for kid in node._kids)
+    return totals
+
+
+def _preorder(root: ModuleSelector) -> list[ModuleSelector]:
+    out = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(node._kids))
+    return out
+
+
+def _signatures(root: ModuleSelector) -> dict[int, int]:
+    """An id per node such that equal ids mean identical subtrees (classes, child names,
+    parameter shapes, props), built bottom-up with interning so it stays linear."""
+    intern: dict[tuple[object, ...], int] = {}
+    sig: dict[int, int] = {}
+    for node in reversed(_preorder(root)):
+        shapes = tuple((k, tuple(p.shape)) for k, p in node.module._parameters.items() if p is not None)
+        key = (node._tag, node.props, shapes, tuple((kid.name, sig[id(kid)]) for kid in node._kids))
+        sig[id(node)] = intern.setdefault(key, len(intern))
+    return sig
+
+
+def _layout(
+    root: ModuleSelector,
+    *,
+    params: bool,
+    max_depth: int | None,
+    fold: int | None,
+    only_selected: bool,
+) -> list[_Line]:
+    counts = _subtree_params(root) if params else {}
+    sigs = _signatures(root) if fold is not None else {}
+    keep: set[int] | None = None
+    if only_selected:
+        keep = set()
+        for node in _preorder(root):
+            if node.props:
+                current: ModuleSelector | None = node
+                while current is not None and id(current) not in keep:
+                    keep.add(id(current))
+                    if current is root:
+                        break
+                    current = current.parent
+    lines: list[_Line] = []
+    base = root.depth
+    # explicit stack of (node, is-it-a-fold-summary, run) to stay iterative on deep trees
+    stack: list[tuple[ModuleSelector, list[ModuleSelector] | None]] = [(root, None)]
+    while stack:
+        node, run = stack.pop()
+        depth = node.depth - base
+        if run is not None:
+            label = f"{run[0].name}…{run[-1].name}: {node._tag} ×{len(run)} (same as {node.name})"
+            total = sum(counts[id(n)] for n in run) if params else None
+            lines.append(_Line(depth, label, total, ", ".join(node.props), None))
+            continue
+        kids = node._kids
+        if keep is not None:
+            kids = [kid for kid in kids if id(kid) in keep]
+        label = f"{node.name}: {node._tag}"
+        hidden = max_depth is not None and depth >= max_depth and kids
+        if hidden:
+            below = _count_below(node)
+            label += f" (+{below} module{'' if below == 1 else 's'})"
+            kids = []
+        lines.append(
+            _Line(depth, label, counts.get(id(node)) if params else None, ", ".join(node.props), node)
+        )
+        pending: list[tuple[ModuleSelector, list[ModuleSelector] | None]] = []
+        i = 0
+        while i < len(kids):
+            kid = kids[i]
+            j = i + 1
+            if fold is not None:
+                while j < len(kids) and sigs[id(kids[j])] == sigs[id(kid)]:
+                    j += 1
+            pending.append((kid, None))
+            if fold is not None and j - i > fold:
+                pending.append((kid, kids[i + 1 : j]))
+            else:
+                pending.extend((k, None) for k in kids[i + 1 : j])
+            i = j
+        stack.extend(reversed(pending))
+    return lines
+
+
+def _count_below(node: ModuleSelector) -> int:
+    return len(_preorder(node)) - 1

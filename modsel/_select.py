@@ -1,0 +1,85 @@
+"""Stylesheet + model -> annotated mirror tree (``modsel.select``), and why a node has its props."""
+
+from __future__ import annotations
+
+import functools
+
+from torch.nn import Module
+
+from ._ast import Complex, Rule, SelectorList, Stylesheet
+from ._document import ModuleSelector, build, preorder
+from ._match import Test, compile_complex, compile_compound, compile_list
+from ._parser import parse
+
+__all__ = ["explain", "select"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(selectors: SelectorList) -> Test:
+    return compile_list(selectors)
+
+
+def select(model: Module, css: str | Stylesheet) -> ModuleSelector:
+    """The mirror tree of ``model`` with each node's props from the stylesheet ``css``.
+
+    A module's props are the union, in rule order, of the props of every rule that selects it;
+    a rule written without props gives ``all``.
+    """
+    sheet = parse(css) if isinstance(css, str) else css
+    if not isinstance(sheet, Stylesheet):
+        raise TypeError(f"css must be a str or a modsel Stylesheet, not {type(css).__name__}")
+    root = build(model)
+    root.sheet = sheet
+    rules = [(rule, _compiled(rule.selectors)) for rule in sheet.rules]
+    if not rules:
+        return root
+    for node in preorder(root):
+        matched = [rule for rule, test in rules if test(node)]
+        if matched:
+            props: dict[str, None] = {}
+            for rule in matched:
+                props.update(dict.fromkeys(rule.props))
+            node.props = tuple(props)
+            node.rules = tuple(matched)
+    return root
+
+
+def explain(node: ModuleSelector) -> str:
+    """Which rules of the stylesheet select ``node``, and for the others, what failed."""
+    root = node
+    while root.parent is not None:
+        root = root.parent
+    sheet = root.sheet
+    where = f"{node.path or '(root)'} ({node.tag})"
+    if sheet is None:
+        return f"{where}: no stylesheet was applied (use modsel.select(model, css))"
+    lines = [f"{where}: props {', '.join(node.props) if node.props else '(none)'}"]
+    if not sheet.rules:
+        lines.append("  the stylesheet has no rules")
+    for number, rule in enumerate(sheet.rules, 1):
+        lines.append(f"  rule {number} (line {rule.position.line}) `{rule}`: {_verdict(rule, node)}")
+    return "\n".join(lines)
+
+
+def _verdict(rule: Rule, node: ModuleSelector) -> str:
+    reasons = []
+    for cx in rule.selectors.selectors:
+        if compile_complex(cx)(node, None):
+            return f"selects it (via `{cx}`)"
+        reasons.append(_why_not(cx, node))
+    return "does not select it: " + "; ".join(reasons)
+
+
+def _why_not(cx: Complex, node: ModuleSelector) -> str:
+    subject = cx.compounds[-1]
+    if not compile_compound(subject)(node):
+        return f"`{subject}` does not match this module"
+    context = Complex(cx.compounds[:-1], cx.combinators[:-1])
+    comb = cx.combinators[-1]
+    relation = {
+        " ": "an ancestor",
+        ">": "the parent",
+        "+": "the previous sibling",
+        "~": "an earlier sibling",
+    }[comb]
+    return f"`{subject}` matches, but {relation} does not match `{context}`"
