@@ -11,7 +11,7 @@ combinators); a stylesheet gives props to the modules its rules select.
     >>> [path for path, _ in modsel.match(model, "Linear + ReLU")]
     ['1']
     >>> modsel.select(model, "Linear[out_features=1]: head").tree(header=False).splitlines()[-1]
-    '    2: Linear    head'
+    '    2: Linear       head'
 """
 
 from ._ast import (
