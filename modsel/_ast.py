@@ -270,3 +270,22 @@ def quote(value: str) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+def walk_simple(selectors: SelectorList) -> list[Simple]:
+    """Every simple selector in a selector list, nested ones included (iteratively: selectors
+    nest at most ``MAX_NESTING`` deep, but this needs no recursion at all)."""
+    found: list[Simple] = []
+    pending: list[Complex] = list(selectors.selectors)
+    while pending:
+        cx = pending.pop()
+        for compound in cx.compounds:
+            for simple in compound.selectors:
+                found.append(simple)
+                if isinstance(simple, LogicalPseudo):
+                    pending.extend(simple.selectors.selectors)
+                elif isinstance(simple, NthPseudo) and simple.of is not None:
+                    pending.extend(simple.of.selectors)
+                elif isinstance(simple, HasPseudo):
+                    pending.extend(rel.selector for rel in simple.selectors)
+    return found

@@ -11,6 +11,7 @@ This file holds the tree and the structural facts the matcher needs; matching li
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
 from collections.abc import Iterator
@@ -36,75 +37,50 @@ class ModuleSelector:
     child name (``[i]`` with an int is the i-th child, with a str the child of that name).
     """
 
-    __slots__ = (
-        "_attrs",
-        "_cache",
-        "_index",
-        "_kids",
-        "_path",
-        "_tag",
-        "depth",
-        "module",
-        "name",
-        "parent",
-        "props",
-        "rules",
-        "sheet",
-    )
+    # Hot fields are slots, set for every node. The rest live in the instance ``__dict__``,
+    # which Python creates only for the few nodes that set them (class attributes are the
+    # defaults): building a 100k-node tree is mostly the cost of these assignments.
+    __slots__ = ("__dict__", "_index", "_kids", "_memo", "_tag", "depth", "module", "name", "parent", "path")
 
     module: Module
     name: str
     parent: ModuleSelector | None
     depth: int
-    props: tuple[str, ...]
-    rules: tuple[Rule, ...]
+    path: str
     _index: int
     _kids: list[ModuleSelector]
-    _path: str | None
+    _memo: dict[object, dict[int, Any]]  # one per document, shared by its nodes: see memo()
     _tag: str
-    _attrs: dict[str, str] | None
-    _cache: dict[object, Any] | None
-    sheet: Stylesheet | None
+
+    props: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    sheet: Stylesheet | None = None
 
     def __init__(
-        self, module: Module, name: str, parent: ModuleSelector | None, index: int, depth: int
+        self,
+        module: Module,
+        name: str,
+        parent: ModuleSelector | None,
+        index: int,
+        depth: int,
+        path: str,
     ) -> None:
         self.module = module
         self.name = name
         self.parent = parent
         self._index = index
         self.depth = depth
+        self.path = path
         self._kids = _NO_KIDS
-        self._path = None if parent is not None else ""
-        self._tag = _TAGS.get(type(module)) or tag_of(module)
-        self._attrs = None
-        self._cache = None
-        self.props = ()
-        self.rules = ()
-        self.sheet = None
+        self._memo = parent._memo if parent is not None else {}
+        tag = type(module).__name__
+        self._tag = tag if tag != "RecursiveScriptModule" else tag_of(module)
 
     # ---- identity and navigation -------------------------------------------------------------
     @property
     def nn(self) -> Module:
         """The ``nn.Module`` of this node (same as ``module``)."""
         return self.module
-
-    @property
-    def path(self) -> str:
-        """Dotted path from the root, as ``named_modules()`` writes it (``""`` for the root)."""
-        path = self._path
-        if path is None:
-            parts = []
-            node: ModuleSelector | None = self
-            while node is not None and node._path is None:
-                parts.append(node.name)
-                node = node.parent
-            prefix = node._path if node is not None else ""
-            path = ".".join(reversed(parts))
-            if prefix:
-                path = prefix + "." + path
-            self._path = path
-        return path
 
     @property
     def tag(self) -> str:
@@ -170,7 +146,7 @@ class ModuleSelector:
 
     def __getattr__(self, name: str) -> ModuleSelector:
         # only reached for names that are not attributes: look for a child of that name
-        if name.startswith("__") or name in ModuleSelector.__slots__:
+        if name.startswith("__") or name in _NOT_CHILDREN:
             raise AttributeError(name)
         for kid in self._kids:
             if kid.name == name:
@@ -199,11 +175,12 @@ class ModuleSelector:
     # ---- matching facts ------------------------------------------------------------------------
     def attributes(self) -> dict[str, str]:
         """The attributes selectors see, as strings (see ``attributes_of``), plus ``path``."""
-        attrs = self._attrs
+        known = self.memo(_ATTRIBUTES)
+        attrs: dict[str, str] | None = known.get(id(self))
         if attrs is None:
             attrs = attributes_of(self.module)
             attrs["path"] = self.path
-            self._attrs = attrs
+            known[id(self)] = attrs
         return attrs
 
     def explain(self) -> str:
@@ -212,12 +189,14 @@ class ModuleSelector:
 
         return explain(self)
 
-    def cache(self) -> dict[object, Any]:
-        """Per-node memo for the matcher (sibling positions, ``:has`` results)."""
-        cache = self._cache
-        if cache is None:
-            cache = self._cache = {}
-        return cache
+    def memo(self, key: object) -> dict[int, Any]:
+        """The document's memo for ``key``: a dict from ``id(node)`` to whatever the matcher
+        keeps per node (sibling positions, ``:has()`` answers, attributes). One dict per key
+        for the whole document, so memoising creates no object per node."""
+        table = self._memo.get(key)
+        if table is None:
+            table = self._memo[key] = {}
+        return table
 
     # ---- display ------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -238,7 +217,8 @@ class ModuleSelector:
 
 
 _NO_KIDS: list[ModuleSelector] = []
-_TAGS: dict[type, str] = {}
+_NOT_CHILDREN = frozenset(ModuleSelector.__slots__)
+_ATTRIBUTES = object()
 
 
 def tag_of(module: Module) -> str:
@@ -247,12 +227,10 @@ def tag_of(module: Module) -> str:
     The class name; for TorchScript modules (whose class is always ``RecursiveScriptModule``)
     the name of the scripted class.
     """
-    cls = type(module)
     original = getattr(module, "original_name", None)
     if isinstance(module, _script_module_type()) and isinstance(original, str):
         return original
-    _TAGS[cls] = cls.__name__
-    return cls.__name__
+    return type(module).__name__
 
 
 def _script_module_type() -> type:
@@ -269,9 +247,10 @@ def class_names_of(node: ModuleSelector) -> frozenset[str]:
     cls = type(node.module)
     names = _MRO_NAMES.get(cls)
     if names is None:
-        if isinstance(node.module, _script_module_type()):
-            return frozenset({node._tag})
-        names = _MRO_NAMES[cls] = frozenset(c.__name__ for c in cls.__mro__)
+        names = frozenset(c.__name__ for c in cls.__mro__)
+        if isinstance(node.module, _script_module_type()):  # the scripted class's name too
+            return names | {node._tag}
+        _MRO_NAMES[cls] = names
     return names
 
 
@@ -309,45 +288,70 @@ def _scalar_text(value: bool | int | float | str) -> str:
 
 def build(model: Module) -> ModuleSelector:
     """The mirror tree of ``model``; its root has the name ``root``."""
+    with paused_gc():
+        root = new_root(model)
+        for _ in expand(root):
+            pass
+    return root
+
+
+def new_root(model: Module) -> ModuleSelector:
+    """A lone root node for ``model``, ready for ``expand``."""
     if not isinstance(model, Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}: {model!r:.80}")
-    # The tree is full of reference cycles (parent links); creating 100k nodes with the cyclic
-    # collector on runs it dozens of times for nothing and costs ~20% of the walk.
+    return ModuleSelector(model, "root", None, 0, 0, "")
+
+
+def expand(root: ModuleSelector, parents: list[ModuleSelector] | None = None) -> Iterator[ModuleSelector]:
+    """Create the tree below a fresh ``root``, yielding each node in document (pre-)order as
+    soon as its children exist (so a caller can test it: its ancestors, siblings and children
+    are there, deeper nodes not yet). Nodes with children are appended to ``parents``."""
+    node_cls = ModuleSelector
+    stack = [root]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        node = pop()
+        mods = node.module._modules
+        if mods:
+            depth = node.depth + 1
+            prefix = node.path + "." if depth > 1 else ""
+            kids: list[ModuleSelector] = []
+            for name, mod in mods.items():
+                # a module with children may contain itself further up: skip that place
+                if mod is None or (mod._modules and _is_ancestor(mod, node)):
+                    continue
+                kids.append(node_cls(mod, name, node, len(kids), depth, prefix + name))
+            if kids:
+                node._kids = kids
+                extend(reversed(kids))
+                if parents is not None:
+                    parents.append(node)
+        yield node
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a mirror tree is built and matched.
+
+    The tree is made of reference cycles (parent links), so making 100k nodes with the collector
+    on triggers full collections that walk the whole heap, model included: that alone can cost
+    more than the walk. The nodes are collected later, or freed at once by ``dismantle``.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(model)
+        yield
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _build(model: Module) -> ModuleSelector:
-    node_cls = ModuleSelector
-    root = node_cls(model, "root", None, 0, 0)
-    stack = [root]
-    pop, extend = stack.pop, stack.extend
-    seen = {id(model)}
-    add_seen = seen.add
-    while stack:
-        node = pop()
-        mods = node.module._modules
-        if not mods:
-            continue
-        depth = node.depth + 1
-        kids: list[ModuleSelector] = []
-        for name, mod in mods.items():
-            if mod is None:
-                continue
-            key = id(mod)
-            if key in seen and _is_ancestor(mod, node):
-                continue  # a cycle: the module contains itself
-            add_seen(key)
-            kids.append(node_cls(mod, name, node, len(kids), depth))
-        if kids:
-            node._kids = kids
-            extend(reversed(kids))
-    return root
+def dismantle(parents: list[ModuleSelector]) -> None:
+    """Break a tree's cycles (give it the ``parents`` list that ``expand`` filled), so that
+    reference counting frees it at once: for trees that never reach the caller."""
+    for node in parents:
+        node._kids = _NO_KIDS
+        node._memo.clear()
 
 
 def _is_ancestor(module: Module, node: ModuleSelector | None) -> bool:

@@ -11,7 +11,7 @@ stay linear.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from torch.nn import Module
 
@@ -31,96 +31,94 @@ from ._ast import (
     Simple,
     TypeSelector,
     UniversalSelector,
+    walk_simple,
 )
-from ._document import ModuleSelector, build, class_names_of
-from ._parser import parse_selector
+from ._document import ModuleSelector, class_names_of, dismantle, expand, new_root, paused_gc, preorder
+from ._parser import NUMBER, parse_selector
 
 __all__ = ["Selector", "compile", "compile_list", "match", "match_nodes"]
 
-Test = Callable[[ModuleSelector], bool]
-Chain = Callable[[ModuleSelector, "ModuleSelector | None"], bool]
+Pred = _pseudo.Pred
 
 
-def _always(node: ModuleSelector) -> bool:
+def _always(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return True
 
 
 # ---- simple selectors ---------------------------------------------------------------------------
-def _type_test(name: str) -> Test:
-    return lambda node: node._tag == name
+def _type_test(name: str) -> Pred:
+    return lambda node, anchor=None, /: node._tag == name
 
 
-def _id_test(name: str) -> Test:
-    return lambda node: node.name == name
+def _id_test(name: str) -> Pred:
+    return lambda node, anchor=None, /: node.name == name
 
 
-def _class_test(name: str) -> Test:
-    return lambda node: name in class_names_of(node)
+def _class_test(name: str) -> Pred:
+    return lambda node, anchor=None, /: name in class_names_of(node)
 
 
 def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+    """A CSS number (``nan``, ``inf`` and ``1_000`` are words here, not numbers)."""
+    return float(text) if NUMBER.match(text) else None
 
 
-def _attribute_test(sel: AttributeSelector) -> Test:
+_NUMERIC_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda x, y: x < y,
+    "<=": lambda x, y: x <= y,
+    ">": lambda x, y: x > y,
+    ">=": lambda x, y: x >= y,
+    "=": lambda x, y: x == y,
+    "!=": lambda x, y: x != y,
+}
+
+_STRING_COMPARE: dict[str, Callable[[str, str], bool]] = {
+    "=": lambda v, want: v == want,
+    "!=": lambda v, want: v != want,
+    "~=": lambda v, want: bool(want) and want in v.split(),
+    "|=": lambda v, want: v == want or v.startswith(want + "-"),
+    "^=": lambda v, want: bool(want) and v.startswith(want),
+    "$=": lambda v, want: bool(want) and v.endswith(want),
+    "*=": lambda v, want: bool(want) and want in v,
+}
+
+
+def _attribute_test(sel: AttributeSelector) -> Pred:
     name, op = sel.name, sel.op
     if op is None:
-        return lambda node: name in node.attributes()
+        return lambda node, anchor=None, /: name in node.attributes()
     assert sel.value is not None
     fold = sel.flag == "i"
     want = sel.value.casefold() if fold else sel.value
     numeric = None if sel.quoted else _number(sel.value)
 
-    def value_of(node: ModuleSelector) -> str | None:
-        value = node.attributes().get(name)
-        if value is not None and fold:
-            value = value.casefold()
-        return value
-
     if op in ("<", "<=", ">", ">=") or (op in ("=", "!=") and numeric is not None):
         target = numeric if numeric is not None else float(want)
-        compare: Callable[[float], bool] = {
-            "<": lambda x: x < target,
-            "<=": lambda x: x <= target,
-            ">": lambda x: x > target,
-            ">=": lambda x: x >= target,
-            "=": lambda x: x == target,
-            "!=": lambda x: x != target,
-        }[op]
+        compare = _NUMERIC_COMPARE[op]
 
-        def numeric_test(node: ModuleSelector) -> bool:
+        def numeric_test(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
             value = node.attributes().get(name)
             if value is None:
                 return False
             number = _number(value)
             if number is None:  # not a number: only "!=" holds, by text
                 return op == "!=" and value != want
-            return compare(number)
+            return compare(number, target)
 
         return numeric_test
 
-    string_ops: dict[str, Callable[[str], bool]] = {
-        "=": lambda v: v == want,
-        "!=": lambda v: v != want,
-        "~=": lambda v: bool(want) and want in v.split(),
-        "|=": lambda v: v == want or v.startswith(want + "-"),
-        "^=": lambda v: bool(want) and v.startswith(want),
-        "$=": lambda v: bool(want) and v.endswith(want),
-        "*=": lambda v: bool(want) and want in v,
-    }
-    check = string_ops[op]
+    check = _STRING_COMPARE[op]
 
-    def string_test(node: ModuleSelector) -> bool:
-        value = value_of(node)
-        return value is not None and check(value)
+    def string_test(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+        value = node.attributes().get(name)
+        if value is None:
+            return False
+        return check(value.casefold() if fold else value, want)
 
     return string_test
 
 
-def _nth_test(sel: NthPseudo) -> Test:
+def _nth_test(sel: NthPseudo) -> Pred:
     a, b = sel.a, sel.b
     from_end = "last" in sel.name
     kind: object = "of-type" if sel.name.endswith("of-type") else None
@@ -138,13 +136,13 @@ def _nth_test(sel: NthPseudo) -> Test:
     if kind is None:  # plain :nth-child / :nth-last-child: the position is known directly
         if from_end:
 
-            def nth_last_child(node: ModuleSelector) -> bool:
+            def nth_last_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
                 parent = node.parent
                 return fits(1 if parent is None else len(parent._kids) - node._index)
 
             return nth_last_child
-        return lambda node: fits(node._index + 1)
-    return lambda node: fits(_pseudo.nth_position(node, kind, from_end))
+        return lambda node, anchor=None, /: fits(node._index + 1)
+    return lambda node, anchor=None, /: fits(_pseudo.nth_position(node, kind, from_end))
 
 
 # ---- :has() -------------------------------------------------------------------------------------
@@ -182,34 +180,38 @@ def _subtree(node: ModuleSelector) -> Iterator[ModuleSelector]:
             stack.extend(reversed(current._kids))
 
 
-def _has_relative(rel: Relative) -> Test:
+def _has_relative(rel: Relative) -> Pred:
     comb, cx = rel.combinator, rel.selector
     if len(cx.compounds) == 1:
         test = compile_compound(cx.compounds[0])
         if comb == ">":
-            return lambda node: any(test(kid) for kid in node._kids)
+
+            def has_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+                for kid in node._kids:  # a plain loop: no generator per node on this hot path  # noqa: SIM110
+                    if test(kid):
+                        return True
+                return False
+
+            return has_child
         if comb == "+":
 
-            def has_next(node: ModuleSelector) -> bool:
+            def has_next(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
                 parent = node.parent
-                return (
-                    parent is not None
-                    and node._index + 1 < len(parent._kids)
-                    and test(parent._kids[node._index + 1])
-                )
+                index = node._index + 1
+                return parent is not None and index < len(parent._kids) and test(parent._kids[index])
 
             return has_next
         if comb == "~":
             key = object()
 
-            def has_later(node: ModuleSelector) -> bool:
+            def has_later(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
                 parent = node.parent
                 if parent is None:
                     return False
-                cache = parent.cache()
-                last = cache.get(key)
+                known = parent.memo(key)
+                last: int | None = known.get(id(parent))
                 if last is None:
-                    last = cache[key] = max(
+                    last = known[id(parent)] = max(
                         (i for i, kid in enumerate(parent._kids) if test(kid)), default=-1
                     )
                 return node._index < last
@@ -219,9 +221,9 @@ def _has_relative(rel: Relative) -> Test:
 
     chain = compile_complex(cx, anchored=comb)
     if comb in (" ", ">"):
-        return lambda node: any(chain(cand, node) for cand in _subtree(node))
+        return lambda node, anchor=None, /: any(chain(cand, node) for cand in _subtree(node))
 
-    def has_sibling_chain(node: ModuleSelector) -> bool:
+    def has_sibling_chain(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
         parent = node.parent
         if parent is None:
             return False
@@ -233,42 +235,41 @@ def _has_relative(rel: Relative) -> Test:
     return has_sibling_chain
 
 
-def _has_below(test: Test) -> Test:
-    """``:has(X)`` for one compound X: some strict descendant passes ``test``. Computed for a
-    whole subtree bottom-up on first use and memoised per node, so all queries cost O(n)."""
+def _has_below(test: Pred) -> Pred:
+    """``:has(X)`` for one compound X: some strict descendant passes ``test``. The first query
+    answers for its whole subtree bottom-up and memoises every node, so all queries together
+    cost O(n)."""
     key = object()
 
-    def has_below(node: ModuleSelector) -> bool:
-        cache = node.cache()
-        known = cache.get(key)
-        if known is not None:
-            return known  # type: ignore[no-any-return]
-        # post-order over the not-yet-known part of the subtree
-        stack: list[tuple[ModuleSelector, bool]] = [(node, False)]
-        while stack:
-            current, expanded = stack.pop()
-            if not expanded:
-                stack.append((current, True))
-                for kid in current._kids:
-                    if kid._cache is None or key not in kid._cache:
-                        stack.append((kid, False))
-                continue
+    def has_below(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+        known = node.memo(key)
+        answer: bool | None = known.get(id(node))
+        if answer is not None:
+            return answer
+        order = [node]  # breadth-first over the part of the subtree not answered yet
+        i = 0
+        while i < len(order):
+            for kid in order[i]._kids:
+                if id(kid) not in known:
+                    order.append(kid)
+            i += 1
+        for current in reversed(order):  # children before parents
             found = False
             for kid in current._kids:
-                if test(kid) or kid.cache()[key]:
+                if known[id(kid)] or test(kid):
                     found = True
                     break
-            current.cache()[key] = found
-        return cache[key]  # type: ignore[no-any-return]
+            known[id(current)] = found
+        return bool(known[id(node)])
 
     return has_below
 
 
-def _has_test(sel: HasPseudo) -> Test:
+def _has_test(sel: HasPseudo) -> Pred:
     tests = [_has_relative(rel) for rel in sel.selectors]
     if len(tests) == 1:
         return tests[0]
-    return lambda node: any(test(node) for test in tests)
+    return lambda node, anchor=None, /: any(test(node) for test in tests)
 
 
 # ---- compounds, complex selectors, lists --------------------------------------------------------
@@ -282,9 +283,10 @@ _COST = {
     LogicalPseudo: 5,
     HasPseudo: 6,
 }
+_EXPENSIVE = 4  # compounds with a simple selector this costly are tested after their context
 
 
-def _simple_test(sel: Simple) -> Test | None:
+def _simple_test(sel: Simple) -> Pred | None:
     if isinstance(sel, TypeSelector):
         return _type_test(sel.name)
     if isinstance(sel, UniversalSelector):
@@ -298,8 +300,7 @@ def _simple_test(sel: Simple) -> Test | None:
     if isinstance(sel, PseudoClass):
         return _pseudo.SIMPLE[sel.name]
     if isinstance(sel, LogicalPseudo):
-        chains = [compile_complex(cx) for cx in sel.selectors.selectors]
-        return _pseudo.LOGICAL[sel.name](chains)
+        return _pseudo.LOGICAL[sel.name]([compile_complex(cx) for cx in sel.selectors.selectors])
     if isinstance(sel, NthPseudo):
         return _nth_test(sel)
     if isinstance(sel, HasPseudo):
@@ -307,7 +308,11 @@ def _simple_test(sel: Simple) -> Test | None:
     raise TypeError(f"not a simple selector: {sel!r}")  # pragma: no cover
 
 
-def compile_compound(compound: Compound) -> Test:
+def _cost(compound: Compound) -> int:
+    return max((_COST.get(type(s), 0) for s in compound.selectors), default=0)
+
+
+def compile_compound(compound: Compound) -> Pred:
     """One test for all simple selectors of a compound, cheapest first."""
     ordered = sorted(compound.selectors, key=lambda s: _COST.get(type(s), 0))
     tests = [t for t in (_simple_test(s) for s in ordered) if t is not None]
@@ -317,18 +322,19 @@ def compile_compound(compound: Compound) -> Test:
         return tests[0]
     if len(tests) == 2:
         first, second = tests
-        return lambda node: first(node) and second(node)
+        return lambda node, anchor=None, /: first(node) and second(node)
     if len(tests) == 3:
         first, second, third = tests
-        return lambda node: first(node) and second(node) and third(node)
-    return lambda node: all(test(node) for test in tests)
+        return lambda node, anchor=None, /: first(node) and second(node) and third(node)
+    return lambda node, anchor=None, /: all(test(node) for test in tests)
 
 
-def _step(comb: str, prev: Chain, test: Test) -> Chain:
-    """Chain for ``prev comb test``: ``test`` holds for the node, ``prev`` for a related node."""
+def _step(comb: str, prev: Pred, test: Pred, expensive: bool) -> Pred:
+    """The test for ``prev comb test``: ``test`` holds for the node and ``prev`` for the node
+    the combinator leads to. ``expensive``: check the (one) related node before ``test``."""
     if comb == " ":
 
-        def descendant(node: ModuleSelector, anchor: ModuleSelector | None) -> bool:
+        def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
             if not test(node):
                 return False
             parent = node.parent
@@ -340,15 +346,22 @@ def _step(comb: str, prev: Chain, test: Test) -> Chain:
 
         return descendant
     if comb == ">":
+        if expensive:
 
-        def child(node: ModuleSelector, anchor: ModuleSelector | None) -> bool:
+            def child_late(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+                parent = node.parent
+                return parent is not None and prev(parent, anchor) and test(node)
+
+            return child_late
+
+        def child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
             parent = node.parent
             return parent is not None and test(node) and prev(parent, anchor)
 
         return child
     if comb == "+":
 
-        def next_sibling(node: ModuleSelector, anchor: ModuleSelector | None) -> bool:
+        def next_sibling(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
             index = node._index
             parent = node.parent
             return parent is not None and index > 0 and test(node) and prev(parent._kids[index - 1], anchor)
@@ -356,16 +369,16 @@ def _step(comb: str, prev: Chain, test: Test) -> Chain:
         return next_sibling
     key = object()
 
-    def subsequent_sibling(node: ModuleSelector, anchor: ModuleSelector | None) -> bool:
+    def subsequent_sibling(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
         parent = node.parent
         if parent is None or not test(node):
             return False
         if anchor is not None:  # depends on the anchor: no memo
             return any(prev(kid, anchor) for kid in parent._kids[: node._index])
-        cache = parent.cache()
-        first = cache.get(key)
+        known = parent.memo(key)
+        first: int | None = known.get(id(parent))
         if first is None:
-            first = cache[key] = next(
+            first = known[id(parent)] = next(
                 (i for i, kid in enumerate(parent._kids) if prev(kid, None)), len(parent._kids)
             )
         return first < node._index
@@ -373,44 +386,53 @@ def _step(comb: str, prev: Chain, test: Test) -> Chain:
     return subsequent_sibling
 
 
-def compile_complex(cx: Complex, anchored: str | None = None) -> Chain:
-    """A chain for a complex selector. ``anchored``: the combinator that leads from a ``:has()``
-    anchor to the first compound (relative selectors)."""
+def compile_complex(cx: Complex, anchored: str | None = None) -> Pred:
+    """The test for a complex selector. ``anchored``: the combinator that leads from a
+    ``:has()`` anchor to the first compound (relative selectors)."""
     tests = [compile_compound(c) for c in cx.compounds]
-    first = tests[0]
-    chain: Chain
-    if anchored is None:
-        chain = lambda node, anchor: first(node)  # noqa: E731
-    else:
-        relation = _RELATION[anchored]
+    chain = tests[0]
+    if anchored is not None:
+        first, relation = tests[0], _RELATION[anchored]
 
-        def chain(node: ModuleSelector, anchor: ModuleSelector | None) -> bool:
+        def chain(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
             return anchor is not None and first(node) and relation(node, anchor)
 
-    for comb, test in zip(cx.combinators, tests[1:], strict=True):
-        chain = _step(comb, chain, test)
+    for comb, test, compound in zip(cx.combinators, tests[1:], cx.compounds[1:], strict=True):
+        chain = _step(comb, chain, test, _cost(compound) >= _EXPENSIVE)
     return chain
 
 
-def compile_list(selectors: SelectorList) -> Test:
-    """A test for a selector list: any of its complex selectors matches the node."""
-    chains = [compile_complex(cx) for cx in selectors.selectors]
-    if len(chains) == 1:
-        only = chains[0]
-        return lambda node: only(node, None)
-    return lambda node: any(chain(node, None) for chain in chains)
+def compile_list(selectors: SelectorList) -> Pred:
+    """The test for a selector list: any of its complex selectors matches the node."""
+    tests = [compile_complex(cx) for cx in selectors.selectors]
+    if len(tests) == 1:
+        return tests[0]
+    return lambda node, anchor=None, /: any(test(node) for test in tests)
+
+
+def looks_below(selectors: SelectorList) -> bool:
+    """Whether a test of one node may read the children of a node that comes *after* it in
+    document order: ``:has()`` (descendants, later siblings) and ``:empty`` (it can be asked of
+    later siblings through ``~`` or ``of S``). Other selectors can be tested during the walk
+    that builds the tree, as each node's ancestors, siblings and children exist by then; these
+    need the whole tree first."""
+    return any(
+        isinstance(simple, HasPseudo) or (isinstance(simple, PseudoClass) and simple.name == "empty")
+        for simple in walk_simple(selectors)
+    )
 
 
 class Selector:
     """A compiled selector list (``modsel.compile``). Reusable and thread-safe: per-document
     memo lives on the document's nodes, not here."""
 
-    __slots__ = ("_test", "ast", "source")
+    __slots__ = ("_looks_below", "_test", "ast", "source")
 
     def __init__(self, source: str, ast: SelectorList) -> None:
         self.source = source
         self.ast = ast
         self._test = compile_list(ast)
+        self._looks_below = looks_below(ast)
 
     def test(self, node: ModuleSelector) -> bool:
         """Whether the selector matches this node of a document (from ``modsel.select``)."""
@@ -422,38 +444,43 @@ class Selector:
         A module registered in several places is reported once (at its first matching place)
         unless ``remove_duplicate=False``.
         """
-        return [(node.path, node.module) for node in self.match_nodes(build(model), remove_duplicate)]
+        test = self._test
+        found: list[tuple[str, Module]] = []
+        seen: set[int] = set()
+        parents: list[ModuleSelector] = []
+        with paused_gc():
+            nodes: Iterable[ModuleSelector] = expand(new_root(model), parents)
+            if self._looks_below:
+                nodes = list(nodes)  # the whole tree first
+            for node in filter(test, nodes):
+                module = node.module
+                if remove_duplicate:
+                    if id(module) in seen:
+                        continue
+                    seen.add(id(module))
+                found.append((node.path, module))
+            dismantle(parents)
+        return found
 
     def match_nodes(self, root: ModuleSelector, remove_duplicate: bool = True) -> list[ModuleSelector]:
-        """The matching nodes at and below ``root``, in document order."""
+        """The matching nodes at and below ``root`` (of a built tree), in document order."""
         return match_nodes(self._test, root, remove_duplicate)
 
     def __repr__(self) -> str:
         return f"modsel.compile({self.source!r})"
 
 
-def match_nodes(test: Test, root: ModuleSelector, remove_duplicate: bool = True) -> list[ModuleSelector]:
-    """Nodes passing ``test``, pre-order; with ``remove_duplicate``, one per module."""
+def match_nodes(test: Pred, root: ModuleSelector, remove_duplicate: bool = True) -> list[ModuleSelector]:
+    """Nodes of a built tree passing ``test``, pre-order; with ``remove_duplicate``, one per
+    module."""
     found: list[ModuleSelector] = []
-    add = found.append
     seen: set[int] = set()
-    stack = [root]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        node = pop()
-        if test(node):
-            if remove_duplicate:
-                key = id(node.module)
-                if key in seen:
-                    kids = node._kids
-                    if kids:
-                        extend(reversed(kids))
-                    continue
-                seen.add(key)
-            add(node)
-        kids = node._kids
-        if kids:
-            extend(reversed(kids))
+    for node in filter(test, preorder(root)):
+        if remove_duplicate:
+            if id(node.module) in seen:
+                continue
+            seen.add(id(node.module))
+        found.append(node)
     return found
 
 

@@ -38,14 +38,15 @@ from ._ast import (
 )
 from ._errors import SelectorSyntaxError
 
-__all__ = ["MAX_NESTING", "parse", "parse_selector"]
+__all__ = ["MAX_NESTING", "NUMBER", "parse", "parse_selector"]
 
 MAX_NESTING = 32  # functional pseudo-classes inside each other; real selectors use 1-3
 
 _COMBINATOR_OF = {"DESCENDANT": " ", "CHILD": ">", "NEXT_SIBLING": "+", "SUBSEQUENT_SIBLING": "~"}
 _OPS = ("=", "~=", "|=", "^=", "$=", "*=", "!=", "<", "<=", ">", ">=")
 _NUMERIC_OPS = ("<", "<=", ">", ">=")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+# a CSS number: what unquoted attribute values compare numerically as (not "nan", "inf", "1_000")
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _WS_OR_COMMENT = re.compile(r"[ \t\f\r\n]+|/\*.*?\*/", re.S)
 _ANB = re.compile(r"(?P<a>[+-]?\d*)n(?P<b>[+-]\d+)?\Z")
 _ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(\r\n|[\r\n\f])|([\s\S]))")
@@ -191,7 +192,7 @@ class _ToAst(lark.Transformer[Token, Any]):
         flag = str(children[3]).strip().lower() if len(children) > 3 else None
         if flag is not None:
             flag = _WS_OR_COMMENT.sub("", flag).lower()
-        if op in _NUMERIC_OPS and not _NUMBER.match(value):
+        if op in _NUMERIC_OPS and not NUMBER.match(value):
             raise _reject(f"{op!r} compares numbers, but {value!r} is not a number", value_tok)
         if flag is not None and op in (*_NUMERIC_OPS, "!="):
             raise _reject(f"the case flag {flag!r} does not apply to {op!r}", children[3])

@@ -8,6 +8,7 @@ their own syntax). Names are case-insensitive and stored in lower case.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ._document import ModuleSelector
 
@@ -17,50 +18,57 @@ __all__ = [
     "LOGICAL",
     "NTH",
     "SIMPLE",
+    "Pred",
     "known_names",
     "nth_position",
 ]
 
-Test = Callable[[ModuleSelector], bool]
-Chain = Callable[[ModuleSelector, "ModuleSelector | None"], bool]
+
+class Pred(Protocol):
+    """A compiled test: does ``node`` match? ``anchor`` is the ``:has()`` subject while a
+    relative selector is matched, else ``None``; tests that do not need it ignore it. One
+    signature for every test lets the matcher call the innermost test directly, without
+    adapter layers on the hot path."""
+
+    def __call__(self, node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool: ...
 
 
-def _is_root(node: ModuleSelector) -> bool:
+def _is_root(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return node.parent is None
 
 
-def _is_leaf(node: ModuleSelector) -> bool:
+def _is_leaf(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return not node._kids
 
 
-def _first_child(node: ModuleSelector) -> bool:
+def _first_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return node._index == 0
 
 
-def _last_child(node: ModuleSelector) -> bool:
+def _last_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     parent = node.parent
     return parent is None or node._index == len(parent._kids) - 1
 
 
-def _only_child(node: ModuleSelector) -> bool:
+def _only_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     parent = node.parent
     return parent is None or len(parent._kids) == 1
 
 
-def _first_of_type(node: ModuleSelector) -> bool:
+def _first_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return nth_position(node, "of-type", from_end=False) == 1
 
 
-def _last_of_type(node: ModuleSelector) -> bool:
+def _last_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return nth_position(node, "of-type", from_end=True) == 1
 
 
-def _only_of_type(node: ModuleSelector) -> bool:
+def _only_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
     return _first_of_type(node) and _last_of_type(node)
 
 
 # :name -> test. ``:scope`` is the root of the matched tree, as in document-level CSS.
-SIMPLE: dict[str, Test] = {
+SIMPLE: dict[str, Pred] = {
     "root": _is_root,
     "scope": _is_root,
     "empty": _is_leaf,
@@ -73,20 +81,22 @@ SIMPLE: dict[str, Test] = {
 }
 
 
-def _not(chains: Sequence[Chain]) -> Test:
-    return lambda node: not any(chain(node, None) for chain in chains)
+def _not(tests: Sequence[Pred]) -> Pred:
+    if len(tests) == 1:
+        only = tests[0]
+        return lambda node, anchor=None, /: not only(node)
+    return lambda node, anchor=None, /: not any(test(node) for test in tests)
 
 
-def _is(chains: Sequence[Chain]) -> Test:
-    if len(chains) == 1:
-        only = chains[0]
-        return lambda node: only(node, None)
-    return lambda node: any(chain(node, None) for chain in chains)
+def _is(tests: Sequence[Pred]) -> Pred:
+    if len(tests) == 1:
+        return tests[0]
+    return lambda node, anchor=None, /: any(test(node) for test in tests)
 
 
-# :name(selector-list) -> builder from the compiled selectors to a test. ``:where`` is ``:is``
-# (specificity plays no part here: props merge in rule order).
-LOGICAL: dict[str, Callable[[Sequence[Chain]], Test]] = {
+# :name(selector-list) -> builder from the compiled (document-level) selectors to a test.
+# ``:where`` is ``:is`` (specificity plays no part here: props merge in rule order).
+LOGICAL: dict[str, Callable[[Sequence[Pred]], Pred]] = {
     "not": _not,
     "is": _is,
     "where": _is,
@@ -118,11 +128,10 @@ def nth_position(node: ModuleSelector, kind: object, from_end: bool) -> int:
         if kind == "of-type":
             return 1
         return 1 if kind(node) else 0  # type: ignore[operator]
-    key = (_OF_TYPE if kind == "of-type" else kind, from_end)
-    cache = parent.cache()
-    positions = cache.get(key)
+    known = parent.memo((_OF_TYPE if kind == "of-type" else kind, from_end))
+    positions = known.get(id(parent))
     if positions is None:
-        positions = cache[key] = _positions(parent._kids, kind, from_end)
+        positions = known[id(parent)] = _positions(parent._kids, kind, from_end)
     return positions[node._index]
 
 

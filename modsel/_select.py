@@ -7,15 +7,15 @@ import functools
 from torch.nn import Module
 
 from ._ast import Complex, Rule, SelectorList, Stylesheet
-from ._document import ModuleSelector, build, preorder
-from ._match import Test, compile_complex, compile_compound, compile_list
+from ._document import ModuleSelector, expand, new_root, paused_gc
+from ._match import Pred, compile_complex, compile_compound, compile_list
 from ._parser import parse
 
 __all__ = ["explain", "select"]
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(selectors: SelectorList) -> Test:
+def _compiled(selectors: SelectorList) -> Pred:
     return compile_list(selectors)
 
 
@@ -28,19 +28,16 @@ def select(model: Module, css: str | Stylesheet) -> ModuleSelector:
     sheet = parse(css) if isinstance(css, str) else css
     if not isinstance(sheet, Stylesheet):
         raise TypeError(f"css must be a str or a modsel Stylesheet, not {type(css).__name__}")
-    root = build(model)
-    root.sheet = sheet
-    rules = [(rule, _compiled(rule.selectors)) for rule in sheet.rules]
-    if not rules:
-        return root
-    for node in preorder(root):
-        matched = [rule for rule, test in rules if test(node)]
-        if matched:
-            props: dict[str, None] = {}
-            for rule in matched:
-                props.update(dict.fromkeys(rule.props))
-            node.props = tuple(props)
-            node.rules = tuple(matched)
+    tests = [_compiled(rule.selectors) for rule in sheet.rules]
+    with paused_gc():
+        root = new_root(model)
+        root.sheet = sheet
+        nodes = list(expand(root))
+        # rule by rule over all nodes (a C-level filter per rule), then merge in rule order
+        for rule, test in zip(sheet.rules, tests, strict=True):
+            for node in filter(test, nodes):
+                node.rules += (rule,)
+                node.props += tuple(p for p in dict.fromkeys(rule.props) if p not in node.props)
     return root
 
 

@@ -1,0 +1,354 @@
+"""The ``modsel`` command (``modsel._cli.main`` and ``python -m modsel``): exit status, output
+modes, targets (factories, pickled models, TorchScript, state_dicts) and stylesheet files."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from modsel._cli import main
+
+from .models import network
+
+ROOT = Path(__file__).resolve().parents[2]
+NETWORK = "tests.modsel.models:network"
+NOT_A_MODEL = 42
+MODEL = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+
+
+def broken_factory() -> nn.Module:
+    raise RuntimeError("boom from the factory")
+
+
+def dict_factory() -> dict[str, int]:
+    return {"a": 1}
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---- exit status ---------------------------------------------------------------------------------
+
+
+def test_match_exits_0_and_prints_the_tree() -> None:
+    code, out, err = run(NETWORK, "SkipBlock #0: HookParam\nSkipBlock: HookModule")
+    assert code == 0
+    assert err == ""
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert lines[:2] == ["ModuleSelector:", "root: Network"]
+    assert lines.count("2: SkipBlock HookModule") == 1
+    assert lines.count("0: Linear HookParam") == 3
+
+
+def test_no_match_exits_1() -> None:
+    code, out, err = run(NETWORK, "Conv2d")
+    assert code == 1
+    assert "selected no module" in err
+    assert out.startswith("ModuleSelector:\nroot: Network")  # the tree is still printed
+
+
+def test_no_match_with_paths_prints_nothing() -> None:
+    assert run(NETWORK, "Conv2d", "--paths")[:2] == (1, "")
+
+
+def test_bad_selector_exits_2_with_the_caret_message() -> None:
+    code, out, err = run(NETWORK, "Linear:propA")
+    assert code == 2
+    assert out == ""
+    assert "unknown pseudo-class ':propA'" in err
+    assert "at line 1, column 7" in err
+    assert err.rstrip("\n").endswith("  Linear:propA\n        ^")
+
+
+def test_bad_selector_on_a_later_line() -> None:
+    code, _, err = run(NETWORK, "Linear: a\nReLU >> B")
+    assert code == 2
+    assert "at line 2, column 7" in err
+    assert err.rstrip("\n").endswith("  ReLU >> B\n        ^")
+
+
+def test_negative_depth_exits_2() -> None:
+    code, out, err = run(NETWORK, "Linear", "--depth", "-1")
+    assert code == 2
+    assert out == ""
+    assert "--depth" in err
+
+
+# ---- bad targets ---------------------------------------------------------------------------------
+
+
+def test_unknown_module() -> None:
+    code, out, err = run("no_such_package_for_modsel:Model", "Linear")
+    assert code == 2
+    assert out == ""
+    assert "no_such_package_for_modsel" in err
+    assert "cannot import" in err
+
+
+def test_unknown_attribute_suggests_close_matches() -> None:
+    code, _, err = run("torch.nn:Transformr", "Linear")
+    assert code == 2
+    assert "'Transformr'" in err
+    assert "did you mean" in err
+    assert "Transformer" in err.split("did you mean", 1)[1]
+
+
+def test_unknown_nested_attribute() -> None:
+    code, _, err = run("tests.modsel.models:network.nope", "Linear")
+    assert code == 2
+    assert "'nope'" in err
+
+
+def test_factory_that_raises() -> None:
+    code, out, err = run("tests.modsel.test_cli:broken_factory", "Linear")
+    assert code == 2
+    assert out == ""
+    assert "RuntimeError" in err
+    assert "boom from the factory" in err
+
+
+def test_factory_needing_arguments() -> None:
+    code, _, err = run("torch.nn:Linear", "Linear")
+    assert code == 2
+    assert "no arguments" in err
+
+
+def test_target_that_is_not_a_module_or_factory() -> None:
+    code, _, err = run("tests.modsel.test_cli:NOT_A_MODEL", "Linear")
+    assert code == 2
+    assert "int" in err
+    assert "not a model" in err
+
+
+def test_factory_returning_something_else() -> None:
+    code, _, err = run("tests.modsel.test_cli:dict_factory", "Linear")
+    assert code == 2
+    assert "dict" in err
+    assert "nn.Module" in err
+
+
+def test_target_neither_file_nor_factory() -> None:
+    code, _, err = run("does-not-exist.pt", "Linear")
+    assert code == 2
+    assert "package.module:factory" in err
+
+
+def test_module_instance_attribute_is_a_target() -> None:
+    # an attribute that already is an nn.Module is used as it is
+    code, out, _ = run("tests.modsel.test_cli:MODEL", "Linear", "--paths")
+    assert code == 0
+    assert out.splitlines() == ["0", "2"]
+
+
+# ---- output modes --------------------------------------------------------------------------------
+
+
+def test_paths() -> None:
+    code, out, err = run(NETWORK, "SkipBlock > Sequential > Linear:first-child", "--paths")
+    assert code == 0
+    assert err == ""
+    assert out.splitlines() == ["bulk.2.seq.0", "bulk.3.seq.0", "bulk.4.seq.0"]
+
+
+def test_paths_of_the_transformer_match_named_modules() -> None:
+    code, out, _ = run("torch.nn:Transformer", "LayerNorm", "--paths")
+    assert code == 0
+    expected = [name for name, m in nn.Transformer().named_modules() if type(m) is nn.LayerNorm]
+    assert len(expected) == 32
+    assert out.splitlines() == expected
+
+
+def test_json() -> None:
+    code, out, _ = run(NETWORK, "#bulk > Linear: a\n#bulk > #1: b, c", "--json")
+    assert code == 0
+    assert json.loads(out) == [
+        {"path": "bulk.0", "type": "Linear", "props": ["a"]},
+        {"path": "bulk.1", "type": "LeakyReLU", "props": ["b", "c"]},
+        {"path": "bulk.5", "type": "Linear", "props": ["a"]},
+    ]
+
+
+def test_json_without_props_gives_all() -> None:
+    code, out, _ = run(NETWORK, "Network", "--json")
+    assert code == 0
+    assert json.loads(out) == [{"path": "", "type": "Network", "props": ["all"]}]
+
+
+def test_json_no_match() -> None:
+    code, out, _ = run(NETWORK, "Conv2d", "--json")
+    assert code == 1
+    assert json.loads(out) == []
+
+
+def test_paths_and_json_are_exclusive() -> None:
+    with pytest.raises(SystemExit) as info:
+        run(NETWORK, "Linear", "--paths", "--json")
+    assert info.value.code == 2
+
+
+def test_depth() -> None:
+    code, out, _ = run(NETWORK, "Linear: a", "--depth", "2")
+    assert code == 0
+    assert [" ".join(line.split()) for line in out.splitlines()] == [
+        "ModuleSelector:",
+        "root: Network",
+        "bulk: Sequential",
+        "0: Linear a",
+        "1: LeakyReLU",
+        "2: SkipBlock (+7 modules)",
+        "3: SkipBlock (+7 modules)",
+        "4: SkipBlock (+7 modules)",
+        "5: Linear a",
+    ]
+
+
+def test_only_selected() -> None:
+    code, out, _ = run(NETWORK, "#bulk > Linear: a", "--only-selected")
+    assert code == 0
+    assert [" ".join(line.split()) for line in out.splitlines()] == [
+        "ModuleSelector:",
+        "root: Network",
+        "bulk: Sequential",
+        "0: Linear a",
+        "5: Linear a",
+    ]
+
+
+def test_params() -> None:
+    code, out, _ = run(NETWORK, "#bulk > Linear: a", "--params", "--only-selected")
+    assert code == 0
+    assert [" ".join(line.split()) for line in out.splitlines()] == [
+        "ModuleSelector:",
+        "root: Network 1,021",
+        "bulk: Sequential 1,021",
+        "0: Linear 20 a",
+        "5: Linear 11 a",
+    ]
+
+
+def long_list() -> nn.Module:
+    return nn.ModuleList([nn.Linear(1, 1) for _ in range(8)])
+
+
+def test_no_fold() -> None:
+    target = "tests.modsel.test_cli:long_list"
+    _, folded, _ = run(target, "Linear")
+    _, full, _ = run(target, "Linear", "--no-fold")
+    assert "1…7: Linear ×7 (same as 0)" in folded
+    assert "…" not in full
+    assert len(full.splitlines()) == 2 + 8
+
+
+# ---- stylesheet files ----------------------------------------------------------------------------
+
+
+def test_stylesheet_from_file(tmp_path: Path) -> None:
+    css = tmp_path / "hooks.css"
+    css.write_text(
+        "/* the seed README */\nSkipBlock #0: HookParam\nSkipBlock: HookModule\n", encoding="utf-8"
+    )
+    code, out, _ = run(NETWORK, f"@{css}")
+    assert code == 0
+    assert out == run(NETWORK, "SkipBlock #0: HookParam\nSkipBlock: HookModule")[1]
+
+
+def test_stylesheet_file_with_error_reports_line(tmp_path: Path) -> None:
+    css = tmp_path / "bad.css"
+    css.write_text("Linear: a\n\nReLU:b\n", encoding="utf-8")
+    code, _, err = run(NETWORK, f"@{css}")
+    assert code == 2
+    assert "at line 3, column 5" in err
+
+
+def test_missing_stylesheet_file(tmp_path: Path) -> None:
+    code, out, err = run(NETWORK, f"@{tmp_path / 'nope.css'}")
+    assert code == 2
+    assert out == ""
+    assert "nope.css" in err
+
+
+# ---- model files ---------------------------------------------------------------------------------
+
+
+def test_pickled_model_needs_trust(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(network(), path)
+    code, out, err = run(str(path), "SkipBlock", "--paths")
+    assert code == 2
+    assert out == ""
+    assert "--trust" in err
+    assert "runs code" in err  # says why
+
+
+def test_pickled_model_with_trust(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(network(), path)
+    code, out, err = run(str(path), "SkipBlock", "--paths", "--trust")
+    assert code == 0
+    assert err == ""
+    assert out.splitlines() == ["bulk.2", "bulk.3", "bulk.4"]
+
+
+# torch 2.10+ deprecates TorchScript; the file format still loads
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_torchscript_loads_without_trust_and_keeps_class_names(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(network()).save(str(path))
+    code, out, err = run(str(path), "SkipBlock > Sequential > Linear:first-child: x", "--json")
+    assert code == 0, err
+    assert json.loads(out) == [
+        {"path": f"bulk.{i}.seq.0", "type": "Linear", "props": ["x"]} for i in (2, 3, 4)
+    ]
+    code, out, _ = run(str(path), "Network > Sequential > LeakyReLU", "--paths")
+    assert (code, out) == (0, "bulk.1\n")
+
+
+def test_state_dict_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(network().state_dict(), path)
+    for extra in ([], ["--trust"]):
+        code, out, err = run(str(path), "Linear", *extra)
+        assert code == 2
+        assert out == ""
+        assert "state_dict" in err
+        assert "package.module:factory" in err
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"this is not a model", b""])
+def test_damaged_file_is_not_called_a_pickled_model(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    code, out, err = run(str(path), "Linear")
+    assert code == 2
+    assert out == ""
+    assert "junk.pt" in err
+    assert "holds a pickled model" not in err  # it holds no model at all: --trust would not help
+
+
+# ---- the real entry point ------------------------------------------------------------------------
+
+
+def test_python_dash_m_modsel() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modsel", "torch.nn:Transformer", "LayerNorm", "--paths"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 32
+    assert lines[0] == "encoder.layers.0.norm1"
+    assert lines[-1] == "decoder.norm"
+    assert "encoder.norm" in lines
