@@ -98,7 +98,7 @@ class AttributeSelector:
     def __str__(self) -> str:
         if self.op is None:
             return f"[{escape_name(self.name)}]"
-        value = quote(self.value or "") if self.quoted else (self.value or "")
+        value = quote(self.value or "") if self.quoted else escape_name(self.value or "", keep=".+")
         flag = f" {self.flag}" if self.flag else ""
         return f"[{escape_name(self.name)}{self.op}{value}{flag}]"
 
@@ -192,6 +192,10 @@ class Complex:
     compounds: tuple[Compound, ...]
     combinators: tuple[Combinator, ...] = ()
     position: Position = field(default=_NOWHERE, compare=False, repr=False)
+    # facts the parser checks limits with: how deeply functional pseudo-classes nest inside,
+    # and where the first ``:has()`` inside is (``None``: there is none)
+    nesting: int = field(default=0, compare=False, repr=False)
+    has_position: Position | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         parts = [str(self.compounds[0])]
@@ -219,6 +223,8 @@ class Rule:
     selectors: SelectorList
     props: tuple[str, ...] = ("all",)
     position: Position = field(default=_NOWHERE, compare=False, repr=False)
+    # where the props colon is; ``None`` when the rule was written without props
+    props_position: Position | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.selectors}: {', '.join(self.props)}"
@@ -245,11 +251,14 @@ def format_anb(a: int, b: int) -> str:
     return f"{an}{b:+d}"
 
 
-def escape_name(name: str) -> str:
-    """A name written so that it lexes back as one name (CSS escapes for other characters)."""
+def escape_name(name: str, keep: str = "") -> str:
+    """A name written so that it lexes back as one name (CSS escapes for other characters);
+    characters in ``keep`` stay as they are."""
     out = []
     for ch in name:
-        if (ch.isascii() and (ch.isalnum() or ch in "_-")) or (not ch.isascii() and ch.isprintable()):
+        if (ch.isascii() and (ch.isalnum() or ch in "_-" or ch in keep)) or (
+            not ch.isascii() and ch.isprintable()
+        ):
             out.append(ch)
         elif ch.isascii() and ch.isprintable() and ch not in " \t":
             out.append("\\" + ch)

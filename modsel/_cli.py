@@ -185,19 +185,20 @@ def _load_file(path: str, trust: bool) -> Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if not trust and "weights_only" in str(e).lower().replace(" ", "_"):
+        if not trust and "Unsupported global" in str(e):  # a real pickle of classes: code runs
             raise TargetError(
                 f"{path!r} holds a pickled model; loading it runs code stored in the file. "
                 "If you trust where it came from, add --trust."
             ) from None
-        raise TargetError(f"cannot load {path!r}: {e}") from None
+        detail = str(e).rsplit("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        raise TargetError(f"cannot load {path!r}: {detail[0] if detail else e}") from None
     except Exception as e:  # torch.load raises many kinds on damaged files
         raise TargetError(f"cannot load {path!r}: {type(e).__name__}: {e}") from None
     if isinstance(obj, Module):
         return obj
     if isinstance(obj, dict):
         raise TargetError(
-            f"{path!r} holds a {type(obj).__name__} (a state_dict?), not a model: modsel needs the "
+            f"{path!r} holds a dict (a state_dict?), not a model: modsel needs the "
             "module tree, so point it at 'package.module:factory' that builds the model instead"
         )
     raise TargetError(f"{path!r} holds a {type(obj).__name__}, not an nn.Module")

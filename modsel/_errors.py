@@ -43,7 +43,7 @@ def caret_context(pattern: str, line: int, column: int) -> str:
     Tabs and control characters show as spaces or escapes so the caret lines up; long lines are
     cut to a window around the column.
     """
-    lines = pattern.splitlines() or [""]
+    lines = pattern.split("\n")  # "\n" alone ends a line, as in the positions
     text = lines[line - 1] if 0 < line <= len(lines) else ""
     shown = [_printable(ch) for ch in text]
     col = min(max(column - 1, 0), len(shown))

@@ -8,9 +8,11 @@ context. No lark exception reaches the caller.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import functools
 import re
+import threading
 from typing import Any, cast
 
 import lark
@@ -53,17 +55,29 @@ _ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(\r\n|[\r\n\f])|([\s\
 
 
 class _Reject(Exception):
-    """Raised by a callback: ``reason`` at ``token``'s position."""
+    """Raised by a callback: ``reason`` at character ``offset`` of the text. ``props_hint``:
+    the name of an unknown pseudo-class that may have been meant as a prop."""
 
-    def __init__(self, reason: str, line: int, column: int) -> None:
+    def __init__(self, reason: str, offset: int, props_hint: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.line = line
-        self.column = column
+        self.offset = offset
+        self.props_hint = props_hint
 
 
-def _reject(reason: str, token: Token) -> _Reject:
-    return _Reject(reason, token.line or 1, token.column or 1)
+_SPACE = re.compile(r"(?:[ \t\f\r\n]|/\*(?:[^*]|\*(?!/))*\*/)*")
+
+
+def _start(tok: Token) -> int:
+    """Offset of a token's first character that is not whitespace or a comment."""
+    offset = tok.start_pos or 0
+    text = str(tok)
+    skipped = _SPACE.match(text)
+    return offset + (skipped.end() if skipped and skipped.end() < len(text) else 0)
+
+
+def _reject(reason: str, tok: Token, props_hint: str | None = None) -> _Reject:
+    return _Reject(reason, _start(tok), props_hint)
 
 
 def unescape(text: str) -> str:
@@ -83,35 +97,45 @@ def unescape(text: str) -> str:
     return _ESCAPE.sub(one, text)
 
 
-def _position(token: Token) -> Position:
-    return Position(token.line or 1, token.column or 1)
+# The line starts of the text being parsed, for positions (the lexer's own line numbers do
+# not see the newlines that _fold_newlines turned into spaces). Per thread, set by _run.
+_STATE = threading.local()
 
 
-def _nesting(compounds: tuple[Compound, ...]) -> tuple[int, bool]:
-    """(deepest nesting of functional pseudo-classes, whether any ``:has`` occurs) in compounds."""
-    depth, has = 0, False
+def _position_at(offset: int) -> Position:
+    starts: list[int] = _STATE.line_starts
+    line = bisect.bisect_right(starts, offset)
+    return Position(line, offset - starts[line - 1] + 1)
+
+
+def _position(tok: Token) -> Position:
+    return _position_at(_start(tok))
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0, *(m.end() for m in re.finditer("\n", text))]
+
+
+def _nesting(compounds: tuple[Compound, ...]) -> tuple[int, Position | None]:
+    """(how deeply functional pseudo-classes nest in these compounds, where the first
+    ``:has()`` is) from the facts the inner Complex nodes already carry."""
+    depth, has_at = 0, None
     for compound in compounds:
         for simple in compound.selectors:
-            inner: tuple[Complex, ...] = ()
+            inner: tuple[Complex, ...]
             if isinstance(simple, LogicalPseudo):
                 inner = simple.selectors.selectors
             elif isinstance(simple, NthPseudo) and simple.of is not None:
                 inner = simple.of.selectors
             elif isinstance(simple, HasPseudo):
                 inner = tuple(r.selector for r in simple.selectors)
-                has = True
+                has_at = has_at or compound.position
             else:
                 continue
             for cx in inner:
-                d, h = _FACTS.get(id(cx), (0, False))
-                depth = max(depth, d + 1)
-                has = has or h
-    return depth, has
-
-
-# Nesting facts of the Complex nodes being built. Keyed by id() while parsing; cleared after
-# each parse (parse holds _LOCK-free single-threaded use per call; see parse()).
-_FACTS: dict[int, tuple[int, bool]] = {}
+                depth = max(depth, cx.nesting + 1)
+                has_at = has_at or cx.has_position
+    return depth, has_at
 
 
 class _ToAst(lark.Transformer[Token, Any]):
@@ -122,11 +146,13 @@ class _ToAst(lark.Transformer[Token, Any]):
 
     def rule(self, children: list[Any]) -> Rule:
         selectors: SelectorList = children[0]
-        props: tuple[str, ...] = children[1] if len(children) > 1 else ("all",)
-        return Rule(selectors, props, selectors.position)
+        if len(children) == 1:
+            return Rule(selectors, ("all",), selectors.position)
+        props, props_position = children[1]
+        return Rule(selectors, props, selectors.position, props_position)
 
-    def props(self, children: list[Token]) -> tuple[str, ...]:
-        return tuple(str(tok) for tok in children)
+    def props(self, children: list[Token]) -> tuple[tuple[str, ...], Position]:
+        return tuple(str(tok) for tok in children), _position_at(_start(children[0]) - 1)
 
     def selector_list(self, children: list[Complex]) -> SelectorList:
         return SelectorList(tuple(children), children[0].position)
@@ -134,9 +160,8 @@ class _ToAst(lark.Transformer[Token, Any]):
     def complex(self, children: list[Any]) -> Complex:
         compounds = tuple(children[0::2])
         combinators = tuple(_COMBINATOR_OF[tok.type] for tok in children[1::2])
-        cx = Complex(compounds, combinators, compounds[0].position)
-        _FACTS[id(cx)] = _nesting(compounds)
-        return cx
+        nesting, has_at = _nesting(compounds)
+        return Complex(compounds, combinators, compounds[0].position, nesting, has_at)
 
     def relative_list(self, children: list[Relative]) -> tuple[Relative, ...]:
         return tuple(children)
@@ -180,41 +205,41 @@ class _ToAst(lark.Transformer[Token, Any]):
         raise AssertionError(f"unexpected token {tok.type}")  # pragma: no cover
 
     def attribute(self, children: list[Token]) -> tuple[AttributeSelector, Position]:
-        name_tok = children[0]
+        bracket, name_tok = children[0], children[1]
+        position = _position(bracket)
         name = unescape(str(name_tok))
-        if len(children) == 1:
-            return AttributeSelector(name), _position(name_tok)
-        op = str(children[1]).strip(" \t\f\r\n")
-        op = _WS_OR_COMMENT.sub("", op)
-        value_tok = children[2]
+        if len(children) == 2:
+            return AttributeSelector(name), position
+        op = _WS_OR_COMMENT.sub("", str(children[2]))
+        value_tok = children[3]
         quoted = value_tok.type == "STRING"
         value = unescape(str(value_tok)[1:-1]) if quoted else unescape(str(value_tok))
-        flag = str(children[3]).strip().lower() if len(children) > 3 else None
-        if flag is not None:
-            flag = _WS_OR_COMMENT.sub("", flag).lower()
+        flag_tok = children[4] if len(children) > 4 else None
+        flag = _WS_OR_COMMENT.sub("", str(flag_tok)).lower() if flag_tok is not None else None
         if op in _NUMERIC_OPS and not NUMBER.match(value):
-            raise _reject(f"{op!r} compares numbers, but {value!r} is not a number", value_tok)
-        if flag is not None and op in (*_NUMERIC_OPS, "!="):
-            raise _reject(f"the case flag {flag!r} does not apply to {op!r}", children[3])
-        return AttributeSelector(name, op, value, quoted, flag), _position(name_tok)
+            raise _reject(f"{op!r} compares numbers, but {_short(value)!r} is not a number", value_tok)
+        if flag_tok is not None and op in (*_NUMERIC_OPS, "!="):
+            raise _reject(f"the case flag {flag!r} does not apply to {op!r}", flag_tok)
+        return AttributeSelector(name, op, value, quoted, flag), position
 
     def simple_pseudo(self, children: list[Token]) -> tuple[PseudoClass, Position]:
         tok = children[0]
-        name = unescape(str(tok)[1:]).lower()
+        written = str(tok)[1:]
+        name = unescape(written).lower()
         if name in _pseudo.SIMPLE:
             return PseudoClass(name), _position(tok)
         if name in _pseudo.FUNCTIONAL:
             raise _reject(f"':{name}' needs an argument: write ':{name}(...)'", tok)
-        raise _reject(_unknown_pseudo(str(tok)[1:]), tok)
+        raise _reject(_unknown_pseudo(written), tok, props_hint=written)
 
     def logical_pseudo(self, children: list[Any]) -> tuple[LogicalPseudo, Position]:
         tok: Token = children[0]
-        raw = str(tok)[1:].rstrip(" \t\f\r\n").rstrip("(")
-        name = unescape(raw).lower()
+        written = _function_name(tok)
+        name = unescape(written).lower()
         if name not in _pseudo.LOGICAL:
             if name in _pseudo.SIMPLE:
                 raise _reject(f"':{name}' takes no argument: write ':{name}'", tok)
-            raise _reject(_unknown_pseudo(raw + "()"), tok)
+            raise _reject(_unknown_pseudo(written + "()"), tok)
         selectors: SelectorList = children[1]
         self._check_nesting(selectors.selectors, tok)
         return LogicalPseudo(name, selectors), _position(tok)
@@ -222,14 +247,20 @@ class _ToAst(lark.Transformer[Token, Any]):
     def has_pseudo(self, children: list[Any]) -> tuple[HasPseudo, Position]:
         tok: Token = children[0]
         relatives: tuple[Relative, ...] = children[1]
-        _, has = self._check_nesting(tuple(r.selector for r in relatives), tok)
-        if has:
-            raise _reject("':has()' cannot be nested inside ':has()'", tok)
+        inner = tuple(r.selector for r in relatives)
+        self._check_nesting(inner, tok)
+        for cx in inner:
+            if cx.has_position is not None:
+                starts: list[int] = _STATE.line_starts
+                at = cx.has_position
+                raise _Reject(
+                    "':has()' cannot be nested inside ':has()'", starts[at.line - 1] + at.column - 1
+                )
         return HasPseudo(relatives), _position(tok)
 
     def nth_pseudo(self, children: list[Any]) -> tuple[NthPseudo, Position]:
         tok: Token = children[0]
-        name = str(tok)[1:].split("(")[0].lower()
+        name = _function_name(tok).lower()
         a, b = _parse_anb(children[1])
         of: SelectorList | None = children[2] if len(children) > 2 else None
         if of is not None:
@@ -239,14 +270,24 @@ class _ToAst(lark.Transformer[Token, Any]):
         return NthPseudo(name, a, b, of), _position(tok)
 
     @staticmethod
-    def _check_nesting(complexes: tuple[Complex, ...], tok: Token) -> tuple[int, bool]:
-        depth, has = 0, False
-        for cx in complexes:
-            d, h = _FACTS.get(id(cx), (0, False))
-            depth, has = max(depth, d), has or h
-        if depth + 1 > MAX_NESTING:
+    def _check_nesting(complexes: tuple[Complex, ...], tok: Token) -> None:
+        if max(cx.nesting for cx in complexes) + 1 > MAX_NESTING:
             raise _reject(f"selectors nest more than {MAX_NESTING} levels deep", tok)
-        return depth, has
+
+
+_FUNCTION_NAME = re.compile(
+    r"(?:[A-Za-z0-9_\-]|[^\x00-\x7f]|\\[0-9a-fA-F]{1,6}[ \t\r\n\f]?|\\[^\r\n\f0-9a-fA-F])+"
+)
+
+
+def _function_name(tok: Token) -> str:
+    """The name in a ``:name(`` token, as written (the token also holds whitespace/comments)."""
+    m = _FUNCTION_NAME.match(str(tok), 1)
+    return m.group() if m else ""
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _parse_anb(tok: Token) -> tuple[int, int]:
@@ -264,13 +305,11 @@ def _parse_anb(tok: Token) -> tuple[int, int]:
 
 
 def _unknown_pseudo(written: str) -> str:
-    names = _pseudo.known_names()
-    close = difflib.get_close_matches(written.lower(), names, n=3, cutoff=0.6)
-    msg = f"unknown pseudo-class ':{written}'"
-    if close:
-        msg += "; did you mean " + " or ".join(f"':{c}'" for c in close) + "?"
-    if not written.endswith("()"):
-        msg += f" (to give props, put a space after the colon: ': {written}')"
+    msg = f"unknown pseudo-class ':{_short(written)}'"
+    if len(written) <= 40:  # difflib is quadratic: no suggestions for absurd names
+        close = difflib.get_close_matches(written.lower(), _pseudo.known_names(), n=3, cutoff=0.6)
+        if close:
+            msg += "; did you mean " + " or ".join(f"':{c}'" for c in close) + "?"
     return msg
 
 
@@ -291,7 +330,7 @@ _TERMINAL_WORDS = {
     "UNIVERSAL": "'*'",
     "ID": "'#id'",
     "CLASS": "'.class'",
-    "_LBRACK": "'['",
+    "LBRACK": "'['",
     "PSEUDO": "a pseudo-class",
     "FUNCTION": "a pseudo-class",
     "NTH": "a pseudo-class",
@@ -302,6 +341,7 @@ _TERMINAL_WORDS = {
     "SUBSEQUENT_SIBLING": "a combinator",
     "_COMMA": "','",
     "_SEP": "a newline or ';'",
+    "_LEAD": "a newline or ';'",
     "_PROPS_COLON": "': ' and props",
     "PROP": "a prop name (letters, digits, '_', '-')",
     "_PROP_COMMA": "','",
@@ -318,8 +358,14 @@ _TERMINAL_WORDS = {
 }
 
 
-def _expected(names: set[str] | frozenset[str]) -> str:
-    words = sorted({_TERMINAL_WORDS.get(n, n) for n in names})
+def _expected(names: set[str] | frozenset[str], text: str, offset: int) -> str:
+    names = set(names)
+    paren, bracket = _open_brackets(text, offset)
+    if not paren:  # LALR merges states inside and outside (): only offer ')' when one is open
+        names.discard("_RPAR")
+    if not bracket:
+        names.discard("_RBRACK")
+    words = sorted({_TERMINAL_WORDS.get(n, n.strip("_").lower()) for n in names})
     if not words:
         return ""
     if len(words) == 1:
@@ -327,69 +373,123 @@ def _expected(names: set[str] | frozenset[str]) -> str:
     return ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _end_position(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
-    return len(lines), len(lines[-1]) + 1
+# what the newline folding and the bracket count skip over: escapes, strings, comments
+_SCAN = re.compile(
+    r"""\\[\s\S]|"(?:[^"\\\n]|\\[\s\S])*"?|'(?:[^'\\\n]|\\[\s\S])*'?|/\*[\s\S]*?(?:\*/|\Z)|[()\[\]\r\n\f]"""
+)
 
 
-def _skip_space(text: str, line: int, column: int) -> tuple[int, int]:
-    """Move a position forward over whitespace, so a caret points at the offending character."""
-    lines = text.split("\n")
-    while 0 < line <= len(lines):
-        row = lines[line - 1]
-        while column - 1 < len(row) and row[column - 1] in " \t\f\r":
-            column += 1
-        if column - 1 < len(row) or line == len(lines):
-            break
-        line, column = line + 1, 1
-    return line, column
+def _open_brackets(text: str, end: int) -> tuple[int, int]:
+    """How many '(' and '[' are open at ``end`` (outside strings, comments and escapes)."""
+    paren = bracket = 0
+    for m in _SCAN.finditer(text, 0, end):
+        ch = m.group()
+        if ch == "(":
+            paren += 1
+        elif ch == ")":
+            paren = max(0, paren - 1)
+        elif ch == "[":
+            bracket += 1
+        elif ch == "]":
+            bracket = max(0, bracket - 1)
+    return paren, bracket
+
+
+def _fold_newlines(text: str) -> str:
+    """``text`` with the line breaks inside () and [] turned into spaces (same length, so
+    offsets stay valid): inside brackets a newline is whitespace, at the top level it ends
+    a rule, and the LALR lexer states cannot tell those places apart."""
+    if "\n" not in text and "\r" not in text and "\f" not in text:
+        return text
+    depth = 0
+    spaces: list[int] = []
+    for m in _SCAN.finditer(text):
+        ch = m.group()
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch in "\r\n\f" and depth:
+            spaces.append(m.start())
+    if not spaces:
+        return text
+    chars = list(text)
+    for i in spaces:
+        chars[i] = " "
+    return "".join(chars)
+
+
+def _error(reason: str, text: str, offset: int) -> SelectorSyntaxError:
+    starts = _line_starts(text)
+    line = bisect.bisect_right(starts, offset)
+    return SelectorSyntaxError(reason, text, line, offset - starts[line - 1] + 1)
+
+
+def _props_hint(text: str, offset: int, written: str) -> str:
+    """A hint for ``Linear:propA``: only where a props colon could stand (after a compound)."""
+    before = text[offset - 1] if offset > 0 else ""
+    if before and not before.isspace() and before not in ",(;":
+        return f" (to give props, put a space after the colon: ': {_short(written)}')"
+    return ""
 
 
 def _syntax_error(text: str, err: Exception) -> SelectorSyntaxError:
     if isinstance(err, _Reject):
-        return SelectorSyntaxError(err.reason, text, err.line, err.column)
+        reason = err.reason
+        if err.props_hint is not None:
+            reason += _props_hint(text, err.offset, err.props_hint)
+        return _error(reason, text, err.offset)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        line, column = err.line, err.column
         pos = err.pos_in_stream or 0
-        char = text[pos] if 0 <= pos < len(text) else ""
-        rest = text[pos : pos + 2]
+        allowed = set(err.allowed or ())
+        char, rest = text[pos : pos + 1], text[pos : pos + 2]
         if char == "\x00":
             reason = "NUL character in selector"
         elif rest == "::":
             reason = "pseudo-elements ('::') are not supported"
+        elif rest == "/*":
+            reason = "unterminated comment"
+        elif char in "\"'":
+            reason = "unterminated string"
         elif char == "|":
             reason = "namespaces ('|') are not supported"
         elif char == "&":
             reason = "CSS nesting ('&') is not supported"
-        elif char == "," and err.allowed and "PROP" in err.allowed:
+        elif char == "," and "PROP" in allowed:
             reason = "empty prop between commas"
-        elif char in "\r\n" and err.allowed and "PROP" in err.allowed:
+        elif char in "\r\n" and "PROP" in allowed:
             reason = "expected a prop name after ':'"
         else:
             reason = f"unexpected {char!r}"
-            if err.allowed:
-                reason += f", expected {_expected(err.allowed)}"
-        return SelectorSyntaxError(reason, text, line, column)
+            expected = _expected(allowed, text, pos)
+            if expected:
+                reason += f", expected {expected}"
+        return _error(reason, text, pos)
     if isinstance(err, lark.exceptions.UnexpectedToken):
         tok = err.token
-        expected = _expected(err.expected)
         if tok.type == "$END":
-            line, column = _end_position(text)
+            offset = len(text)
             reason = "unexpected end of input"
         else:
-            line, column = _skip_space(text, tok.line or 1, tok.column or 1)
-            shown = str(tok).strip(" \t\f\r\n") or str(tok)
-            reason = f"unexpected {shown!r}"
+            offset = _start(tok)
+            shown = text[offset : (tok.end_pos or offset + 1)].strip(" \t\f\r\n")
+            if not shown or shown.startswith("/*"):  # whitespace: name what follows it
+                offset = tok.end_pos if tok.end_pos is not None else len(text)
+                shown = text[offset : offset + 1]
+                reason = f"unexpected {shown!r}" if shown else "unexpected end of input"
+            else:
+                reason = f"unexpected {_short(shown)!r}"
             if "PROP" in err.expected and tok.type in ("_PROP_COMMA", "_COMMA"):
-                reason = "empty prop between commas"
-                expected = ""
+                return _error("empty prop between commas", text, offset)
+        expected = _expected(err.expected, text, offset)
         if expected:
             reason += f", expected {expected}"
-        return SelectorSyntaxError(reason, text, line, column)
+        return _error(reason, text, offset)
     if isinstance(err, lark.exceptions.UnexpectedEOF):
-        line, column = _end_position(text)
-        return SelectorSyntaxError(
-            f"unexpected end of input, expected {_expected(set(err.expected))}", text, line, column
+        return _error(
+            f"unexpected end of input, expected {_expected(set(err.expected), text, len(text))}",
+            text,
+            len(text),
         )
     raise err  # pragma: no cover - not a parse error
 
@@ -397,8 +497,9 @@ def _syntax_error(text: str, err: Exception) -> SelectorSyntaxError:
 def _run(text: str) -> Stylesheet:
     if not isinstance(text, str):
         raise TypeError(f"a stylesheet must be a str, not {type(text).__name__}")
+    _STATE.line_starts = _line_starts(text)
     try:
-        sheet = cast(Stylesheet, _lark().parse(text))
+        sheet = cast(Stylesheet, _lark().parse(_fold_newlines(text)))
     except (_Reject, lark.exceptions.UnexpectedInput) as err:
         raise _syntax_error(text, err) from None
     except lark.exceptions.VisitError as err:  # a callback failed: unwrap
@@ -407,7 +508,7 @@ def _run(text: str) -> Stylesheet:
             raise _syntax_error(text, inner) from None
         raise inner from None
     finally:
-        _FACTS.clear()
+        _STATE.line_starts = None
     return Stylesheet(sheet.rules, text)
 
 
@@ -421,10 +522,9 @@ def parse(text: str) -> Stylesheet:
 def parse_selector(text: str) -> SelectorList:
     """Parse one selector list (no props, no separators), as ``modsel.compile`` takes."""
     sheet = _run(text)
-    if len(sheet.rules) != 1:
-        if not sheet.rules:
-            line, column = _end_position(text)
-            raise SelectorSyntaxError("empty selector", text, line, column)
+    if not sheet.rules:
+        raise _error("empty selector", text, len(text))
+    if len(sheet.rules) > 1:
         second = sheet.rules[1].position
         raise SelectorSyntaxError(
             "expected one selector list, found several rules (a newline or ';' separates rules)",
@@ -433,15 +533,12 @@ def parse_selector(text: str) -> SelectorList:
             second.column,
         )
     rule = sheet.rules[0]
-    if rule.props != ("all",) or _has_props_colon(text):
+    if rule.props_position is not None:
+        at = rule.props_position
         raise SelectorSyntaxError(
             "a selector takes no props; use modsel.select(model, css) for a stylesheet",
             text,
-            rule.position.line,
-            rule.position.column,
+            at.line,
+            at.column,
         )
     return rule.selectors
-
-
-def _has_props_colon(text: str) -> bool:
-    return re.search(r":(?=[ \t\f\r\n]|\Z)", _WS_OR_COMMENT.sub(" ", text)) is not None

@@ -9,7 +9,7 @@ from torch import nn
 class SkipBlock(nn.Module):
     """The seed README's block."""
 
-    def __init__(self, hiddenDim: int = 10) -> None:  # noqa: N803 - the seed README's name
+    def __init__(self, hiddenDim: int = 10) -> None:  # the seed README's name
         super().__init__()
 
         def gen() -> tuple[nn.Module, nn.Module]:
@@ -24,7 +24,7 @@ class SkipBlock(nn.Module):
 class Network(nn.Module):
     """The seed README's network: bulk = Linear, LeakyReLU, 3 SkipBlocks, Linear."""
 
-    def __init__(self, hiddenDim: int = 10, blocks: int = 3) -> None:  # noqa: N803
+    def __init__(self, hiddenDim: int = 10, blocks: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(1, hiddenDim), nn.LeakyReLU()]
         layers += [SkipBlock(hiddenDim) for _ in range(blocks)]

@@ -351,7 +351,7 @@ def test_megabyte_input_with_error_at_the_end() -> None:
 
 def test_megabyte_comment() -> None:
     assert len(modsel.parse("/*" + "x" * 1_000_000 + "*/ A").rules) == 1
-    syntax_error("/*" + "x" * 1_000_000)
+    syntax_error("/*" + "x" * 200_000)  # unterminated
 
 
 def test_megabyte_unknown_pseudo_class_message_stays_short() -> None:
@@ -389,7 +389,9 @@ def test_compile_rejects_empty_selector(css: str) -> None:
     assert info.value.reason == "empty selector"
 
 
-@pytest.mark.parametrize("css", ["A,\nB", "A /* : */", "[a=': ']", '[a=": "]', "A:first-child"])
+@pytest.mark.parametrize(
+    "css", ["A,\nB", "A /* : */", "[a=': ']", '[a=": "]', "A:first-child", "#a\\:", "#\\3a ", "#a\\: > B"]
+)
 def test_compile_accepts_colons_that_are_not_props(css: str) -> None:
     assert modsel.compile(css).ast == modsel.parse(css).rules[0].selectors
 

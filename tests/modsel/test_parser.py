@@ -640,9 +640,7 @@ def test_parse_is_cached() -> None:
     css = "Linear > ReLU: test_parse_is_cached"
     first = modsel.parse(css)
     assert modsel.parse(css) is first
-    info = modsel.parse.cache_info()  # type: ignore[attr-defined]
-    modsel.parse(css)
-    assert modsel.parse.cache_info().hits == info.hits + 1  # type: ignore[attr-defined]
+    assert modsel.parse("Linear > ReLU: other") is not first
 
 
 def test_parse_takes_only_text() -> None:
