@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from torch.nn import Module
@@ -37,23 +37,21 @@ class ModuleSelector:
     child name (``[i]`` with an int is the i-th child, with a str the child of that name).
     """
 
-    # Hot fields are slots, set for every node. The rest live in the instance ``__dict__``,
-    # which Python creates only for the few nodes that set them (class attributes are the
-    # defaults): building a 100k-node tree is mostly the cost of these assignments.
-    __slots__ = ("__dict__", "_index", "_kids", "_memo", "_tag", "depth", "module", "name", "parent", "path")
+    # Building a 100k-node tree is mostly the cost of setting these slots, so there are few:
+    # props and rules live in a side table of the document memo (most nodes have none), depth
+    # is counted when asked, and ``sheet`` (the root's) lives in the instance ``__dict__``,
+    # which Python creates only for the nodes that set it.
+    __slots__ = ("__dict__", "_index", "_kids", "_memo", "_tag", "module", "name", "parent", "path")
 
     module: Module
     name: str
     parent: ModuleSelector | None
-    depth: int
     path: str
     _index: int
     _kids: list[ModuleSelector]
     _memo: dict[object, dict[int, Any]]  # one per document, shared by its nodes: see memo()
     _tag: str
 
-    props: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
     sheet: Stylesheet | None = None
 
     def __init__(
@@ -62,14 +60,12 @@ class ModuleSelector:
         name: str,
         parent: ModuleSelector | None,
         index: int,
-        depth: int,
         path: str,
     ) -> None:
         self.module = module
         self.name = name
         self.parent = parent
         self._index = index
-        self.depth = depth
         self.path = path
         self._kids = _NO_KIDS
         self._memo = parent._memo if parent is not None else {}
@@ -81,6 +77,26 @@ class ModuleSelector:
     def nn(self) -> Module:
         """The ``nn.Module`` of this node (same as ``module``)."""
         return self.module
+
+    @property
+    def depth(self) -> int:
+        """Levels below the root (0 at the root)."""
+        depth, node = 0, self.parent
+        while node is not None:
+            depth, node = depth + 1, node.parent
+        return depth
+
+    @property
+    def props(self) -> tuple[str, ...]:
+        """The props the stylesheet gave this node, in rule order (``()``: not selected)."""
+        selected = self._memo.get(SELECTED)
+        return selected[id(self)][0] if selected and id(self) in selected else ()
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules that selected this node, in stylesheet order."""
+        selected = self._memo.get(SELECTED)
+        return selected[id(self)][1] if selected and id(self) in selected else ()
 
     @property
     def tag(self) -> str:
@@ -217,8 +233,10 @@ class ModuleSelector:
 
 
 _NO_KIDS: list[ModuleSelector] = []
-_NOT_CHILDREN = frozenset(ModuleSelector.__slots__)
+_NOT_CHILDREN = frozenset(ModuleSelector.__slots__) | {"depth", "props", "rules", "sheet"}
 _ATTRIBUTES = object()
+# memo key of the side table id(node) -> (props, rules), filled by modsel.select
+SELECTED = object()
 
 
 def tag_of(module: Module) -> str:
@@ -290,43 +308,66 @@ def build(model: Module) -> ModuleSelector:
     """The mirror tree of ``model``; its root has the name ``root``."""
     with paused_gc():
         root = new_root(model)
-        for _ in expand(root):
-            pass
+        grow(root)
     return root
 
 
 def new_root(model: Module) -> ModuleSelector:
-    """A lone root node for ``model``, ready for ``expand``."""
+    """A lone root node for ``model``, ready for ``grow``."""
     if not isinstance(model, Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}: {model!r:.80}")
-    return ModuleSelector(model, "root", None, 0, 0, "")
+    return ModuleSelector(model, "root", None, 0, "")
 
 
-def expand(root: ModuleSelector, parents: list[ModuleSelector] | None = None) -> Iterator[ModuleSelector]:
-    """Create the tree below a fresh ``root``, yielding each node in document (pre-)order as
-    soon as its children exist (so a caller can test it: its ancestors, siblings and children
-    are there, deeper nodes not yet). Nodes with children are appended to ``parents``."""
-    node_cls = ModuleSelector
+def grow(
+    root: ModuleSelector,
+    parents: list[ModuleSelector] | None = None,
+    test: Callable[[ModuleSelector], bool] | None = None,
+) -> list[ModuleSelector]:
+    """Create the tree below a fresh ``root`` and return its nodes in document (pre-)order.
+
+    With ``test``, return only the nodes that pass it; each node is tested as soon as its
+    children exist (its ancestors, siblings and children are there, deeper nodes not yet).
+    Nodes that got children are appended to ``parents`` (for ``dismantle``).
+    """
+    # This loop is the floor of every match: nodes are made with object.__new__ and their
+    # slots set inline (the same fields as ModuleSelector.__init__), which saves a Python call
+    # per module, about a tenth of the time of a whole match.
+    new, node_cls, no_kids = object.__new__, ModuleSelector, _NO_KIDS
+    memo = root._memo
+    found: list[ModuleSelector] = []
+    keep = found.append
     stack = [root]
     pop, extend = stack.pop, stack.extend
     while stack:
         node = pop()
         mods = node.module._modules
         if mods:
-            depth = node.depth + 1
-            prefix = node.path + "." if depth > 1 else ""
+            prefix = node.path + "." if node.parent is not None else ""
             kids: list[ModuleSelector] = []
             for name, mod in mods.items():
                 # a module with children may contain itself further up: skip that place
                 if mod is None or (mod._modules and _is_ancestor(mod, node)):
                     continue
-                kids.append(node_cls(mod, name, node, len(kids), depth, prefix + name))
+                kid = new(node_cls)
+                kid.module = mod
+                kid.name = name
+                kid.parent = node
+                kid._index = len(kids)
+                kid.path = prefix + name
+                kid._kids = no_kids
+                kid._memo = memo
+                tag = type(mod).__name__
+                kid._tag = tag if tag != "RecursiveScriptModule" else tag_of(mod)
+                kids.append(kid)
             if kids:
                 node._kids = kids
                 extend(reversed(kids))
                 if parents is not None:
                     parents.append(node)
-        yield node
+        if test is None or test(node):
+            keep(node)
+    return found
 
 
 @contextlib.contextmanager

@@ -11,7 +11,8 @@ stay linear.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterator
 
 from torch.nn import Module
 
@@ -33,7 +34,7 @@ from ._ast import (
     UniversalSelector,
     walk_simple,
 )
-from ._document import ModuleSelector, class_names_of, dismantle, expand, new_root, paused_gc, preorder
+from ._document import ModuleSelector, class_names_of, dismantle, grow, new_root, paused_gc, preorder
 from ._parser import NUMBER, parse_selector
 
 __all__ = ["Selector", "compile", "compile_list", "match", "match_nodes"]
@@ -236,33 +237,29 @@ def _has_relative(rel: Relative) -> Pred:
 
 
 def _has_below(test: Pred) -> Pred:
-    """``:has(X)`` for one compound X: some strict descendant passes ``test``. The first query
-    answers for its whole subtree bottom-up and memoises every node, so all queries together
-    cost O(n)."""
+    """``:has(X)`` for one compound X: some strict descendant passes ``test``. On the first
+    query the whole document is tested once and every ancestor of each match is marked
+    (stopping at one already marked), so all queries together cost O(n)."""
     key = object()
 
     def has_below(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
-        known = node.memo(key)
-        answer: bool | None = known.get(id(node))
-        if answer is not None:
-            return answer
-        order = [node]  # breadth-first over the part of the subtree not answered yet
-        i = 0
-        while i < len(order):
-            for kid in order[i]._kids:
-                if id(kid) not in known:
-                    order.append(kid)
-            i += 1
-        for current in reversed(order):  # children before parents
-            found = False
-            for kid in current._kids:
-                if known[id(kid)] or test(kid):
-                    found = True
-                    break
-            known[id(current)] = found
-        return bool(known[id(node)])
+        marked = node.memo(key)
+        if not marked:
+            root = node
+            while root.parent is not None:
+                root = root.parent
+            marked[_DONE] = True
+            for hit in filter(test, preorder(root)):
+                parent = hit.parent
+                while parent is not None and id(parent) not in marked:
+                    marked[id(parent)] = True
+                    parent = parent.parent
+        return id(node) in marked
 
     return has_below
+
+
+_DONE = -1  # a key no id() can be: "this memo table is filled"
 
 
 def _has_test(sel: HasPseudo) -> Pred:
@@ -329,23 +326,64 @@ def compile_compound(compound: Compound) -> Pred:
     return lambda node, anchor=None, /: all(test(node) for test in tests)
 
 
-def _step(comb: str, prev: Pred, test: Pred, expensive: bool) -> Pred:
-    """The test for ``prev comb test``: ``test`` holds for the node and ``prev`` for the node
-    the combinator leads to. ``expensive``: check the (one) related node before ``test``."""
-    if comb == " ":
+def _descendant_of_type(tag: str, test: Pred) -> Pred:
+    """``Type test``: some ancestor has the tag (compared inline: no call per ancestor)."""
 
-        def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
-            if not test(node):
-                return False
-            parent = node.parent
-            while parent is not None:
-                if prev(parent, anchor):
-                    return True
-                parent = parent.parent
+    def descendant_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+        if test is not _always and not test(node):
             return False
+        parent = node.parent
+        while parent is not None:
+            if parent._tag == tag:
+                return True
+            parent = parent.parent
+        return False
 
-        return descendant
+    return descendant_of_type
+
+
+def _descendant_step(prev: Pred, test: Pred) -> Pred:
+    """``prev test`` (descendant combinator): walk up the ancestors. (A per-node memo of "some
+    ancestor passes prev" measured no faster on transformer-shaped trees, which are shallow.)"""
+
+    def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+        if test is not _always and not test(node):
+            return False
+        parent = node.parent
+        while parent is not None:
+            if prev(parent, anchor):
+                return True
+            parent = parent.parent
+        return False
+
+    return descendant
+
+
+def _step(comb: str, prev: Pred, test: Pred, expensive: bool, prev_tag: str | None) -> Pred:
+    """The test for ``prev comb test``: ``test`` holds for the node and ``prev`` for the node
+    the combinator leads to. ``expensive``: check the (one) related node before ``test``.
+    ``prev_tag``: ``prev`` is just "the tag is prev_tag", with no context of its own."""
+    if comb == " ":
+        if prev_tag is not None:
+            return _descendant_of_type(prev_tag, test)
+        return _descendant_step(prev, test)
+    if comb == ">" and prev_tag is not None:
+        if test is _always:
+            return lambda node, anchor=None, /: node.parent is not None and node.parent._tag == prev_tag
+
+        def child_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+            parent = node.parent
+            return parent is not None and parent._tag == prev_tag and test(node)
+
+        return child_of_type
     if comb == ">":
+        if test is _always:  # "A > *"
+
+            def any_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+                parent = node.parent
+                return parent is not None and prev(parent, anchor)
+
+            return any_child
         if expensive:
 
             def child_late(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
@@ -397,8 +435,14 @@ def compile_complex(cx: Complex, anchored: str | None = None) -> Pred:
         def chain(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
             return anchor is not None and first(node) and relation(node, anchor)
 
-    for comb, test, compound in zip(cx.combinators, tests[1:], cx.compounds[1:], strict=True):
-        chain = _step(comb, chain, test, _cost(compound) >= _EXPENSIVE)
+    # "Type > ..." and "Type ...": compare the tag inline instead of calling the type test
+    first_tag = None
+    lead = cx.compounds[0].selectors
+    if anchored is None and len(lead) == 1 and isinstance(lead[0], TypeSelector):
+        first_tag = lead[0].name
+    for i, (comb, test, compound) in enumerate(zip(cx.combinators, tests[1:], cx.compounds[1:], strict=True)):
+        prev_tag = first_tag if i == 0 else None
+        chain = _step(comb, chain, test, _cost(compound) >= _EXPENSIVE, prev_tag)
     return chain
 
 
@@ -445,21 +489,23 @@ class Selector:
         unless ``remove_duplicate=False``.
         """
         test = self._test
-        found: list[tuple[str, Module]] = []
-        seen: set[int] = set()
         parents: list[ModuleSelector] = []
         with paused_gc():
-            nodes: Iterable[ModuleSelector] = expand(new_root(model), parents)
-            if self._looks_below:
-                nodes = list(nodes)  # the whole tree first
-            for node in filter(test, nodes):
-                module = node.module
-                if remove_duplicate:
-                    if id(module) in seen:
-                        continue
-                    seen.add(id(module))
-                found.append((node.path, module))
+            root = new_root(model)
+            if self._looks_below:  # the whole tree first, then test
+                hits = [node for node in grow(root, parents) if test(node)]
+            else:
+                hits = grow(root, parents, test)
+            # C-level loops: this part runs once per match, up to 100k times
+            modules = list(map(_MODULE_OF, hits))
+            if remove_duplicate and len(set(map(id, modules))) != len(modules):
+                hits = _first_of_each_module(hits)
+                modules = list(map(_MODULE_OF, hits))
+            found = list(zip(map(_PATH_OF, hits), modules, strict=True))
+            # free the tree while the collector is paused: alive at gc.enable(), its nodes would
+            # be scanned by the next young collection for nothing (~0.15x of a match)
             dismantle(parents)
+            del root, hits, parents, modules
         return found
 
     def match_nodes(self, root: ModuleSelector, remove_duplicate: bool = True) -> list[ModuleSelector]:
@@ -473,15 +519,23 @@ class Selector:
 def match_nodes(test: Pred, root: ModuleSelector, remove_duplicate: bool = True) -> list[ModuleSelector]:
     """Nodes of a built tree passing ``test``, pre-order; with ``remove_duplicate``, one per
     module."""
-    found: list[ModuleSelector] = []
+    found = list(filter(test, preorder(root)))
+    return _first_of_each_module(found) if remove_duplicate else found
+
+
+_MODULE_OF = operator.attrgetter("module")
+_PATH_OF = operator.attrgetter("path")
+
+
+def _first_of_each_module(nodes: list[ModuleSelector]) -> list[ModuleSelector]:
+    """The nodes whose module has not appeared earlier in the list."""
     seen: set[int] = set()
-    for node in filter(test, preorder(root)):
-        if remove_duplicate:
-            if id(node.module) in seen:
-                continue
+    first = []
+    for node in nodes:
+        if id(node.module) not in seen:
             seen.add(id(node.module))
-        found.append(node)
-    return found
+            first.append(node)
+    return first
 
 
 @functools.lru_cache(maxsize=1024)

@@ -127,12 +127,10 @@ def _layout(
                         break
                     current = current.parent
     lines: list[_Line] = []
-    base = root.depth
-    # explicit stack of (node, is-it-a-fold-summary, run) to stay iterative on deep trees
-    stack: list[tuple[ModuleSelector, list[ModuleSelector] | None]] = [(root, None)]
+    # explicit stack of (node, depth below root, fold run or None) to stay iterative on deep trees
+    stack: list[tuple[ModuleSelector, int, list[ModuleSelector] | None]] = [(root, 0, None)]
     while stack:
-        node, run = stack.pop()
-        depth = node.depth - base
+        node, depth, run = stack.pop()
         if run is not None:
             label = f"{run[0].name}…{run[-1].name}: {node._tag} ×{len(run)} (same as {node.name})"
             total = sum(counts[id(n)] for n in run) if params else None
@@ -150,7 +148,7 @@ def _layout(
         lines.append(
             _Line(depth, label, counts.get(id(node)) if params else None, ", ".join(node.props), node)
         )
-        pending: list[tuple[ModuleSelector, list[ModuleSelector] | None]] = []
+        pending: list[tuple[ModuleSelector, int, list[ModuleSelector] | None]] = []
         i = 0
         while i < len(kids):
             kid = kids[i]
@@ -158,11 +156,11 @@ def _layout(
             if fold is not None:
                 while j < len(kids) and sigs[id(kids[j])] == sigs[id(kid)]:
                     j += 1
-            pending.append((kid, None))
+            pending.append((kid, depth + 1, None))
             if fold is not None and j - i > fold:
-                pending.append((kid, kids[i + 1 : j]))
+                pending.append((kid, depth + 1, kids[i + 1 : j]))
             else:
-                pending.extend((k, None) for k in kids[i + 1 : j])
+                pending.extend((k, depth + 1, None) for k in kids[i + 1 : j])
             i = j
         stack.extend(reversed(pending))
     return lines

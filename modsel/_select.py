@@ -7,7 +7,7 @@ import functools
 from torch.nn import Module
 
 from ._ast import Complex, Rule, SelectorList, Stylesheet
-from ._document import ModuleSelector, expand, new_root, paused_gc
+from ._document import SELECTED, ModuleSelector, grow, new_root, paused_gc
 from ._match import Pred, compile_complex, compile_compound, compile_list
 from ._parser import parse
 
@@ -32,12 +32,20 @@ def select(model: Module, css: str | Stylesheet) -> ModuleSelector:
     with paused_gc():
         root = new_root(model)
         root.sheet = sheet
-        nodes = list(expand(root))
+        nodes = grow(root)
         # rule by rule over all nodes (a C-level filter per rule), then merge in rule order
+        # into the side table id(node) -> (props, rules)
+        selected = root.memo(SELECTED)
         for rule, test in zip(sheet.rules, tests, strict=True):
+            props = tuple(dict.fromkeys(rule.props))
+            one = (props, (rule,))
             for node in filter(test, nodes):
-                node.rules += (rule,)
-                node.props += tuple(p for p in dict.fromkeys(rule.props) if p not in node.props)
+                before = selected.get(id(node))
+                if before is None:  # the common case: the first rule to select this node
+                    selected[id(node)] = one
+                else:
+                    merged = before[0] + tuple(p for p in props if p not in before[0])
+                    selected[id(node)] = (merged, (*before[1], rule))
     return root
 
 
