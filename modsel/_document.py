@@ -53,6 +53,9 @@ class ModuleSelector:
     _tag: str
 
     sheet: Stylesheet | None = None
+    # the root's: every node in document order, when ``grow`` made them all (for matchers
+    # that test the whole document once, like ``:has()``)
+    order: list[ModuleSelector] | None = None
 
     def __init__(
         self,
@@ -233,7 +236,7 @@ class ModuleSelector:
 
 
 _NO_KIDS: list[ModuleSelector] = []
-_NOT_CHILDREN = frozenset(ModuleSelector.__slots__) | {"depth", "props", "rules", "sheet"}
+_NOT_CHILDREN = frozenset(ModuleSelector.__slots__) | {"depth", "order", "props", "rules", "sheet"}
 _ATTRIBUTES = object()
 # memo key of the side table id(node) -> (props, rules), filled by modsel.select
 SELECTED = object()
@@ -367,6 +370,8 @@ def grow(
                     parents.append(node)
         if test is None or test(node):
             keep(node)
+    if test is None:
+        root.order = found
     return found
 
 
@@ -390,6 +395,8 @@ def paused_gc() -> Iterator[None]:
 def dismantle(parents: list[ModuleSelector]) -> None:
     """Break a tree's cycles (give it the ``parents`` list that ``expand`` filled), so that
     reference counting frees it at once: for trees that never reach the caller."""
+    if parents:  # the first is the root: drop its document-order list
+        parents[0].__dict__.pop("order", None)
     for node in parents:
         node._kids = _NO_KIDS
         node._memo.clear()

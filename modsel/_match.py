@@ -249,7 +249,7 @@ def _has_below(test: Pred) -> Pred:
             while root.parent is not None:
                 root = root.parent
             marked[_DONE] = True
-            for hit in filter(test, preorder(root)):
+            for hit in filter(test, root.order if root.order is not None else preorder(root)):
                 parent = hit.parent
                 while parent is not None and id(parent) not in marked:
                     marked[id(parent)] = True
