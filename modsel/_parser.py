@@ -92,7 +92,7 @@ def unescape(text: str) -> str:
             return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
         if newline is not None:
             return ""
-        return str(char)
+        return "\ufffd" if char == "\x00" else str(char)  # CSS: NUL reads as U+FFFD
 
     return _ESCAPE.sub(one, text)
 

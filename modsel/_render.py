@@ -45,29 +45,45 @@ def render_text(
     identical siblings (``None`` never folds); ``only_selected``: print only nodes with props
     and their ancestors.
     """
-    lines = _layout(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
-    width = min(MAX_LABEL_COLUMN, max((len(INDENT * ln.depth + ln.label) for ln in lines), default=0))
-    pwidth = max((len(f"{ln.params:,}") for ln in lines if ln.params is not None), default=0)
+    rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
     out = ["ModuleSelector:"] if header else []
-    for ln in lines:
-        text = INDENT * ln.depth + ln.label
-        text = text.ljust(width) + "    "
-        if params:
-            count = f"{ln.params:,}" if ln.params is not None else ""
-            text += count.rjust(pwidth) + "    "
-        out.append((text + ln.props).rstrip())
+    out.extend((left + props).rstrip() for left, props in rows)
     return "\n".join(out)
 
 
-def render_html(root: ModuleSelector, **options: object) -> str:
-    """The same tree for notebooks: a ``<pre>`` block with props highlighted."""
-    text = render_text(root, **options)  # type: ignore[arg-type]
+def render_html(
+    root: ModuleSelector,
+    *,
+    params: bool = False,
+    max_depth: int | None = None,
+    fold: int | None = FOLD,
+    only_selected: bool = False,
+) -> str:
+    """The same tree for notebooks: a ``<pre>`` block, props in bold colour."""
+    rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
+    body = "\n".join(
+        html.escape(left.rstrip() if not props else left)
+        + (f'<b style="color:#b5176b">{html.escape(props)}</b>' if props else "")
+        for left, props in rows
+    )
+    return f'<pre class="modsel-tree" style="line-height:1.25">ModuleSelector:\n{body}</pre>'
+
+
+def _rows(
+    root: ModuleSelector, *, params: bool, max_depth: int | None, fold: int | None, only_selected: bool
+) -> list[tuple[str, str]]:
+    """(everything left of the props column, padded; the props) for each printed line."""
+    lines = _layout(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
+    width = min(MAX_LABEL_COLUMN, max((len(INDENT * ln.depth + ln.label) for ln in lines), default=0))
+    pwidth = max((len(f"{ln.params:,}") for ln in lines if ln.params is not None), default=0)
     rows = []
-    for row in text.split("\n"):
-        escaped = html.escape(row)
-        rows.append(escaped)
-    body = "\n".join(rows)
-    return f'<pre class="modsel-tree" style="line-height:1.25">{body}</pre>'
+    for ln in lines:
+        left = (INDENT * ln.depth + ln.label).ljust(width) + "    "
+        if params:
+            count = f"{ln.params:,}" if ln.params is not None else ""
+            left += count.rjust(pwidth) + "    "
+        rows.append((left, ln.props))
+    return rows
 
 
 def _subtree_params(root: ModuleSelector) -> dict[int, int]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import warnings
 from collections.abc import Callable
@@ -336,3 +337,35 @@ def test_child_index_out_of_range_raises_index_error(net: Network) -> None:
         _ = root.bulk[6]
     with pytest.raises(IndexError):
         _ = root.bulk[0][0]
+
+
+# ---- memory: match() tears its mirror tree down itself -----------------------------------------
+def _live_nodes() -> int:
+    # type(), not isinstance(): isinstance reads __class__, which some torch objects warn on
+    return sum(1 for obj in gc.get_objects() if type(obj) is modsel.ModuleSelector)
+
+
+@pytest.mark.parametrize("css", ["Linear", "SkipBlock Linear", ":has(> Linear)", "Linear ~ :empty"])
+def test_match_frees_its_tree_without_the_cycle_collector(css: str) -> None:
+    model = network()
+    gc.collect()
+    before = _live_nodes()
+    was_enabled = gc.isenabled()
+    gc.disable()  # only reference counting may free the nodes
+    try:
+        assert modsel.match(model, css)
+        assert _live_nodes() == before
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def test_a_dropped_select_tree_is_collected() -> None:
+    model = network()
+    gc.collect()
+    before = _live_nodes()
+    tree = modsel.select(model, "SkipBlock: x")
+    assert _live_nodes() > before
+    del tree
+    gc.collect()
+    assert _live_nodes() == before
