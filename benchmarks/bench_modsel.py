@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 # ---- what is measured against what ----------------------------------------------------------
 MATCH_SELECTORS = ("Linear", "ModuleList > * Linear")
+# structural selectors for the soupsieve comparison (soupsieve's cost grows with them)
+STRUCTURAL_SELECTORS = (
+    ":has(> LayerNorm)",
+    "Sequential > Linear + GELU",
+    ":nth-child(2n+1 of Linear)",
+    "Module > :not(:has(Linear))",
+)
 
 SYNTHETIC_CSS = (
     "Linear: a\n#attn > #q: b\n#mlp Linear: c\n:has(> LayerNorm): d\nModuleList > *:has(Dropout): e"
@@ -281,7 +288,7 @@ def bench_soupsieve(model: nn.Module, css: str, reps: Repeats, goals: dict[str, 
     soup = soup_of(model)
     print(f"   (BeautifulSoup XML document built in {time.perf_counter() - start:.1f} s, not timed)")
 
-    for selector in MATCH_SELECTORS:
+    for selector in MATCH_SELECTORS + STRUCTURAL_SELECTORS:
         found_ss = len(soup.select(selector))
         found_ms = len(modsel.match(model, selector))
         assert found_ss == found_ms, f"{selector!r}: soupsieve {found_ss} != modsel {found_ms}"

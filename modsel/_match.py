@@ -143,7 +143,8 @@ def _nth_test(sel: NthPseudo) -> Pred:
 
             return nth_last_child
         return lambda node, anchor=None, /: fits(node._index + 1)
-    return lambda node, anchor=None, /: fits(_pseudo.nth_position(node, kind, from_end))
+    key = object()
+    return lambda node, anchor=None, /: fits(_pseudo.nth_position(node, kind, from_end, key))
 
 
 # ---- :has() -------------------------------------------------------------------------------------

@@ -55,12 +55,15 @@ def _only_child(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -
     return parent is None or len(parent._kids) == 1
 
 
+_FIRST_OF_TYPE, _LAST_OF_TYPE = object(), object()  # memo keys
+
+
 def _first_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
-    return nth_position(node, "of-type", from_end=False) == 1
+    return nth_position(node, "of-type", False, _FIRST_OF_TYPE) == 1
 
 
 def _last_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
-    return nth_position(node, "of-type", from_end=True) == 1
+    return nth_position(node, "of-type", True, _LAST_OF_TYPE) == 1
 
 
 def _only_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
@@ -112,23 +115,20 @@ def known_names() -> list[str]:
     return sorted(SIMPLE) + sorted(f"{name}()" for name in FUNCTIONAL)
 
 
-_OF_TYPE = object()
-
-
-def nth_position(node: ModuleSelector, kind: object, from_end: bool) -> int:
+def nth_position(node: ModuleSelector, kind: object, from_end: bool, key: object) -> int:
     """1-based position of ``node`` among its siblings of the same type (``kind ==
     "of-type"``) or among its siblings that pass the test ``kind`` (``:nth-child(An+B of S)``);
     0 when the node itself does not pass ``kind``. The root is the only one of its kind.
 
-    Positions are computed once per parent and kind (linear in the number of children), so a
-    7,000-wide ModuleList costs 7,000 steps, not 7,000².
+    Positions are computed once per parent and memo ``key`` (one key per kind and direction),
+    linear in the number of children: a 7,000-wide ModuleList costs 7,000 steps, not 7,000².
     """
     parent = node.parent
     if parent is None:
-        if kind == "of-type":
-            return 1
-        return 1 if kind(node) else 0  # type: ignore[operator]
-    known = parent.memo((_OF_TYPE if kind == "of-type" else kind, from_end))
+        return 1 if kind == "of-type" or kind(node) else 0  # type: ignore[operator]
+    known = parent._memo.get(key)
+    if known is None:
+        known = parent._memo[key] = {}
     positions = known.get(id(parent))
     if positions is None:
         positions = known[id(parent)] = _positions(parent._kids, kind, from_end)
