@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from .models import Network, network
+from .models import Network
 from .util import assert_selector
 
 
@@ -56,11 +56,6 @@ ALL = ["", "lin", "nob", "conv", "norm", "act", "drop", "tag"]
 def model() -> AttrNet:
     torch.manual_seed(0)
     return AttrNet()
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
 
 
 @pytest.mark.parametrize(

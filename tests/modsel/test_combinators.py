@@ -5,29 +5,12 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from .models import Network, network, wide
-from .util import assert_selector
-
-WIDE = 7000
-
-
-def in_seqs(*indices: int) -> list[str]:
-    """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
-    return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
-
+from .conftest import WIDE
+from .models import Network, network
+from .util import assert_selector, in_seqs
 
 LINEARS = ["bulk.0", *in_seqs(0, 2, 4), "bulk.5"]
 SEQS = ["bulk.2.seq", "bulk.3.seq", "bulk.4.seq"]
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
-
-
-@pytest.fixture(scope="module")
-def big() -> nn.ModuleList:
-    return wide(WIDE)
 
 
 @pytest.mark.parametrize(

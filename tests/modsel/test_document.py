@@ -22,11 +22,6 @@ T = TypeVar("T")
 README_SHEET = "SkipBlock #0: HookParam\nSkipBlock: HookModule"
 
 
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
-
-
 # ---- shared modules and None children ------------------------------------------------------------
 def test_shared_module_is_reported_once_like_named_modules() -> None:
     model = Shared()  # a; b (inner = a, relu); a None called `nothing`; c

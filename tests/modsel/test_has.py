@@ -9,14 +9,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from .models import Network, Shared, network
-from .util import assert_selector
-
-
-def in_seqs(*indices: int) -> list[str]:
-    """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
-    return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
-
+from .models import Network, Shared
+from .util import assert_selector, in_seqs
 
 CONTAINERS = ["", "bulk", "bulk.2", "bulk.2.seq", "bulk.3", "bulk.3.seq", "bulk.4", "bulk.4.seq"]
 SEQS = ["bulk.2.seq", "bulk.3.seq", "bulk.4.seq"]
@@ -32,11 +26,6 @@ NOT_LAST = [
     "bulk.4",
     *[f"bulk.4.seq.{i}" for i in range(5)],
 ]
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
 
 
 @pytest.mark.parametrize(

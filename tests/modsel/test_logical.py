@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .models import Network, network
-from .util import assert_selector
-
-
-def in_seqs(*indices: int) -> list[str]:
-    """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
-    return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
-
+from .models import Network
+from .util import assert_selector, in_seqs
 
 NETWORK_ALL = [
     "",
@@ -27,11 +21,6 @@ CONTAINERS = ["", "bulk", "bulk.2", "bulk.2.seq", "bulk.3", "bulk.3.seq", "bulk.
 
 def without(*excluded: str) -> list[str]:
     return [path for path in NETWORK_ALL if path not in excluded]
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
 
 
 def test_network_has_the_shape_these_tests_assume(net: Network) -> None:

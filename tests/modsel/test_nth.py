@@ -11,30 +11,14 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from .models import Network, network, wide
-from .util import assert_selector
-
-WIDE = 7000
-
-
-def in_seqs(*indices: int) -> list[str]:
-    """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
-    return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
+from .conftest import WIDE
+from .models import Network
+from .util import assert_selector, in_seqs
 
 
 def seq_and_child(index: int) -> list[str]:
     """Each SkipBlock's ``seq`` followed by its child ``index``, in document order."""
     return [p for b in (2, 3, 4) for p in (f"bulk.{b}.seq", f"bulk.{b}.seq.{index}")]
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
-
-
-@pytest.fixture(scope="module")
-def big() -> nn.ModuleList:
-    return wide(WIDE)
 
 
 @pytest.mark.parametrize(

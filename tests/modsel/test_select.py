@@ -9,15 +9,10 @@ from torch import nn
 
 import modsel
 
-from .models import Network, Shared, network
+from .models import Network, Shared
 
 SHEET_1 = "SkipBlock #0: HookParam\nSkipBlock: HookModule"
 SHEET_2 = "\n#bulk > Linear: a\n#bulk > #1: b\nSkipBlock Sequential: c\nSkipBlock LeakyReLU\n"
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
 
 
 def props_by_path(root: modsel.ModuleSelector) -> dict[str, tuple[str, ...]]:

@@ -13,12 +13,7 @@ import torch
 from torch import nn
 
 from .models import Network, Shared, network
-from .util import assert_selector
-
-
-def in_seqs(*indices: int) -> list[str]:
-    """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
-    return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
+from .util import assert_selector, in_seqs
 
 
 def seq_and_children(*indices: int) -> list[str]:
@@ -33,11 +28,6 @@ class LastIsNone(nn.Module):
         super().__init__()
         self.x = nn.Linear(1, 1)
         self.register_module("y", None)
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
 
 
 @pytest.mark.parametrize(

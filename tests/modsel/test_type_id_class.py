@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from .models import Network, network
+from .models import Network
 from .util import assert_selector
 
 # every node of Network(), in named_modules() order
@@ -56,11 +56,6 @@ LEAKY_RELUS = [
 
 class MyLinear(nn.Linear):
     """A subclass: its tag is ``MyLinear``, its classes include ``Linear``."""
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return network()
 
 
 def test_network_has_the_shape_these_tests_assume(net: Network) -> None:

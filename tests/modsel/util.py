@@ -17,3 +17,8 @@ def assert_selector(model: nn.Module, css: str, expected: Sequence[str], **kwarg
     """``css`` matches exactly ``expected`` (paths, in named_modules() order) in ``model``."""
     got = paths(model, css, **kwargs)
     assert got == list(expected), f"{css!r}: expected {list(expected)}, got {got}"
+
+
+def in_seqs(*indices: int) -> list[str]:
+    """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
+    return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
