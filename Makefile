@@ -17,8 +17,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/modsel torch.nn:Transformer "TransformerEncoderLayer Linear: lora; LayerNorm: norm" --params
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check modsel tests benchmarks
-	$(VENV)/bin/ruff format --check modsel tests benchmarks
+	$(VENV)/bin/ruff check modsel k1lib tests benchmarks
+	$(VENV)/bin/ruff format --check modsel k1lib tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 

@@ -54,7 +54,7 @@ _ANB = re.compile(r"(?P<a>[+-]?\d*)n(?P<b>[+-]\d+)?\Z")
 _ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(\r\n|[\r\n\f])|([\s\S]))")
 
 
-class _Reject(Exception):
+class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
     """Raised by a callback: ``reason`` at character ``offset`` of the text. ``props_hint``:
     the name of an unknown pseudo-class that may have been meant as a prop."""
 

@@ -1,0 +1,112 @@
+"""Learner overhead per batch against a raw PyTorch loop on the same data, model and seed.
+
+    python benchmarks/bench_learner.py [--quick]
+
+Goals (issue "k1lib training core"): with the default callbacks (ProgressBar, DontTrainValid,
+Loss, CancelOnExplosion) at most 1.05x the raw loop on the seed README network (batch 64) and
+1.02x on an MLP 512 x 6 (batch 256). Ratios are medians of alternated runs in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import k1lib
+from tests.k1lib.helpers import Batches
+from tests.modsel.models import Network
+
+
+def readme_case() -> tuple[nn.Module, Batches]:
+    x = torch.rand(10_000, 1) * 10 - 5
+    y = torch.exp(x)
+    data = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 8_000, 64)]
+    valid = [(x[i : i + 64], y[i : i + 64]) for i in range(8_000, 10_000, 64)]
+    return Network(), Batches(data, valid)
+
+
+def mlp_case() -> tuple[nn.Module, Batches]:
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(512, 1))
+    x = torch.randn(256 * 24, 512)
+    y = x[:, :1].clone()
+    batches = [(x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256)]
+    return model, Batches(batches[:20], batches[20:])
+
+
+def loss_f(y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    return ((y - yb) ** 2).mean()
+
+
+def raw_loop(model: nn.Module, data: Batches, opt: torch.optim.Optimizer) -> None:
+    model.train()
+    for xb, yb in data.train:
+        loss = loss_f(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        for xb, yb in data.valid:
+            loss_f(model(xb), yb)
+
+
+def learner_loop(model: nn.Module, data: Batches, opt: torch.optim.Optimizer) -> Callable[[], object]:
+    l = k1lib.Learner()  # noqa: E741
+    l.model, l.data, l.opt, l.lossF = model, data, opt, loss_f
+    l.cbs.ProgressBar.stream = io.StringIO()  # measure the callback, not the terminal
+    return lambda: l.run(1)
+
+
+def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: float, repeats: int) -> bool:
+    torch.manual_seed(0)
+    model, data = case()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run_learner = learner_loop(model, data, opt)
+    raw_loop(model, data, opt)  # warm up both
+    run_learner()
+    raw, ours = [], []
+    for _ in range(repeats):
+        for fn, out in ((lambda: raw_loop(model, data, opt), raw), (run_learner, ours)):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    ratio = statistics.median(o / r for o, r in zip(ours, raw, strict=True))
+    batches = len(data.train) + len(data.valid)
+    verdict = "PASS" if ratio <= goal else "FAIL"
+    print(
+        f"{name:34s} raw {statistics.median(raw) / batches * 1e6:8.1f} us/batch   "
+        f"learner {statistics.median(ours) / batches * 1e6:8.1f} us/batch   ratio {ratio:5.3f}x  "
+        f"goal <= {goal}x  {verdict}"
+    )
+    return ratio <= goal
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the machine has 2 noisy cores: one thread measures steadier
+    repeats = 5 if args.quick else 15
+    print(f"k1lib {k1lib.__version__}, torch {torch.__version__}, {repeats} alternated repeats, 1 thread")
+    ok = compare("README network, batch 64", readme_case, 1.05, repeats)
+    ok &= compare("MLP 512 x 6, batch 256", mlp_case, 1.02, repeats)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""``Learner``: the training loop, driven by events that callbacks hook into.
+
+Set ``model``, ``data``, ``opt`` and ``lossF``, then ``run(epochs)``. During a run the state is
+on the learner for callbacks to read and change: ``epoch``, ``epochs``, ``batch``, ``batches``,
+``xb``, ``yb``, ``y``, ``loss``, ``progress``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+import modsel
+
+from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
+from .callbacks.callbacks import Callbacks
+
+__all__ = ["Learner"]
+
+_INDENT = "    "
+
+
+def _default_callbacks() -> Callbacks:
+    cbs = Callbacks()
+    cbs.withProgressBar().withDontTrainValid().withLoss().withCancelOnExplosion()
+    return cbs
+
+
+class Learner:
+    """Trains ``model`` on ``data`` with ``opt`` and ``lossF``, firing events in ``cbs``."""
+
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
+        self.data: Any = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.lossF: Callable[[Any, Any], torch.Tensor] | None = None
+        self._css = "*"
+        self._cbs = _default_callbacks()
+        self._cbs.learner = self
+        self.epoch = self.epochs = self.batch = self.batches = 0
+        self.xb: Any = None
+        self.yb: Any = None
+        self.y: Any = None
+        self.loss: Any = None
+        self.progress = 0.0
+
+    # ---- configuration --------------------------------------------------------------------------
+    @property
+    def cbs(self) -> Callbacks:
+        """The callbacks (``k1lib.Callbacks``)."""
+        return self._cbs
+
+    @cbs.setter
+    def cbs(self, cbs: Callbacks) -> None:
+        if not isinstance(cbs, Callbacks):
+            raise TypeError(f"l.cbs must be a k1lib.Callbacks, got {type(cbs).__name__}")
+        self._cbs.learner = None
+        cbs.learner = self
+        self._cbs = cbs
+
+    @property
+    def css(self) -> str:
+        """The stylesheet that selects modules for the callbacks (modsel syntax); ``*`` selects
+        every module with the prop ``all``."""
+        return self._css
+
+    @css.setter
+    def css(self, css: str) -> None:
+        modsel.parse(css)  # a bad stylesheet fails here, with the caret, not during a run
+        self._css = css
+
+    @property
+    def moduleSelector(self) -> modsel.ModuleSelector:  # noqa: N802 - README name
+        """The annotated module tree of ``model`` for ``css``."""
+        if self.model is None:
+            raise AttributeError("l.moduleSelector needs a model: set l.model = ... first")
+        return modsel.select(self.model, self._css)
+
+    def __getattr__(self, name: str) -> Callback:
+        # only reached for names the learner lacks: a callback of that name (l.Loss)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        cbs = self.__dict__.get("_cbs")
+        if cbs is not None and name in cbs:
+            return cbs[name]
+        known = [n for n in dir(type(self)) if not n.startswith("_")] + list(self.__dict__)
+        known += cbs.names() if cbs is not None else []
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise AttributeError(f"Learner has no attribute or callback {name!r}{hint}")
+
+    def _check_ready(self) -> None:
+        missing = [
+            (name, how)
+            for name, how in (
+                ("model", "l.model = Network()"),
+                ("data", "l.data = k1lib.data.Data.fromDataset(dataset, batchSize=64)"),
+                ("opt", "l.opt = optim.Adam(l.model.parameters(), lr=1e-3)"),
+                ("lossF", "l.lossF = lambda y, yb: ((y - yb) ** 2).mean()"),
+            )
+            if getattr(self, name) is None
+        ]
+        if missing:
+            lines = "\n".join(f"  {how}" for _, how in missing)
+            names = ", ".join(name for name, _ in missing)
+            raise RuntimeError(f"Learner.run: {names} not set; set them first, e.g.\n{lines}")
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self, epochs: int, batches: int | None = None) -> Learner:
+        """Train for ``epochs`` epochs (``batches``: at most this many batches an epoch).
+
+        Afterwards the model's train/eval mode is as before; after an exception in a callback,
+        ``endRun`` has run and the exception names the callback and the event."""
+        self._check_ready()
+        if epochs < 0:
+            raise ValueError(f"Learner.run: epochs must be 0 or more, got {epochs}")
+        assert self.model is not None
+        was_training = self.model.training
+        self.epochs = epochs
+        self.batches = self._count_batches() if batches is None else batches
+        cancelled: CancelRunException | None = None
+        try:
+            try:
+                self.cbs("startRun")
+                for self.epoch in range(epochs):
+                    self._epoch(batches)
+            except CancelRunException as e:
+                cancelled = e
+                self.cbs("cancelRun")
+            finally:
+                self.cbs("endRun")
+        finally:
+            self.model.train(was_training)
+        if cancelled is not None:
+            print(f"Run cancelled: {cancelled}.")
+        return self
+
+    def _count_batches(self) -> int:
+        total = 0
+        for loader in (self.data.train, self.data.valid):
+            try:
+                total += len(loader)
+            except TypeError:
+                return 0
+        return total
+
+    def _epoch(self, limit: int | None) -> None:
+        assert self.model is not None
+        self.batch = 0
+        try:
+            self.cbs("startEpoch")
+            self.model.train()
+            self._loader(self.data.train, limit)
+            self.model.eval()
+            self.cbs("startValidBatches")
+            self._loader(self.data.valid, limit)
+        except CancelEpochException:
+            self.cbs("cancelEpoch")
+        self.cbs("endEpoch")
+
+    def _loader(self, loader: Iterable[Any], limit: int | None) -> None:
+        for i, batch in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            self._batch(batch)
+            self.batch += 1
+
+    def _batch(self, batch: Any) -> None:
+        assert self.model is not None and self.opt is not None and self.lossF is not None
+        cbs = self.cbs
+        try:
+            self.xb, self.yb = batch
+            cbs("startBatch")
+            cbs("startPass")
+            self.y = self.model(self.xb)
+            cbs("endPass")
+            cbs("startLoss")
+            self.loss = self.lossF(self.y, self.yb)
+            cbs("endLoss")
+            if not cbs("startBackward"):
+                self.loss.backward()
+            if not cbs("startStep"):
+                self.opt.step()
+            if not cbs("startZeroGrad"):
+                self.opt.zero_grad()
+        except CancelBatchException:
+            cbs("cancelBatch")
+        cbs("endBatch")
+
+    def record(self, epochs: int, batchesPerEpoch: int) -> tuple[list[Any], list[Any], list[Any]]:  # noqa: N803
+        """Run without training and return the batches seen and the outputs: ``xbs, ybs, ys``.
+        Callbacks that record (Loss, ...) are suspended; the learner is as before afterwards."""
+        xbs: list[Any] = []
+        ybs: list[Any] = []
+        ys: list[Any] = []
+        recorder = _Recorder(xbs, ybs, ys)
+        quiet = [n for n in self.cbs.names() if n not in ("ModifyBatch", "DType", "ModifyOutput")]
+        state = self._state()
+        with self.cbs.suspend(quiet):
+            self.cbs.append(recorder, "_Recorder")
+            try:
+                with torch.no_grad():
+                    self.run(epochs, batchesPerEpoch)
+            finally:
+                self.cbs.remove("_Recorder")
+                self._restore(state)
+        return xbs, ybs, ys
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in ("epoch", "epochs", "batch", "batches", "xb", "yb", "y", "loss", "progress")
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def evaluate(self) -> None:
+        """Show how the model does (set your own: ``l.evaluate = partial(f, l)``)."""
+        raise NotImplementedError("set l.evaluate = partial(yourFunction, l) to define how to evaluate")
+
+    # ---- display --------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        def block(title: str, obj: object, lines: int) -> str:
+            text = repr(obj).splitlines() or [""]
+            shown = text[:lines] + (["....."] if len(text) > lines else [])
+            return f"{title}:\n" + "\n".join(_INDENT + line for line in shown)
+
+        return "\n".join(
+            [
+                block("l.model", self.model, 10),
+                block("l.opt", self.opt, 10),
+                block("l.cbs", self.cbs, 10),
+                "Use...",
+                "- l.model = ...: to specify a nn.Module object",
+                "- l.data = ...: to specify data object",
+                "- l.opt = ...: to specify an optimizer",
+                "- l.lossF = ...: to specify a loss function",
+                "- l.css = ...: to select modules using CSS",
+                "- l.cbs = ...: to use a custom `Callbacks` object",
+                "- l.moduleSelector: to get the modules selected by `l.css`",
+                "- l.run(epochs): to run the network",
+                '- l.Loss: to get a specific callback, this case "Loss"',
+            ]
+        )
+
+
+class _Recorder(Callback):
+    """Collects each batch and output for ``Learner.record``, and skips every training step."""
+
+    order = 100
+
+    def __init__(self, xbs: list[Any], ybs: list[Any], ys: list[Any]) -> None:
+        super().__init__()
+        self._lists = (xbs, ybs, ys)
+
+    def endPass(self) -> None:  # noqa: N802
+        learner = self.learner
+        xbs, ybs, ys = self._lists
+        xbs.append(learner.xb)
+        ybs.append(learner.yb)
+        ys.append(learner.y)
+
+    def startBackward(self) -> bool:  # noqa: N802
+        return True
+
+    def startStep(self) -> bool:  # noqa: N802
+        return True
+
+    def startZeroGrad(self) -> bool:  # noqa: N802
+        return True

@@ -1,0 +1,50 @@
+"""Callbacks: the base class, the container and the built-in callbacks (one per file)."""
+
+from .batch_limit import BatchLimit
+from .callback import (
+    EVENTS,
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelRunException,
+)
+from .callbacks import Callbacks, Timings
+from .cancel_on_explosion import CancelOnExplosion
+from .cancel_on_low_loss import CancelOnLowLoss
+from .dont_train import DontTrain
+from .dont_train_valid import DontTrainValid
+from .dtype import DType
+from .epoch_limit import EpochLimit
+from .inspect_batch import InspectBatch
+from .inspect_loss import InspectLoss
+from .inspect_output import InspectOutput
+from .loss import Loss
+from .modify_batch import ModifyBatch
+from .modify_output import ModifyOutput
+from .progress_bar import ProgressBar
+
+__all__ = [
+    "EVENTS",
+    "BatchLimit",
+    "Callback",
+    "Callbacks",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelException",
+    "CancelOnExplosion",
+    "CancelOnLowLoss",
+    "CancelRunException",
+    "DType",
+    "DontTrain",
+    "DontTrainValid",
+    "EpochLimit",
+    "InspectBatch",
+    "InspectLoss",
+    "InspectOutput",
+    "Loss",
+    "ModifyBatch",
+    "ModifyOutput",
+    "ProgressBar",
+    "Timings",
+]

@@ -1,0 +1,39 @@
+"""``CancelOnLowLoss``: stop a run once the loss is low enough."""
+
+from __future__ import annotations
+
+import torch
+
+from .callback import Callback, CancelRunException
+
+__all__ = ["CancelOnLowLoss"]
+
+
+class CancelOnLowLoss(Callback):
+    """Cancel the run when the loss drops below ``loss``: the loss of a training batch, or with
+    ``epochMode`` the mean validation loss of an epoch (summed on the device during the epoch,
+    read once at its end)."""
+
+    def __init__(self, loss: float, epochMode: bool = False) -> None:  # noqa: N803 - README name
+        super().__init__()
+        self.loss = loss
+        self.epochMode = epochMode
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+
+    def startEpoch(self) -> None:  # noqa: N802
+        self._sum, self._count = None, 0
+
+    def endLoss(self) -> None:  # noqa: N802
+        learner = self.learner
+        loss = learner.loss.detach()
+        if self.epochMode:
+            if not learner.model.training:
+                self._sum = loss.float() if self._sum is None else self._sum + loss.float()
+                self._count += 1
+        elif learner.model.training and float(loss) < self.loss:
+            raise CancelRunException(f"Low loss {self.loss:g} achieved!")
+
+    def endEpoch(self) -> None:  # noqa: N802
+        if self.epochMode and self._sum is not None and float(self._sum) / self._count < self.loss:
+            raise CancelRunException(f"Low loss {self.loss:g} achieved!")

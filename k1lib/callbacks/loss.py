@@ -1,0 +1,103 @@
+"""``Loss``: records training and validation losses, per batch and per epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .callback import Callback
+
+__all__ = ["Loss"]
+
+
+class _EpochLosses:
+    """``cb.epoch.train`` / ``cb.epoch.valid``: the mean loss of each epoch."""
+
+    def __init__(self) -> None:
+        self.train: list[float] = []
+        self.valid: list[float] = []
+
+    def __repr__(self) -> str:
+        return f"epoch losses: train {self.train}, valid {self.valid}"
+
+
+class Loss(Callback):
+    """Losses of every batch (``train``, ``valid``) and epoch means (``epoch.train``,
+    ``epoch.valid``). Losses stay tensors during an epoch and reach the host once at its
+    end: no device sync per batch."""
+
+    order = 20
+    doc = """
+- cb.train: for all training losses over all epochs and batches (#epochs * #batches)
+- cb.valid: for all validation losses over all epochs and batches (#epochs * #batches)
+- cb.plot(): to plot the 2 above
+- cb.epoch: for average losses of each epochs
+"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train: list[float] = []
+        self.valid: list[float] = []
+        self.epoch = _EpochLosses()
+        self._pending: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+
+    def endLoss(self) -> None:  # noqa: N802
+        learner = self.learner
+        self._pending[learner.model.training].append(learner.loss.detach())
+
+    def _flush(self) -> None:
+        for training, pending in self._pending.items():
+            if not pending:
+                continue
+            values = torch.stack([p.float().reshape(()) for p in pending]).cpu().tolist()
+            pending.clear()
+            (self.train if training else self.valid).extend(values)
+            (self.epoch.train if training else self.epoch.valid).append(sum(values) / len(values))
+
+    def endEpoch(self) -> None:  # noqa: N802
+        self._flush()
+
+    def endRun(self) -> None:  # noqa: N802
+        self._flush()
+
+    def plot(self) -> Any:
+        """Training and validation losses; slicing picks a range of training batches and the
+        validation curve follows the same fraction of the run."""
+        from ..viz import SliceablePlot
+
+        train, valid = list(self.train), list(self.valid)
+
+        def draw(sl: slice) -> None:
+            import matplotlib.pyplot as plt
+
+            start, stop, _ = sl.indices(len(train))
+            _, axes = plt.subplots(1, 2, figsize=(10, 3))
+            xs = range(start, stop)
+            axes[0].plot(list(xs), train[start:stop])
+            axes[0].set_title(f"Train loss, batch {start} to {stop}")
+            if train and valid:
+                vs, ve = round(start * len(valid) / len(train)), round(stop * len(valid) / len(train))
+                axes[1].plot(list(range(vs, ve)), valid[vs:ve])
+                axes[1].set_title(f"Valid loss, batch {vs} to {ve}")
+            for ax in axes:
+                ax.set_xlabel("batch")
+
+        return SliceablePlot(
+            draw,
+            docs="Reminder: the actual slice you put in is for the training plot. The valid loss's plot "
+            "will update automatically to be in the same time frame",
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        self._flush()
+        return {
+            "train": self.train,
+            "valid": self.valid,
+            "epoch_train": self.epoch.train,
+            "epoch_valid": self.epoch.valid,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train, self.valid = list(state["train"]), list(state["valid"])
+        self.epoch.train, self.epoch.valid = list(state["epoch_train"]), list(state["epoch_valid"])

@@ -1,0 +1,21 @@
+"""``ModifyOutput``: transform the model's output before the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .callback import Callback
+
+__all__ = ["ModifyOutput"]
+
+
+class ModifyOutput(Callback):
+    """``y = f(y)`` right after the forward pass."""
+
+    def __init__(self, f: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.f = f
+
+    def endPass(self) -> None:  # noqa: N802
+        self.learner.y = self.f(self.learner.y)

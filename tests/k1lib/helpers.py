@@ -1,0 +1,44 @@
+"""Small models and data for the k1lib tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batches:
+    """Plain lists of (xb, yb) batches: ``Learner`` accepts any iterables as data."""
+
+    train: list[tuple[torch.Tensor, torch.Tensor]]
+    valid: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def batches(train: int = 3, valid: int = 2, size: int = 4, seed: int = 0) -> Batches:
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for _ in range(n):
+            x = torch.randn(size, 2, generator=g)
+            out.append((x, x.sum(1, keepdim=True)))
+        return out
+
+    return Batches(make(train), make(valid))
+
+
+def learner(train: int = 3, valid: int = 2, quiet: bool = True) -> Any:
+    import k1lib
+
+    torch.manual_seed(0)
+    l = k1lib.Learner()
+    l.model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    l.data = batches(train, valid)
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
+    l.lossF = lambda y, yb: ((y - yb) ** 2).mean()
+    if quiet:
+        l.cbs.remove("ProgressBar")
+    return l
