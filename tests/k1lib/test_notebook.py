@@ -1,0 +1,40 @@
+"""The seed README's cells as a notebook in a real Jupyter kernel: no cell errors, plots come
+out as images. Cells that need the introspection callbacks (a later issue) are left out until
+those land; ``test_readme.py`` holds them as strict xfails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+from .test_readme import CELLS  # noqa: E402
+
+LATER = {4, 5, 9, 10, 11, 12, 13}  # ParamFinder, LossLandscape, HookParam, HookModule, Autosave
+ILLUSTRATION = {20}  # pseudo-code with undefined names, not a cell of the original notebook
+PLOTS = {7, 8}
+
+
+def test_readme_runs_as_a_notebook(tmp_path: Path) -> None:
+    kept = [i for i in range(len(CELLS)) if i not in LATER | ILLUSTRATION]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(CELLS[i].rstrip("\n")) for i in kept]
+    # the kernel runs in tmp_path (where Autosave-like files would go); k1lib comes from the
+    # same environment as the tests (an editable install)
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    for index, cell in zip(kept, nb.cells, strict=True):
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"cell {index} failed: {errors[0].ename}: {errors[0].evalue}"
+        if index in PLOTS:
+            kinds = [set(o.get("data", {})) for o in cell.outputs]
+            assert any("image/png" in k for k in kinds), f"cell {index} drew no image: {kinds}"
+            texts = "".join(o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+            assert "Sliceable plot. Can..." in texts
+    printed = "".join(o.get("text", "") for o in nb.cells[kept.index(3)].outputs)
+    assert "Run cancelled: Low loss 1 achieved!." in printed
