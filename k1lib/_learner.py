@@ -18,6 +18,7 @@ import modsel
 
 from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
 from .callbacks.callbacks import Callbacks
+from .callbacks.dont_train import DontTrain
 
 __all__ = ["Learner"]
 
@@ -250,8 +251,9 @@ class Learner:
         )
 
 
-class _Recorder(Callback):
-    """Collects each batch and output for ``Learner.record``, and skips every training step."""
+class _Recorder(DontTrain):
+    """Collects each batch and output for ``Learner.record``; as a DontTrain, it skips every
+    training step."""
 
     order = 100
 
@@ -265,12 +267,3 @@ class _Recorder(Callback):
         xbs.append(learner.xb)
         ybs.append(learner.yb)
         ys.append(learner.y)
-
-    def startBackward(self) -> bool:  # noqa: N802
-        return True
-
-    def startStep(self) -> bool:  # noqa: N802
-        return True
-
-    def startZeroGrad(self) -> bool:  # noqa: N802
-        return True
