@@ -279,3 +279,80 @@ def test_bad_css_fails_when_set() -> None:
     with pytest.raises(ValueError, match="unknown pseudo-class"):
         l.css = "Linear:propA"
     assert l.css == "*"
+
+
+class Interrupt(k1lib.Callback):
+    def startStep(self) -> None:
+        raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_still_runs_endRun_and_restores_the_mode() -> None:
+    l = learner()
+    spy = Spy()
+    l.cbs.append(Interrupt())
+    l.cbs.append(spy)
+    l.model.eval()
+    with pytest.raises(KeyboardInterrupt):
+        l.run(3)
+    assert spy.seen[-1] == "endRun"
+    assert not l.model.training
+    assert torch.is_grad_enabled()  # DontTrainValid's no_grad never leaks out of a run
+
+
+def test_timings_count_time_per_callback_and_event() -> None:
+    l = learner()
+    l.run(1)
+    timings = l.cbs.timings
+    assert set(timings.by_callback()) >= {"Loss", "DontTrainValid", "CancelOnExplosion"}
+    assert timings.seconds[("Loss", "endLoss")] > 0
+    assert "Loss" in repr(timings) and "endLoss" in repr(timings)
+    fig = timings.plot()
+    assert len(fig.axes[0].patches) == len(timings.by_callback())
+
+
+def test_with_checkpoint_and_manual_events() -> None:
+    l = learner()
+    seen: list[int] = []
+    l.cbs.withCheckpoint("endEpoch", lambda cb: seen.append(cb.epoch))
+    l.Loss.withCheckpoint("startRun", lambda cb: seen.append(-1))
+    l.run(2)
+    assert seen == [-1, 0, 1]
+    l.cbs("startRun")
+    assert seen[-1] == -1
+    with pytest.raises(ValueError, match="unknown event 'endEpcoh'; did you mean 'endEpoch'"):
+        l.Loss.withCheckpoint("endEpcoh", print)
+
+
+def test_detach_and_a_custom_callbacks_object() -> None:
+    l = learner()
+    l.Loss.detach()
+    assert "Loss" not in l.cbs
+    cbs = k1lib.Callbacks()
+    l.cbs = cbs
+    assert cbs.learner is l and len(l.cbs) == 0
+    l.run(1)  # a run needs no callback at all
+    with pytest.raises(TypeError, match="must be a k1lib.Callbacks"):
+        l.cbs = []  # type: ignore[assignment]
+
+
+def test_dtype_casts_model_and_batches() -> None:
+    l = learner()
+    l.data.train = [(x.double(), y.double()) for x, y in l.data.train]
+    l.data.valid = [(x.double(), y.double()) for x, y in l.data.valid]
+    seen: list[torch.dtype] = []
+    l.cbs.withDType(torch.float32).withInspectBatch(lambda xb, yb: seen.append(xb.dtype))
+    l.run(1)
+    assert set(seen) == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in l.model.parameters())
+    with pytest.raises(TypeError, match="needs a torch.dtype"):
+        l.cbs.withDType("float32")  # type: ignore[arg-type]
+
+
+def test_loss_plot_slices_valid_in_proportion() -> None:
+    l = learner(train=8, valid=2)
+    l.run(5)  # 40 train losses, 10 valid
+    fig = l.Loss.plot()[20:].plot()
+    train_line, valid_line = fig.axes[0].lines[0], fig.axes[1].lines[0]
+    assert list(train_line.get_xdata()) == list(range(20, 40))
+    assert list(valid_line.get_xdata()) == list(range(5, 10))  # the same half of the run
+    assert list(valid_line.get_ydata()) == pytest.approx(l.Loss.valid[5:])
