@@ -331,7 +331,7 @@ def test_detach_and_a_custom_callbacks_object() -> None:
     l.cbs = cbs
     assert cbs.learner is l and len(l.cbs) == 0
     l.run(1)  # a run needs no callback at all
-    with pytest.raises(TypeError, match="must be a k1lib.Callbacks"):
+    with pytest.raises(TypeError, match=r"must be a k1lib\.Callbacks"):
         l.cbs = []  # type: ignore[assignment]
 
 
@@ -344,7 +344,7 @@ def test_dtype_casts_model_and_batches() -> None:
     l.run(1)
     assert set(seen) == {torch.float32}
     assert all(p.dtype == torch.float32 for p in l.model.parameters())
-    with pytest.raises(TypeError, match="needs a torch.dtype"):
+    with pytest.raises(TypeError, match=r"needs a torch\.dtype"):
         l.cbs.withDType("float32")  # type: ignore[arg-type]
 
 
