@@ -87,7 +87,8 @@ class Learner:
             raise AttributeError(name)
         cbs = self.__dict__.get("_cbs")
         if cbs is not None and name in cbs:
-            return cbs[name]
+            callback: Callback = cbs[name]
+            return callback
         known = [n for n in dir(type(self)) if not n.startswith("_")] + list(self.__dict__)
         known += cbs.names() if cbs is not None else []
         close = difflib.get_close_matches(name, known, n=3)
