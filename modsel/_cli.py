@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only-selected", action="store_true", help="print only selected modules and their ancestors"
     )
-    p.add_argument("--params", action="store_true", help="add a parameter-count column")
+    p.add_argument(
+        "--params", action="store_true", help="add parameter counts per subtree (and how many are frozen)"
+    )
     p.add_argument("--no-fold", action="store_true", help="print runs of identical siblings in full")
     p.add_argument(
         "--trust",

@@ -24,7 +24,7 @@ FOLD = 5  # fold runs of more than this many identical siblings
 class _Line:
     depth: int
     label: str  # "name: Class" or the fold summary
-    params: int | None
+    params: tuple[int, int] | None  # (parameters in the subtree, how many of them are frozen)
     props: str
     node: ModuleSelector | None
 
@@ -40,7 +40,8 @@ def render_text(
 ) -> str:
     """The annotated tree below ``root``.
 
-    ``params``: add a column with the parameter count of each subtree; ``max_depth``: print
+    ``params``: add a column with the parameter count of each subtree (and, when some
+    parameters do not require grad, how many are frozen); ``max_depth``: print
     nodes at most this many levels below ``root``; ``fold``: fold runs of more than this many
     identical siblings (``None`` never folds); ``only_selected``: print only nodes with props
     and their ancestors.
@@ -75,27 +76,35 @@ def _rows(
     """(everything left of the props column, padded; the props) for each printed line."""
     lines = _layout(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
     width = min(MAX_LABEL_COLUMN, max((len(INDENT * ln.depth + ln.label) for ln in lines), default=0))
-    pwidth = max((len(f"{ln.params:,}") for ln in lines if ln.params is not None), default=0)
+    counts = [ln.params for ln in lines if ln.params is not None]
+    pwidth = max((len(f"{total:,}") for total, _ in counts), default=0)
+    any_frozen = any(frozen for _, frozen in counts)
+    fwidth = max((len(f"({frozen:,} frozen)") for _, frozen in counts if frozen), default=0)
     rows = []
     for ln in lines:
         left = (INDENT * ln.depth + ln.label).ljust(width) + "    "
         if params:
-            count = f"{ln.params:,}" if ln.params is not None else ""
-            left += count.rjust(pwidth) + "    "
+            total, frozen = ln.params if ln.params is not None else (None, 0)
+            left += (f"{total:,}" if total is not None else "").rjust(pwidth) + "    "
+            if any_frozen:
+                left += (f"({frozen:,} frozen)" if frozen else "").ljust(fwidth) + "    "
         rows.append((left, ln.props))
     return rows
 
 
-def _subtree_params(root: ModuleSelector) -> dict[int, int]:
-    """Parameter count of each subtree (keyed by id of the node), bottom-up in one pass.
-
-    A parameter shared by two places counts at each place, as the tree shows it twice.
+def _subtree_params(root: ModuleSelector) -> dict[int, tuple[int, int]]:
+    """(parameters, frozen parameters) of each subtree, keyed by id of the node, bottom-up in
+    one pass. A parameter shared by two places counts at each place, as the tree shows it twice.
     """
-    totals: dict[int, int] = {}
-    order = list(_preorder(root))
-    for node in reversed(order):
-        own = sum(p.numel() for p in node.module._parameters.values() if p is not None)
-        totals[id(node)] = own + sum(totals[id(kid)] for kid in node._kids)
+    totals: dict[int, tuple[int, int]] = {}
+    for node in reversed(_preorder(root)):
+        own = [p for p in node.module._parameters.values() if p is not None]
+        total = sum(p.numel() for p in own)
+        frozen = sum(p.numel() for p in own if not p.requires_grad)
+        for kid in node._kids:
+            kid_total, kid_frozen = totals[id(kid)]
+            total, frozen = total + kid_total, frozen + kid_frozen
+        totals[id(node)] = (total, frozen)
     return totals
 
 
@@ -111,11 +120,14 @@ def _preorder(root: ModuleSelector) -> list[ModuleSelector]:
 
 def _signatures(root: ModuleSelector) -> dict[int, int]:
     """An id per node such that equal ids mean identical subtrees (classes, child names,
-    parameter shapes, props), built bottom-up with interning so it stays linear."""
+    parameter shapes and trainability, props), built bottom-up with interning so it stays
+    linear."""
     intern: dict[tuple[object, ...], int] = {}
     sig: dict[int, int] = {}
     for node in reversed(_preorder(root)):
-        shapes = tuple((k, tuple(p.shape)) for k, p in node.module._parameters.items() if p is not None)
+        shapes = tuple(
+            (k, tuple(p.shape), p.requires_grad) for k, p in node.module._parameters.items() if p is not None
+        )
         key = (node._tag, node.props, shapes, tuple((kid.name, sig[id(kid)]) for kid in node._kids))
         sig[id(node)] = intern.setdefault(key, len(intern))
     return sig
@@ -149,7 +161,9 @@ def _layout(
         node, depth, run = stack.pop()
         if run is not None:
             label = f"{run[0].name}…{run[-1].name}: {node._tag} ×{len(run)} (same as {node.name})"
-            total = sum(counts[id(n)] for n in run) if params else None
+            total = (
+                (sum(counts[id(n)][0] for n in run), sum(counts[id(n)][1] for n in run)) if params else None
+            )
             lines.append(_Line(depth, label, total, ", ".join(node.props), None))
             continue
         kids = node._kids

@@ -447,3 +447,28 @@ def test_fixture_is_the_seed_network() -> None:
         "Linear",
     ]
     assert isinstance(model.bulk[2], SkipBlock)
+
+
+# ---- trainable vs frozen ---------------------------------------------------------------------------
+def test_params_column_counts_frozen_parameters() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    model[0].weight.requires_grad_(False)  # 6 frozen of the first layer's 9
+    lines = modsel.select(model, "").tree(params=True).splitlines()
+    assert lines[1].split() == ["root:", "Sequential", "13", "(6", "frozen)"]
+    assert lines[2].split() == ["0:", "Linear", "9", "(6", "frozen)"]
+    assert lines[3].split() == ["1:", "Linear", "4"]
+
+
+def test_no_frozen_column_when_everything_trains() -> None:
+    text = modsel.select(nn.Sequential(nn.Linear(2, 3)), "").tree(params=True)
+    assert "frozen" not in text
+
+
+def test_siblings_that_differ_in_trainability_do_not_fold_together() -> None:
+    model = nn.ModuleList([nn.Linear(1, 1) for _ in range(8)])
+    model[4].weight.requires_grad_(False)
+    text = modsel.select(model, "").tree()
+    assert "×" not in text  # runs of 4 and 3: neither longer than 5
+    for p in model[4].parameters():
+        p.requires_grad_(True)
+    assert "1…7: Linear ×7 (same as 0)" in modsel.select(model, "").tree()
