@@ -66,7 +66,8 @@ class Learner:
     @property
     def css(self) -> str:
         """The stylesheet that selects modules for the callbacks (modsel syntax); ``*`` selects
-        every module with the prop ``all``."""
+        every module with the prop ``all``. Modules given the prop ``frozen`` (by name) keep
+        their parameters frozen during ``run`` and get their flags back afterwards."""
         return self._css
 
     @css.setter
@@ -122,6 +123,7 @@ class Learner:
             raise ValueError(f"Learner.run: epochs must be 0 or more, got {epochs}")
         assert self.model is not None
         was_training = self.model.training
+        frozen = self._freeze_selected()
         self.epochs = epochs
         self.batches = self._count_batches() if batches is None else batches
         cancelled: CancelRunException | None = None
@@ -137,9 +139,25 @@ class Learner:
                 self.cbs("endRun")
         finally:
             self.model.train(was_training)
+            for param, flag in frozen:
+                param.requires_grad_(flag)
         if cancelled is not None:
             print(f"Run cancelled: {cancelled}.")
         return self
+
+    def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
+        """Freeze the parameters of modules whose props name ``frozen`` (explicitly: ``all``
+        does not count here) for the run; returns what to restore afterwards."""
+        if "frozen" not in self._css or self.model is None:
+            return []
+        saved: dict[int, tuple[nn.Parameter, bool]] = {}
+        for node in self.moduleSelector.modules():
+            if "frozen" in node.props:
+                for param in node.module.parameters():
+                    saved.setdefault(id(param), (param, param.requires_grad))
+        for param, _ in saved.values():
+            param.requires_grad_(False)
+        return list(saved.values())
 
     def _count_batches(self) -> int:
         total = 0

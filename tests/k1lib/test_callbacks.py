@@ -356,3 +356,22 @@ def test_loss_plot_slices_valid_in_proportion() -> None:
     assert list(train_line.get_xdata()) == list(range(20, 40))
     assert list(valid_line.get_xdata()) == list(range(5, 10))  # the same half of the run
     assert list(valid_line.get_ydata()) == pytest.approx(l.Loss.valid[5:])
+
+
+def test_frozen_prop_freezes_for_the_run_and_restores() -> None:
+    l = learner()
+    l.css = "#0: frozen"
+    l.model[2].bias.requires_grad_(False)  # already frozen before: must stay frozen
+    first = [p.detach().clone() for p in l.model[0].parameters()]
+    last = l.model[2].weight.detach().clone()
+    seen: list[bool] = []
+    l.cbs.withInspectBatch(lambda xb, yb: seen.append(l.model[0].weight.requires_grad))
+    l.run(1)
+    assert seen and not any(seen)  # frozen during the run
+    assert all(torch.equal(a, b) for a, b in zip(first, l.model[0].parameters(), strict=True))
+    assert not torch.equal(last, l.model[2].weight)  # the rest trained
+    assert l.model[0].weight.requires_grad and l.model[0].bias.requires_grad  # restored
+    assert not l.model[2].bias.requires_grad
+    l.css = "*"  # "all" is not "frozen": everything trains
+    l.run(1)
+    assert not torch.equal(first[0], l.model[0].weight)
