@@ -14,6 +14,7 @@ combinators); a stylesheet gives props to the modules its rules select.
     '    2: Linear       head'
 """
 
+from ._act import Freeze, freeze, hooks, param_groups, paths, tap, to_regex, unfreeze
 from ._ast import (
     AttributeSelector,
     ClassSelector,
@@ -47,6 +48,7 @@ __all__ = [
     "ClassSelector",
     "Complex",
     "Compound",
+    "Freeze",
     "HasPseudo",
     "IdSelector",
     "LogicalPseudo",
@@ -66,10 +68,17 @@ __all__ = [
     "UniversalSelector",
     "compile",
     "explain",
+    "freeze",
+    "hooks",
     "match",
+    "param_groups",
     "parse",
+    "paths",
     "pseudo_classes",
     "render_html",
     "render_text",
     "select",
+    "tap",
+    "to_regex",
+    "unfreeze",
 ]

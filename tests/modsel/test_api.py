@@ -14,6 +14,7 @@ EXPORTED = [
     "ClassSelector",
     "Complex",
     "Compound",
+    "Freeze",
     "HasPseudo",
     "IdSelector",
     "LogicalPseudo",
@@ -33,12 +34,19 @@ EXPORTED = [
     "UniversalSelector",
     "compile",
     "explain",
+    "freeze",
+    "hooks",
     "match",
+    "param_groups",
     "parse",
+    "paths",
     "pseudo_classes",
     "render_html",
     "render_text",
     "select",
+    "tap",
+    "to_regex",
+    "unfreeze",
 ]
 
 
