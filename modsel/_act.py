@@ -115,13 +115,20 @@ def _set_requires_grad(model: Module, css: Css, flag: bool, what: str) -> Freeze
     found = match(model, css)
     if not found:
         _warn_empty(what, css, model)
-        return Freeze(_source(css), flag, [], [])
+    return set_requires_grad(model, found, flag, _source(css))
+
+
+def set_requires_grad(model: Module, found: list[tuple[str, Module]], flag: bool, label: str) -> Freeze:
+    """``freeze`` / ``unfreeze`` of already selected ``(path, module)`` pairs of ``model``
+    (``ModuleSelector.freeze`` uses it with the nodes a stylesheet selected)."""
+    if not found:
+        return Freeze(label, flag, [], [])
     owned = _owned(found)
     before = [(param, param.requires_grad) for param in owned.values()]
     for param in owned.values():
         param.requires_grad_(flag)
     names = [name for name, param in model.named_parameters() if id(param) in owned]
-    return Freeze(_source(css), flag, before, names)
+    return Freeze(label, flag, before, names)
 
 
 def freeze(model: Module, css: Css) -> Freeze:
@@ -292,6 +299,18 @@ def hooks(
     found = match(model, css)
     if not found:
         _warn_empty("hooks", css, model)
+    with hook_found(found, forward, forward_pre, backward):
+        yield [path for path, _ in found]
+
+
+@contextlib.contextmanager
+def hook_found(
+    found: list[tuple[str, Module]],
+    forward: HookCallback | None = None,
+    forward_pre: HookCallback | None = None,
+    backward: HookCallback | None = None,
+) -> Iterator[None]:
+    """``hooks`` for already selected ``(path, module)`` pairs; handles removed in ``finally``."""
     handles: list[RemovableHandle] = []
     try:
         for path, module in found:
@@ -301,7 +320,7 @@ def hooks(
                 handles.append(module.register_forward_hook(_bind(forward, path)))
             if backward is not None:
                 handles.append(module.register_full_backward_hook(_bind(backward, path)))
-        yield [path for path, _ in found]
+        yield
     finally:
         for handle in handles:
             handle.remove()

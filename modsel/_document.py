@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from torch.nn import Module
 
 if TYPE_CHECKING:
+    from ._act import Freeze
     from ._ast import Rule, Stylesheet
 
 __all__ = ["ModuleSelector", "attributes_of", "build", "class_names_of", "tag_of"]
@@ -202,6 +203,43 @@ class ModuleSelector:
             known[id(self)] = attrs
         return attrs
 
+    # ---- acting on the selection (what the 2021 k1lib's moduleSelector.freeze() / hookF() / hookB() did)
+    def _chosen(self, prop: str | None) -> list[tuple[str, Module]]:
+        """(path, module) of the selected nodes at and below this one (with ``prop``: those
+        that have it, or ``all``), each module once."""
+        seen: set[int] = set()
+        chosen = []
+        for node in self.selected():
+            if (prop is None or prop in node) and id(node.module) not in seen:
+                seen.add(id(node.module))
+                chosen.append((node.path, node.module))
+        return chosen
+
+    def freeze(self, prop: str | None = None) -> Freeze:
+        """Freeze the parameters of the selected modules (and their subtrees); a context
+        manager that restores every flag on exit (``with l.moduleSelector.freeze():``)."""
+        from ._act import set_requires_grad
+
+        return set_requires_grad(self.module, self._chosen(prop), False, f"selected ({prop or 'any prop'})")
+
+    def hook_forward(
+        self, f: Callable[..., Any], prop: str | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Forward hooks ``f(path, module, inputs, output)`` on the selected modules, for a
+        ``with`` block."""
+        from ._act import hook_found
+
+        return hook_found(self._chosen(prop), forward=f)
+
+    def hook_backward(
+        self, f: Callable[..., Any], prop: str | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Backward hooks ``f(path, module, grad_input, grad_output)`` on the selected modules,
+        for a ``with`` block."""
+        from ._act import hook_found
+
+        return hook_found(self._chosen(prop), backward=f)
+
     def explain(self) -> str:
         """Which rules select this node, and for each other rule what failed."""
         from ._select import explain
@@ -236,7 +274,16 @@ class ModuleSelector:
 
 
 _NO_KIDS: list[ModuleSelector] = []
-_NOT_CHILDREN = frozenset(ModuleSelector.__slots__) | {"depth", "order", "props", "rules", "sheet"}
+_NOT_CHILDREN = frozenset(ModuleSelector.__slots__) | {
+    "depth",
+    "order",
+    "props",
+    "rules",
+    "sheet",
+    "freeze",
+    "hook_forward",
+    "hook_backward",
+}
 _ATTRIBUTES = object()
 # memo key of the side table id(node) -> (props, rules), filled by modsel.select
 SELECTED = object()

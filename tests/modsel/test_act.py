@@ -326,3 +326,33 @@ def test_param_groups_module_shared_into_a_selected_block() -> None:
     model.block = nn.Sequential(nn.ReLU(), model.first)  # the same Linear, second place inside #block
     opts = by_name(act.param_groups(model, {"#block": {"lr": 0.5}}, lr=1.0))
     assert opts == {"first.weight": {"lr": 0.5}, "first.bias": {"lr": 0.5}}
+
+
+# ---- the same on a stylesheet's selection (ModuleSelector.freeze / hook_forward / hook_backward) --
+def test_tree_freeze_uses_the_stylesheet_selection() -> None:
+    model = network()
+    tree = modsel.select(model, "SkipBlock #0: tune\n#bulk > Linear: head")
+    with tree.freeze("tune") as frozen:
+        assert frozen.parameters == [f"bulk.{b}.seq.0.{w}" for b in (2, 3, 4) for w in ("weight", "bias")]
+        assert not model.bulk[2].seq[0].weight.requires_grad
+        assert model.bulk[0].weight.requires_grad
+    assert all(p.requires_grad for p in model.parameters())
+    with tree.freeze():  # every selected module
+        assert not model.bulk[0].weight.requires_grad and not model.bulk[5].bias.requires_grad
+        assert model.bulk[2].seq[2].weight.requires_grad
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_tree_hooks_are_removed_after_the_block() -> None:
+    model = network()
+    tree = modsel.select(model, "SkipBlock: watch")
+    seen: list[str] = []
+    grads: list[str] = []
+    with (
+        tree.hook_forward(lambda path, m, i, o: seen.append(path)),
+        tree.hook_backward(lambda path, m, gi, go: grads.append(path)),
+    ):
+        model(torch.randn(4, 1)).sum().backward()
+    assert seen == ["bulk.2", "bulk.3", "bulk.4"]
+    assert sorted(grads) == ["bulk.2", "bulk.3", "bulk.4"]
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
