@@ -6,6 +6,7 @@ through ``modsel``).
 """
 
 from . import callbacks, data, viz
+from ._css_optimizer import cssOptimizer
 from ._learner import Learner
 from .callbacks import (
     Callback,
@@ -25,6 +26,7 @@ __all__ = [
     "CancelRunException",
     "Learner",
     "callbacks",
+    "cssOptimizer",
     "data",
     "viz",
 ]

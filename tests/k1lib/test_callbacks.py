@@ -375,3 +375,11 @@ def test_frozen_prop_freezes_for_the_run_and_restores() -> None:
     l.css = "*"  # "all" is not "frozen": everything trains
     l.run(1)
     assert not torch.equal(first[0], l.model[0].weight)
+
+
+def test_css_optimizer_groups_parameters_by_rules() -> None:
+    l = learner()
+    l.opt = k1lib.cssOptimizer(l.model, torch.optim.SGD, {"#2": {"lr": 0.5}}, lr=0.01)
+    groups = {g["lr"]: g["param_names"] for g in l.opt.param_groups}
+    assert groups == {0.01: ["0.weight", "0.bias"], 0.5: ["2.weight", "2.bias"]}
+    l.run(1)  # the groups train

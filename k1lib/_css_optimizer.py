@@ -1,0 +1,27 @@
+"""``cssOptimizer``: an optimizer whose parameter groups come from CSS rules (modsel)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import modsel
+
+__all__ = ["cssOptimizer"]
+
+
+def cssOptimizer(  # noqa: N802 - k1lib's camelCase public names
+    model: nn.Module,
+    optimizerClass: type[torch.optim.Optimizer],  # noqa: N803
+    rules: dict[str, dict[str, Any]],
+    **defaults: Any,
+) -> torch.optim.Optimizer:
+    """``optimizerClass`` over ``model``'s trainable parameters, grouped by ``rules``
+    (``{css: options}``; a later rule wins for a module both select, as in CSS) with
+    ``defaults`` for the rest. For layer-wise learning rates::
+
+        l.opt = k1lib.cssOptimizer(l.model, optim.AdamW, {"#head Linear": {"lr": 1e-3}}, lr=1e-4)
+    """
+    return optimizerClass(modsel.param_groups(model, rules, **defaults), **defaults)
