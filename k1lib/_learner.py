@@ -16,6 +16,7 @@ from torch import nn
 
 import modsel
 
+from ._module_selector import ModuleSelector
 from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
 from .callbacks.callbacks import Callbacks
 from .callbacks.dont_train import DontTrain
@@ -76,11 +77,14 @@ class Learner:
         self._css = css
 
     @property
-    def moduleSelector(self) -> modsel.ModuleSelector:  # noqa: N802 - README name
-        """The annotated module tree of ``model`` for ``css``."""
+    def moduleSelector(self) -> ModuleSelector:  # noqa: N802 - README name
+        """The annotated module tree of ``model`` for ``css`` (with ``freeze()``, ``hookF()``,
+        ``hookB()`` acting on what the css selected)."""
         if self.model is None:
             raise AttributeError("l.moduleSelector needs a model: set l.model = ... first")
-        return modsel.select(self.model, self._css)
+        tree = modsel.select(self.model, self._css, node_class=ModuleSelector)
+        assert isinstance(tree, ModuleSelector)
+        return tree
 
     def __getattr__(self, name: str) -> Callback:
         # only reached for names the learner lacks: a callback of that name (l.Loss)

@@ -362,11 +362,15 @@ def build(model: Module) -> ModuleSelector:
     return root
 
 
-def new_root(model: Module) -> ModuleSelector:
-    """A lone root node for ``model``, ready for ``grow``."""
+def new_root(model: Module, node_class: type[ModuleSelector] | None = None) -> ModuleSelector:
+    """A lone root node for ``model``, ready for ``grow``; every node ``grow`` adds below it is
+    of the root's class (``node_class``, a subclass of ModuleSelector, or ModuleSelector)."""
     if not isinstance(model, Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}: {model!r:.80}")
-    return ModuleSelector(model, "root", None, 0, "")
+    cls = ModuleSelector if node_class is None else node_class
+    if not (isinstance(cls, type) and issubclass(cls, ModuleSelector)):
+        raise TypeError(f"node_class must be a subclass of modsel.ModuleSelector, got {cls!r}")
+    return cls(model, "root", None, 0, "")
 
 
 def grow(
@@ -383,7 +387,7 @@ def grow(
     # This loop is the floor of every match: nodes are made with object.__new__ and their
     # slots set inline (the same fields as ModuleSelector.__init__), which saves a Python call
     # per module, about a tenth of the time of a whole match.
-    new, node_cls, no_kids = object.__new__, ModuleSelector, _NO_KIDS
+    new, node_cls, no_kids = object.__new__, type(root), _NO_KIDS
     memo = root._memo
     found: list[ModuleSelector] = []
     keep = found.append

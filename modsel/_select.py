@@ -19,18 +19,21 @@ def _compiled(selectors: SelectorList) -> Pred:
     return compile_list(selectors)
 
 
-def select(model: Module, css: str | Stylesheet) -> ModuleSelector:
+def select(
+    model: Module, css: str | Stylesheet, *, node_class: type[ModuleSelector] | None = None
+) -> ModuleSelector:
     """The mirror tree of ``model`` with each node's props from the stylesheet ``css``.
 
     A module's props are the union, in rule order, of the props of every rule that selects it;
-    a rule written without props gives ``all``.
+    a rule written without props gives ``all``. ``node_class``: a subclass of ModuleSelector to
+    build the tree of (for libraries that add methods, like k1lib).
     """
     sheet = parse(css) if isinstance(css, str) else css
     if not isinstance(sheet, Stylesheet):
         raise TypeError(f"css must be a str or a modsel Stylesheet, not {type(css).__name__}")
     tests = [_compiled(rule.selectors) for rule in sheet.rules]
     with paused_gc():
-        root = new_root(model)
+        root = new_root(model, node_class)
         root.sheet = sheet
         nodes = grow(root)
         # rule by rule over all nodes (a C-level filter per rule), then merge in rule order

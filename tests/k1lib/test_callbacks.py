@@ -383,3 +383,21 @@ def test_css_optimizer_groups_parameters_by_rules() -> None:
     groups = {g["lr"]: g["param_names"] for g in l.opt.param_groups}
     assert groups == {0.01: ["0.weight", "0.bias"], 0.5: ["2.weight", "2.bias"]}
     l.run(1)  # the groups train
+
+
+def test_module_selector_freeze_hookF_hookB() -> None:
+    l = learner()
+    l.css = "#0: watch"
+    tree = l.moduleSelector
+    assert all(isinstance(node, type(tree)) for node in tree.modules())
+    seen: list[str] = []
+    with (
+        tree.hookF(lambda path, m, i, o: seen.append(path)),
+        tree.hookB(lambda path, m, gi, go: seen.append("back " + path)),
+    ):
+        l.model(torch.randn(3, 2, requires_grad=True)).sum().backward()
+    assert seen == ["0", "back 0"]
+    assert not l.model[0]._forward_hooks and not l.model[0]._backward_hooks
+    with tree.freeze():
+        assert not l.model[0].weight.requires_grad and l.model[2].weight.requires_grad
+    assert l.model[0].weight.requires_grad

@@ -213,3 +213,14 @@ def test_a_selector_that_matches_nothing_returns_an_empty_list(net: Network, css
     assert modsel.compile(css).match(net) == []
     assert modsel.compile(css).match_nodes(modsel.select(net, "")) == []
     assert list(modsel.select(net, f"{css}: x").modules("x")) == []
+
+
+def test_select_builds_a_tree_of_a_given_subclass(net: Network) -> None:
+    class Mine(modsel.ModuleSelector):
+        __slots__ = ()
+
+    tree = modsel.select(net, "SkipBlock: x", node_class=Mine)
+    assert all(type(node) is Mine for node in tree.modules())
+    assert [n.path for n in tree.modules("x")] == ["bulk.2", "bulk.3", "bulk.4"]
+    with pytest.raises(TypeError, match=r"node_class must be a subclass of modsel\.ModuleSelector"):
+        modsel.select(net, "", node_class=dict)  # type: ignore[arg-type]
