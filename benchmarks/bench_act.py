@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from synthetic import Synthetic  # benchmarks/ is on sys.path when a script here runs
 from torch import nn
 
 import modsel
@@ -27,27 +28,6 @@ RULES = {
     "#mlp Linear": {"lr": 1e-4, "weight_decay": 0.0},
     "LayerNorm": {"weight_decay": 0.0},
 }
-
-
-class Attention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q, self.k, self.v, self.o = (nn.Linear(1, 1) for _ in range(4))
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = Attention()
-        self.mlp = nn.Sequential(nn.Linear(1, 1), nn.GELU(), nn.Linear(1, 1), nn.Dropout())
-        self.ln1 = nn.LayerNorm(1)
-        self.ln2 = nn.LayerNorm(1)
-
-
-class Synthetic(nn.Module):
-    def __init__(self, blocks: int) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(Block() for _ in range(blocks))
 
 
 def baseline(model: nn.Module) -> None:

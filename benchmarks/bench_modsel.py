@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 import torch
+from synthetic import Synthetic  # benchmarks/ is on sys.path when a script here runs
 from torch import nn
 
 import modsel
@@ -74,32 +75,6 @@ QUICK = Repeats(baseline=3, paired=3, soupsieve=1, parse=3, wide=3)
 
 
 # ---- models ---------------------------------------------------------------------------------
-class Attention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q = nn.Linear(1, 1)
-        self.k = nn.Linear(1, 1)
-        self.v = nn.Linear(1, 1)
-        self.o = nn.Linear(1, 1)
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = Attention()
-        self.mlp = nn.Sequential(nn.Linear(1, 1), nn.GELU(), nn.Linear(1, 1), nn.Dropout())
-        self.ln1 = nn.LayerNorm(1)
-        self.ln2 = nn.LayerNorm(1)
-
-
-class Synthetic(nn.Module):
-    """A transformer-like tree: ``layers`` is a ModuleList of ``blocks`` blocks of 13 modules."""
-
-    def __init__(self, blocks: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(Block() for _ in range(blocks))
-
-
 def transformer() -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # enable_nested_tensor warning of the default settings
