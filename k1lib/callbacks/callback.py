@@ -102,8 +102,9 @@ class Callback:
         return self.learner
 
     def __getattr__(self, name: str) -> Any:
-        # only reached when normal lookup fails: fall through to the learner
-        if name.startswith("__") or name in ("cbs", "name", "suspended"):
+        # only reached when normal lookup fails: fall through to the learner (public names
+        # only: private and dunder probes, like IPython's _repr_*_, fail at once)
+        if name.startswith("_") or name in ("cbs", "name", "suspended"):
             raise AttributeError(name)
         cbs = self.__dict__.get("cbs")
         learner = cbs.learner if cbs is not None else None
