@@ -129,7 +129,7 @@ class Learner:
         was_training = self.model.training
         frozen = self._freeze_selected()
         self.epochs = epochs
-        self.batches = self._count_batches() if batches is None else batches
+        self.batches = self._count_batches(batches)
         cancelled: CancelRunException | None = None
         try:
             try:
@@ -163,13 +163,16 @@ class Learner:
             param.requires_grad_(False)
         return list(saved.values())
 
-    def _count_batches(self) -> int:
+    def _count_batches(self, limit: int | None) -> int:
+        """Batches an epoch (training and validation), with ``limit`` per loader; 0 when a
+        loader has no length (a plain iterator)."""
         total = 0
         for loader in (self.data.train, self.data.valid):
             try:
-                total += len(loader)
+                size = len(loader)
             except TypeError:
                 return 0
+            total += size if limit is None else min(size, limit)
         return total
 
     def _epoch(self, limit: int | None) -> None:

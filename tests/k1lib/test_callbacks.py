@@ -401,3 +401,11 @@ def test_module_selector_freeze_hookF_hookB() -> None:
     with tree.freeze():
         assert not l.model[0].weight.requires_grad and l.model[2].weight.requires_grad
     assert l.model[0].weight.requires_grad
+
+
+def test_batches_per_epoch_counts_both_loaders_within_the_limit() -> None:
+    l = learner(train=5, valid=3)
+    l.run(1)
+    assert l.batches == 8 and l.batch == 8
+    l.run(1, 2)
+    assert l.batches == 4 and l.batch == 4
