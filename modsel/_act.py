@@ -343,14 +343,8 @@ def tap(model: Module, css: Css) -> Iterator[dict[str, Any]]:
     found = match(model, css)
     if not found:
         _warn_empty("tap", css, model)
-    handles = []
-    try:
-        for path, module in found:
-            handles.append(module.register_forward_hook(_bind(keep, path)))
+    with hook_found(found, forward=keep):
         yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # ---- paths and regexes --------------------------------------------------------------------------

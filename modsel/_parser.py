@@ -45,7 +45,6 @@ __all__ = ["MAX_NESTING", "NUMBER", "parse", "parse_selector"]
 MAX_NESTING = 32  # functional pseudo-classes inside each other; real selectors use 1-3
 
 _COMBINATOR_OF = {"DESCENDANT": " ", "CHILD": ">", "NEXT_SIBLING": "+", "SUBSEQUENT_SIBLING": "~"}
-_OPS = ("=", "~=", "|=", "^=", "$=", "*=", "!=", "<", "<=", ">", ">=")
 _NUMERIC_OPS = ("<", "<=", ">", ">=")
 # a CSS number: what unquoted attribute values compare numerically as (not "nan", "inf", "1_000")
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")

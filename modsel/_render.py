@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from ._document import ModuleSelector
+from ._document import ModuleSelector, preorder
 
 __all__ = ["render_html", "render_text"]
 
@@ -26,7 +26,6 @@ class _Line:
     label: str  # "name: Class" or the fold summary
     params: tuple[int, int] | None  # (parameters in the subtree, how many of them are frozen)
     props: str
-    node: ModuleSelector | None
 
 
 def render_text(
@@ -92,12 +91,12 @@ def _rows(
     return rows
 
 
-def _subtree_params(root: ModuleSelector) -> dict[int, tuple[int, int]]:
+def _subtree_params(order: list[ModuleSelector]) -> dict[int, tuple[int, int]]:
     """(parameters, frozen parameters) of each subtree, keyed by id of the node, bottom-up in
     one pass. A parameter shared by two places counts at each place, as the tree shows it twice.
     """
     totals: dict[int, tuple[int, int]] = {}
-    for node in reversed(_preorder(root)):
+    for node in reversed(order):
         own = [p for p in node.module._parameters.values() if p is not None]
         total = sum(p.numel() for p in own)
         frozen = sum(p.numel() for p in own if not p.requires_grad)
@@ -108,23 +107,13 @@ def _subtree_params(root: ModuleSelector) -> dict[int, tuple[int, int]]:
     return totals
 
 
-def _preorder(root: ModuleSelector) -> list[ModuleSelector]:
-    out = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        stack.extend(reversed(node._kids))
-    return out
-
-
-def _signatures(root: ModuleSelector) -> dict[int, int]:
+def _signatures(order: list[ModuleSelector]) -> dict[int, int]:
     """An id per node such that equal ids mean identical subtrees (classes, child names,
     parameter shapes and trainability, props), built bottom-up with interning so it stays
     linear."""
     intern: dict[tuple[object, ...], int] = {}
     sig: dict[int, int] = {}
-    for node in reversed(_preorder(root)):
+    for node in reversed(order):
         shapes = tuple(
             (k, tuple(p.shape), p.requires_grad) for k, p in node.module._parameters.items() if p is not None
         )
@@ -141,12 +130,13 @@ def _layout(
     fold: int | None,
     only_selected: bool,
 ) -> list[_Line]:
-    counts = _subtree_params(root) if params else {}
-    sigs = _signatures(root) if fold is not None else {}
+    order = list(preorder(root))  # one walk serves the counts, signatures and selection
+    counts = _subtree_params(order) if params else {}
+    sigs = _signatures(order) if fold is not None else {}
     keep: set[int] | None = None
     if only_selected:
         keep = set()
-        for node in _preorder(root):
+        for node in order:
             if node.props:
                 current: ModuleSelector | None = node
                 while current is not None and id(current) not in keep:
@@ -164,7 +154,7 @@ def _layout(
             total = (
                 (sum(counts[id(n)][0] for n in run), sum(counts[id(n)][1] for n in run)) if params else None
             )
-            lines.append(_Line(depth, label, total, ", ".join(node.props), None))
+            lines.append(_Line(depth, label, total, ", ".join(node.props)))
             continue
         kids = node._kids
         if keep is not None:
@@ -175,9 +165,7 @@ def _layout(
             below = _count_below(node)
             label += f" (+{below} module{'' if below == 1 else 's'})"
             kids = []
-        lines.append(
-            _Line(depth, label, counts.get(id(node)) if params else None, ", ".join(node.props), node)
-        )
+        lines.append(_Line(depth, label, counts.get(id(node)) if params else None, ", ".join(node.props)))
         pending: list[tuple[ModuleSelector, int, list[ModuleSelector] | None]] = []
         i = 0
         while i < len(kids):
@@ -197,4 +185,4 @@ def _layout(
 
 
 def _count_below(node: ModuleSelector) -> int:
-    return len(_preorder(node)) - 1
+    return sum(1 for _ in preorder(node)) - 1
