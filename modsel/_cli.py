@@ -22,6 +22,7 @@ from torch.nn import Module
 
 from ._document import ModuleSelector
 from ._errors import SelectorSyntaxError, TargetError
+from ._match import first_of_each_module
 from ._render import render_text
 from ._select import select
 
@@ -106,13 +107,7 @@ def main(
 
 
 def _selected(root: ModuleSelector) -> list[ModuleSelector]:
-    seen: set[int] = set()
-    nodes = []
-    for node in root.selected():
-        if id(node.module) not in seen:
-            seen.add(id(node.module))
-            nodes.append(node)
-    return nodes
+    return first_of_each_module(list(root.selected()))
 
 
 def _read_css(css: str) -> str:

@@ -207,13 +207,10 @@ class ModuleSelector:
     def _chosen(self, prop: str | None) -> list[tuple[str, Module]]:
         """(path, module) of the selected nodes at and below this one (with ``prop``: those
         that have it, or ``all``), each module once."""
-        seen: set[int] = set()
-        chosen = []
-        for node in self.selected():
-            if (prop is None or prop in node) and id(node.module) not in seen:
-                seen.add(id(node.module))
-                chosen.append((node.path, node.module))
-        return chosen
+        from ._match import first_of_each_module
+
+        nodes = [node for node in self.selected() if prop is None or prop in node]
+        return [(node.path, node.module) for node in first_of_each_module(nodes)]
 
     def freeze(self, prop: str | None = None) -> Freeze:
         """Freeze the parameters of the selected modules (and their subtrees); a context

@@ -37,7 +37,7 @@ from ._ast import (
 from ._document import ModuleSelector, class_names_of, dismantle, grow, new_root, paused_gc, preorder
 from ._parser import NUMBER, parse_selector
 
-__all__ = ["Selector", "compile", "compile_list", "match", "match_nodes"]
+__all__ = ["Selector", "compile", "compile_list", "first_of_each_module", "match", "match_nodes"]
 
 Pred = _pseudo.Pred
 
@@ -500,7 +500,7 @@ class Selector:
             # C-level loops: this part runs once per match, up to 100k times
             modules = list(map(_MODULE_OF, hits))
             if remove_duplicate and len(set(map(id, modules))) != len(modules):
-                hits = _first_of_each_module(hits)
+                hits = first_of_each_module(hits)
                 modules = list(map(_MODULE_OF, hits))
             found = list(zip(map(_PATH_OF, hits), modules, strict=True))
             # free the tree while the collector is paused: alive at gc.enable(), its nodes would
@@ -521,14 +521,14 @@ def match_nodes(test: Pred, root: ModuleSelector, remove_duplicate: bool = True)
     """Nodes of a built tree passing ``test``, pre-order; with ``remove_duplicate``, one per
     module."""
     found = list(filter(test, preorder(root)))
-    return _first_of_each_module(found) if remove_duplicate else found
+    return first_of_each_module(found) if remove_duplicate else found
 
 
 _MODULE_OF = operator.attrgetter("module")
 _PATH_OF = operator.attrgetter("path")
 
 
-def _first_of_each_module(nodes: list[ModuleSelector]) -> list[ModuleSelector]:
+def first_of_each_module(nodes: list[ModuleSelector]) -> list[ModuleSelector]:
     """The nodes whose module has not appeared earlier in the list."""
     seen: set[int] = set()
     first = []
