@@ -8,6 +8,7 @@ on the learner for callbacks to read and change: ``epoch``, ``epochs``, ``batch`
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,7 +29,8 @@ _INDENT = "    "
 
 def _default_callbacks() -> Callbacks:
     cbs = Callbacks()
-    cbs.withProgressBar().withDontTrainValid().withLoss().withCancelOnExplosion()
+    cbs.withProgressBar().withDontTrainValid().withAutosave().withLossLandscape()
+    cbs.withHookModule().withHookParam().withLoss().withCancelOnExplosion().withParamFinder()
     return cbs
 
 
@@ -138,15 +140,14 @@ class Learner:
                     self._epoch(batches)
             except CancelRunException as e:
                 cancelled = e
-                self.cbs("cancelRun")
+                self.cbs("cancelRun")  # the progress bar writes its last line here
+                print(f"Run cancelled: {cancelled}.")
             finally:
                 self.cbs("endRun")
         finally:
             self.model.train(was_training)
             for param, flag in frozen:
                 param.requires_grad_(flag)
-        if cancelled is not None:
-            print(f"Run cancelled: {cancelled}.")
         return self
 
     def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
@@ -246,6 +247,21 @@ class Learner:
     def _restore(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a checkpoint: the state_dicts of the model, the optimizer and each callback, the
+        css and the epoch (``torch.save`` to a temporary file, renamed into place)."""
+        from ._checkpoint import save
+
+        save(self, path)
+
+    def load(self, path: str | os.PathLike[str]) -> Learner:
+        """Restore what ``save`` wrote (``torch.load(weights_only=True)``): a resumed run
+        continues as the saved one would have."""
+        from ._checkpoint import load
+
+        load(self, path)
+        return self
 
     def evaluate(self) -> None:
         """Show how the model does (set your own: ``l.evaluate = partial(f, l)``)."""

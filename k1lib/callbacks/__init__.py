@@ -1,5 +1,6 @@
 """Callbacks: the base class, the container and the built-in callbacks (one per file)."""
 
+from .autosave import Autosave
 from .batch_limit import BatchLimit
 from .callback import (
     EVENTS,
@@ -16,16 +17,21 @@ from .dont_train import DontTrain
 from .dont_train_valid import DontTrainValid
 from .dtype import DType
 from .epoch_limit import EpochLimit
+from .hook_module import HookModule
+from .hook_param import HookParam
 from .inspect_batch import InspectBatch
 from .inspect_loss import InspectLoss
 from .inspect_output import InspectOutput
 from .loss import Loss
+from .loss_landscape import LossLandscape
 from .modify_batch import ModifyBatch
 from .modify_output import ModifyOutput
+from .param_finder import ParamFinder
 from .progress_bar import ProgressBar
 
 __all__ = [
     "EVENTS",
+    "Autosave",
     "BatchLimit",
     "Callback",
     "Callbacks",
@@ -39,12 +45,16 @@ __all__ = [
     "DontTrain",
     "DontTrainValid",
     "EpochLimit",
+    "HookModule",
+    "HookParam",
     "InspectBatch",
     "InspectLoss",
     "InspectOutput",
     "Loss",
+    "LossLandscape",
     "ModifyBatch",
     "ModifyOutput",
+    "ParamFinder",
     "ProgressBar",
     "Timings",
 ]

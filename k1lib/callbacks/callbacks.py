@@ -239,6 +239,31 @@ class Callbacks:
 
         return self.append(ProgressBar())
 
+    def withAutosave(self, directory: str = ".", keep: int = 3) -> Callbacks:  # noqa: N802
+        from .autosave import Autosave
+
+        return self.append(Autosave(directory, keep))
+
+    def withLossLandscape(self) -> Callbacks:  # noqa: N802
+        from .loss_landscape import LossLandscape
+
+        return self.append(LossLandscape())
+
+    def withHookModule(self) -> Callbacks:  # noqa: N802
+        from .hook_module import HookModule
+
+        return self.append(HookModule())
+
+    def withHookParam(self) -> Callbacks:  # noqa: N802
+        from .hook_param import HookParam
+
+        return self.append(HookParam())
+
+    def withParamFinder(self) -> Callbacks:  # noqa: N802
+        from .param_finder import ParamFinder
+
+        return self.append(ParamFinder())
+
     def withLoss(self) -> Callbacks:  # noqa: N802
         from .loss import Loss
 

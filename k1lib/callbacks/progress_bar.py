@@ -26,12 +26,14 @@ class ProgressBar(Callback):
         self._start = 0.0
         self._last = 0.0
         self._interactive = False
+        self._done = False
 
     def _out(self) -> TextIO:
         return self.stream if self.stream is not None else sys.stdout
 
     def startRun(self) -> None:  # noqa: N802
         self._start = self._last = time.perf_counter()
+        self._done = False
         out = self._out()
         self._interactive = bool(getattr(out, "isatty", lambda: False)()) or "ipykernel" in sys.modules
 
@@ -63,5 +65,11 @@ class ProgressBar(Callback):
             out.write(self.line().rstrip() + "\n")
         out.flush()
 
-    def endRun(self) -> None:  # noqa: N802
+    def cancelRun(self) -> None:  # noqa: N802
+        # the last line comes before the learner's "Run cancelled: ..." message
         self._write()
+        self._done = True
+
+    def endRun(self) -> None:  # noqa: N802
+        if not self._done:
+            self._write()

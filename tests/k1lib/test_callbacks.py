@@ -208,11 +208,16 @@ def test_callbacks_are_sorted_by_order_like_the_readme() -> None:
     assert l.cbs.names() == [
         "ProgressBar",
         "DontTrainValid",
+        "Autosave",
+        "LossLandscape",
+        "HookModule",
+        "HookParam",
         "ModifyBatch",
         "DType",
         "CancelOnLowLoss",
         "Loss",
         "CancelOnExplosion",
+        "ParamFinder",
     ]
     assert repr(l.cbs).startswith("Callbacks:\n- ProgressBar\n- DontTrainValid\n")
     assert '- cbs.suspend(["Loss", "Cuda"]): to temporarily prevent triggering events in' in repr(l.cbs)

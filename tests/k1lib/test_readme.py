@@ -87,7 +87,6 @@ def test_cell_3_trains_until_the_low_loss(nb: Notebook) -> None:
     assert re.search(r"Progress: +\d+%, epoch: +\d+/10, batch: +\d+/\d+, elapsed: +[\d.]+s", out)
 
 
-@pytest.mark.xfail(strict=True, reason=INTROSPECTION)
 def test_cell_4_the_callback_list(nb: Notebook) -> None:
     result, _ = nb.run(4)
     assert repr(result) == _section_output(4)
@@ -117,9 +116,29 @@ def test_cells_7_8_loss_plots(nb: Notebook, cell: int) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=INTROSPECTION)
-@pytest.mark.parametrize("cell", [9, 10, 11, 12, 13])
-def test_cells_9_to_13_introspection(nb: Notebook, cell: int) -> None:
-    nb.run(cell)
+def test_cell_9_loss_landscape(nb: Notebook) -> None:
+    result, out = nb.run(9)
+    assert "8/8" in out and "Finished [-3.2, 3.2] range" in out
+    assert result is None or hasattr(result, "savefig") or hasattr(result, "_repr_png_")
+
+
+@pytest.mark.xfail(strict=True, reason=INTROSPECTION)
+def test_cell_10_hook_param_repr(nb: Notebook) -> None:
+    result, _ = nb.run(10)
+    expected = _section_output(10)
+    counted = re.compile(r"6 params, (\d+) means and stds each")
+    match = counted.search(repr(result))
+    assert match is not None, repr(result)
+    assert int(match.group(1)) == len(nb.namespace["l"].HookParam[0].means) > 0
+    assert counted.sub("N", repr(result)) == counted.sub("N", expected)
+
+
+@pytest.mark.xfail(strict=True, reason=INTROSPECTION)
+@pytest.mark.parametrize("cell", [11, 12, 13])
+def test_cells_11_to_13_hook_plots(nb: Notebook, cell: int) -> None:
+    result, _ = nb.run(cell)
+    assert repr(result) == _section_output(cell).split("\n\n\n")[-1].strip()
+    assert result.plot() is not None
 
 
 def test_cell_14_module_selector(nb: Notebook) -> None:

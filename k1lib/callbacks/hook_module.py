@@ -1,0 +1,14 @@
+"""``HookModule``: SKELETON, being written (replace this file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .callback import Callback
+
+__all__ = ["HookModule"]
+
+
+class HookModule(Callback):
+    def __init__(self, *args: Any) -> None:
+        super().__init__()

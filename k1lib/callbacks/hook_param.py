@@ -1,0 +1,14 @@
+"""``HookParam``: SKELETON, being written (replace this file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .callback import Callback
+
+__all__ = ["HookParam"]
+
+
+class HookParam(Callback):
+    def __init__(self, *args: Any) -> None:
+        super().__init__()

@@ -1,0 +1,16 @@
+"""``ParamFinder``: SKELETON, being written (replace this file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .callback import Callback
+
+__all__ = ["ParamFinder"]
+
+
+class ParamFinder(Callback):
+    order = 30
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__()

@@ -1,0 +1,15 @@
+"""Every k1lib test runs in its own empty directory: Autosave writes checkpoints to the
+current directory, as the 2021 k1lib did, and a test must not leave files in the checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _in_tmp_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield Path.cwd()
