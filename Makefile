@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/modsel torch.nn:Transformer "TransformerEncoderLayer Linear: lora; LayerNorm: norm" --params
+	$(PY) -m k1lib k1lib-demo
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check modsel k1lib tests benchmarks

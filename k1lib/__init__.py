@@ -6,6 +6,7 @@ through ``modsel``).
 """
 
 from . import callbacks, data, viz
+from ._checkpoint import CheckpointError
 from ._css_optimizer import cssOptimizer
 from ._learner import Learner
 from .callbacks import (
@@ -24,6 +25,7 @@ __all__ = [
     "CancelBatchException",
     "CancelEpochException",
     "CancelRunException",
+    "CheckpointError",
     "Learner",
     "callbacks",
     "cssOptimizer",

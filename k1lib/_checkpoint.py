@@ -1,14 +1,454 @@
-"""SKELETON, being written (replace this file)."""
+"""Checkpoints: a Learner's training state as a dict of state_dicts (``Learner.save`` / ``load``).
+
+A checkpoint holds what a run changes: the model's and the optimizer's state_dicts, each
+callback's own small state (``cb.state_dict()``; callbacks with none are left out), the css,
+the loop counters, and the random number generators a resumed run draws from (torch's global
+CPU generator, the CUDA ones when CUDA is in use, and any ``torch.Generator`` the data loaders
+hold). It never holds the Learner itself, the data, ``lossF`` or any callback's code: the
+learner that loads is built the same way as the one that saved, then ``load`` puts the state
+back. Python's ``random`` and NumPy's generators are not saved.
+
+Files are written by ``torch.save`` to a temporary file in the target's directory, flushed
+to disk, then renamed over the target (``os.replace``): a crash mid-save leaves the previous
+file whole. They are read with ``torch.load(weights_only=True)``, so loading never runs code
+from the file; ``save`` therefore refuses state that such a load could not read back. Each
+part's CRC32 in the file's zip archive is checked before loading (torch.load does not): a
+flipped bit is an error, not a silently wrong weight.
+
+``load`` checks the whole file against the learner before it changes anything.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
-from typing import Any
+import pickle
+import re
+import secrets
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+import modsel
+
+if TYPE_CHECKING:
+    from ._learner import Learner
+
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "checkpoint_of", "load", "read", "save", "write"]
+
+FORMAT = "k1lib.checkpoint"
+VERSION = 1
+_COUNTERS = ("epoch", "epochs", "batch", "batches", "progress")
+# where loaders keep their generators (k1lib's DataLoader, torch's DataLoader and its sampler)
+_GENERATOR_PLACES = ("generator", "_generator", "sampler.generator", "batch_sampler.sampler.generator")
+# what torch.load(weights_only=True) reads back (tuple and None: optimizers' param_groups use them)
+_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, torch.dtype, torch.device)
 
 
-def save(learner: Any, path: str | os.PathLike[str]) -> None:
-    raise NotImplementedError
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written, read, or does not fit the learner loading it."""
 
 
-def load(learner: Any, path: str | os.PathLike[str]) -> None:
-    raise NotImplementedError
+# ---- writing -------------------------------------------------------------------------------------
+
+
+def checkpoint_of(learner: Learner) -> dict[str, Any]:
+    """The checkpoint dict of ``learner`` (references to its tensors, not copies)."""
+    if learner.model is None:
+        raise CheckpointError("Learner.save needs a model: set l.model = ... first")
+    opt = learner.opt
+    callbacks: dict[str, Any] = {}
+    for cb in learner.cbs:
+        state = cb.state_dict()
+        if not isinstance(state, Mapping):
+            raise CheckpointError(
+                f"callback {cb.name!r}: state_dict() must return a dict, got {type(state).__name__}"
+            )
+        if state:  # a callback without state adds nothing to the file
+            callbacks[cb.name] = {"class": type(cb).__name__, "state": dict(state)}
+    checkpoint = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": learner.model.state_dict(),
+        "opt": None if opt is None else {"class": _class_name(opt), "state": opt.state_dict()},
+        "callbacks": callbacks,
+        "css": learner.css,
+        "counters": {name: getattr(learner, name) for name in _COUNTERS},
+        "rng": _rng_state(learner),
+    }
+    _check_loadable(checkpoint, "checkpoint")
+    return checkpoint
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would refuse, naming where it is."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str | int):
+                raise CheckpointError(f"{where}: keys must be strings or ints, got {type(key).__name__}")
+            _check_loadable(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_loadable(item, f"{where}[{i}]")
+    elif not isinstance(value, _LEAVES):
+        raise CheckpointError(
+            f"{where} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only "
+            "tensors, numbers, strings, None and lists, tuples and dicts of them (it is read with "
+            "torch.load(weights_only=True)); make the state_dict() that returns it store plain values"
+        )
+
+
+def write(
+    checkpoint: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    before_replace: Callable[[], None] | None = None,
+) -> Path:
+    """``torch.save`` ``checkpoint`` to ``path`` atomically: into a temporary file beside it,
+    flushed to disk, then renamed over ``path``. ``before_replace()`` runs between the two
+    (``Autosave`` rotates its files there). On any failure the temporary file is removed and
+    ``path`` is as before."""
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"cannot save to {str(target)!r}: directory {str(directory)!r} does not exist"
+        )
+    temporary = directory / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    # os.open, not mkstemp: the file gets the usual permissions (umask), not 0600
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+    return target
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(learner: Learner, path: str | os.PathLike[str]) -> None:
+    """Write ``learner``'s checkpoint to ``path`` (see the module docstring)."""
+    write(checkpoint_of(learner), path)
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+
+def read(path: str | os.PathLike[str], map_location: torch.device | str | None = None) -> dict[str, Any]:
+    """The checkpoint dict in ``path``, checked to be a k1lib checkpoint of a version this
+    k1lib reads; every failure is a ``CheckpointError`` naming the file."""
+    name = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file {name!r}")
+    _check_crc(path, name)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it did not write; they fail below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{name!r} holds a {found.group(1)} object; checkpoints are read with "
+                "torch.load(weights_only=True), which loads only tensors, numbers, strings, lists and "
+                "dicts, so that a file cannot run code. Load it yourself with weights_only=False only if "
+                "you trust where it came from"
+            ) from None
+        raise CheckpointError(f"{name!r} is not a file written by torch.save (corrupted?)") from None
+    except (PermissionError, IsADirectoryError):
+        raise
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        # a truncated zip fails in many ways: a seek past the end (OSError), a missing
+        # directory record (RuntimeError), half a pickle (EOFError, KeyError)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{name!r} cannot be read: it is truncated or corrupted, or not a checkpoint ({first[:200]})"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        if isinstance(checkpoint, dict):
+            what = f"a dict with keys {sorted(map(str, checkpoint))[:8]}"
+        else:
+            what = f"a {type(checkpoint).__name__}"
+        raise CheckpointError(f"{name!r} is not a k1lib checkpoint: it holds {what}")
+    version = checkpoint.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+        newer = isinstance(version, int) and version > VERSION
+        raise CheckpointError(
+            f"{name!r} has checkpoint format version {version!r}; this k1lib reads version {VERSION}"
+            + (" (the file was written by a newer k1lib)" if newer else "")
+        )
+    for key, kind in (("model", dict), ("callbacks", dict), ("css", str), ("counters", dict), ("rng", dict)):
+        if not isinstance(checkpoint.get(key), kind):
+            raise CheckpointError(f"{name!r} is malformed: {key!r} should be a {kind.__name__}")
+    return checkpoint
+
+
+def _check_crc(path: str | os.PathLike[str], name: str) -> None:
+    """torch.load does not check the CRC32 of each member of the file's zip archive; a flipped
+    bit in a tensor would load silently. Check them (about 0.7 s a GB)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # not a zip at all: torch.load says what it is
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise CheckpointError(f"{name!r} cannot be read: it is truncated or corrupted ({e})") from None
+    if bad is not None:
+        raise CheckpointError(f"{name!r} is corrupted: the checksum of its part {bad!r} does not match")
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+def load(learner: Learner, path: str | os.PathLike[str]) -> None:
+    """Put the state in ``path`` back into ``learner``, which must be built the same way as
+    the learner that saved it (same model architecture, optimizer class, callbacks).
+
+    Everything is checked first; on a mismatch ``CheckpointError`` says what does not fit and
+    nothing has changed. Callbacks the checkpoint has state for but the learner lacks are
+    skipped with a warning; callbacks of the learner the checkpoint has no state for keep
+    theirs. The model's tensors are loaded onto the model's device.
+
+    Afterwards the learner is as the saved one was after its ``run``: ``run(M)`` trains M more
+    epochs exactly as the saved learner's next ``run(M)`` would have (``l.epoch`` counts from 0
+    in every run; ``l.epoch`` / ``l.epochs`` are the saved run's until then)."""
+    name = str(path)
+    model = learner.model
+    if model is None:
+        raise CheckpointError(f"loading {name!r} needs l.model, built as when it was saved: set it first")
+    checkpoint = read(path, map_location=_device_of(model))
+    _check_model(name, model, checkpoint["model"])
+    _check_opt(name, learner.opt, checkpoint.get("opt"))
+    loads, unknown = _check_callbacks(name, learner, checkpoint["callbacks"])
+    try:
+        modsel.parse(checkpoint["css"])
+    except ValueError as e:
+        raise CheckpointError(f"{name!r}: its css does not parse: {e}") from None
+    counters = _check_counters(name, checkpoint["counters"])
+    rng = _check_rng(name, learner, checkpoint["rng"])
+
+    # callbacks first: theirs is the only load the checks above cannot vouch for; on any
+    # failure from here on the callbacks get their state back
+    before = {cb.name: copy.deepcopy(dict(cb.state_dict())) for cb, _ in loads}
+    done: list[Any] = []
+    try:
+        for cb, state in loads:
+            try:
+                cb.load_state_dict(state)
+            except Exception as e:
+                with contextlib.suppress(Exception):  # it may have changed part of itself
+                    cb.load_state_dict(before[cb.name])
+                raise CheckpointError(
+                    f"{name!r}: callback {cb.name!r} could not load its state ({type(e).__name__}: {e}); "
+                    "nothing was changed"
+                ) from e
+            done.append(cb)
+        model.load_state_dict(checkpoint["model"])
+        if learner.opt is not None and checkpoint.get("opt") is not None:
+            learner.opt.load_state_dict(checkpoint["opt"]["state"])
+    except BaseException:
+        for cb in done:
+            cb.load_state_dict(before[cb.name])
+        raise
+    learner.css = checkpoint["css"]
+    for key, value in counters.items():
+        setattr(learner, key, value)
+    for set_state, state in rng:
+        set_state(state)
+    if unknown:
+        warnings.warn(
+            f"{name!r} has state for callbacks this learner lacks: {', '.join(unknown)} (skipped); "
+            "append them to l.cbs before l.load to restore it",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+def _class_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) -> None:
+    current = model.state_dict()
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    mismatched = [
+        f"{k}: checkpoint {_shape(saved[k])}, model {tuple(v.shape)}"
+        for k, v in current.items()
+        if k in saved and (not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"{name!r} does not fit l.model (nothing was changed):"]
+        if missing:
+            lines.append(f"  missing in the checkpoint: {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected in the checkpoint: {', '.join(unexpected)}")
+        if mismatched:
+            lines.append("  shape mismatch:\n" + "\n".join(f"    {m}" for m in mismatched))
+        raise CheckpointError("\n".join(lines))
+
+
+def _check_opt(name: str, opt: torch.optim.Optimizer | None, saved: Any) -> None:
+    if saved is None:
+        return
+    if not (
+        isinstance(saved, dict)
+        and isinstance(saved.get("class"), str)
+        and isinstance(saved.get("state"), dict)
+    ):
+        raise CheckpointError(f"{name!r} is malformed: 'opt' should be a dict with 'class' and 'state'")
+    if opt is None:
+        raise CheckpointError(
+            f"{name!r} has the state of a {saved['class']} optimizer and l.opt is not set: set l.opt first"
+        )
+    if saved["class"] != _class_name(opt):
+        raise CheckpointError(
+            f"{name!r} has the state of a {saved['class']} optimizer; l.opt is a {_class_name(opt)}: "
+            "build l.opt with the class the checkpoint was saved with"
+        )
+    groups = saved["state"].get("param_groups")
+    ours = [len(group["params"]) for group in opt.param_groups]
+    theirs = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups or ()]
+    if ours != theirs:
+        raise CheckpointError(
+            f"{name!r}: the optimizer's parameter groups hold {theirs} parameters; l.opt's hold {ours}"
+        )
+
+
+def _check_callbacks(
+    name: str, learner: Learner, saved: Mapping[str, Any]
+) -> tuple[list[tuple[Any, dict[str, Any]]], list[str]]:
+    """The (callback, state) pairs to load, and the names the learner lacks."""
+    loads: list[tuple[Any, dict[str, Any]]] = []
+    unknown: list[str] = []
+    for cb_name, entry in saved.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("state"), dict)):
+            raise CheckpointError(f"{name!r} is malformed: callback {cb_name!r} has no 'state' dict")
+        if cb_name not in learner.cbs:
+            unknown.append(str(cb_name))
+            continue
+        cb = learner.cbs[cb_name]
+        if entry.get("class") != type(cb).__name__:
+            raise CheckpointError(
+                f"{name!r}: callback {cb_name!r} was a {entry.get('class')} when saved; this learner's "
+                f"is a {type(cb).__name__}"
+            )
+        loads.append((cb, entry["state"]))
+    return loads, unknown
+
+
+def _check_counters(name: str, saved: Mapping[str, Any]) -> dict[str, Any]:
+    counters = {}
+    for key in _COUNTERS:
+        value = saved.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CheckpointError(f"{name!r} is malformed: counter {key!r} is {value!r}, not a number")
+        counters[key] = value
+    return counters
+
+
+def _generators(loader: Any) -> Iterator[tuple[str, torch.Generator]]:
+    """The generators a loader draws its order from, by where they sit (each once)."""
+    seen: set[int] = set()
+    for place in _GENERATOR_PLACES:
+        obj = loader
+        for part in place.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.Generator) and id(obj) not in seen:
+            seen.add(id(obj))
+            yield place, obj
+
+
+def _rng_state(learner: Learner) -> dict[str, Any]:
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    # CUDA's generators only where CUDA is already in use: saving must not initialise it
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    loaders = {}
+    for split in ("train", "valid"):
+        states = {place: g.get_state() for place, g in _generators(getattr(learner.data, split, None))}
+        if states:
+            loaders[split] = states
+    rng["loaders"] = loaders
+    return rng
+
+
+def _byte_state(name: str, where: str, state: Any, like: torch.Tensor, cpu: bool = True) -> torch.Tensor:
+    """``state`` as a CPU byte tensor, checked to fit a generator like the one that gave ``like``
+    (a CPU generator's state is tried on a scratch generator: it must be a valid mt19937 state)."""
+    problem = CheckpointError(
+        f"{name!r} is malformed: the generator state {where} does not fit this generator"
+    )
+    if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.shape == like.shape):
+        raise problem
+    on_cpu: torch.Tensor = state.cpu()
+    if cpu:
+        try:
+            torch.Generator().set_state(on_cpu)
+        except RuntimeError:
+            raise problem from None
+    return on_cpu
+
+
+def _check_rng(
+    name: str, learner: Learner, saved: Mapping[str, Any]
+) -> list[tuple[Callable[[Any], Any], Any]]:
+    """The generator states to set, checked; CUDA states only where CUDA has as many devices,
+    loader states only where the learner's loaders have a generator in the same place."""
+    todo: list[tuple[Callable[[Any], Any], Any]] = []
+    if "torch" in saved:
+        todo.append((torch.set_rng_state, _byte_state(name, "torch", saved["torch"], torch.get_rng_state())))
+    cuda = saved.get("cuda")
+    if isinstance(cuda, list) and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        states = [
+            _byte_state(name, f"cuda[{i}]", s, torch.cuda.get_rng_state(i), cpu=False)
+            for i, s in enumerate(cuda)
+        ]
+        todo.append((torch.cuda.set_rng_state_all, states))
+    loaders = saved.get("loaders", {})
+    for split, places in loaders.items() if isinstance(loaders, dict) else ():
+        ours = dict(_generators(getattr(learner.data, split, None)))
+        for place, state in places.items() if isinstance(places, dict) else ():
+            if place in ours:
+                generator = ours[place]
+                cpu = generator.device.type == "cpu"
+                state = _byte_state(name, f"{split}.{place}", state, generator.get_state(), cpu)
+                todo.append((generator.set_state, state))
+    return todo

@@ -287,3 +287,13 @@ class SliceablePlot:
 
     def __repr__(self) -> str:
         return f"{_HEADER}\n\n{self._docs}" if self._docs else _HEADER
+
+
+def indices(sl: slice, n: int) -> tuple[int, int, int]:
+    """``sl.indices(n)``, where float bounds are fractions of ``n`` (``p[0.5:]``: the second
+    half), for plots sliced by batch."""
+
+    def bound(value: object) -> object:
+        return round(value * n) if isinstance(value, float) else value
+
+    return slice(bound(sl.start), bound(sl.stop), sl.step).indices(n)

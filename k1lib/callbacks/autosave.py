@@ -1,14 +1,94 @@
-"""``Autosave``: SKELETON, being written (replace this file)."""
+"""``Autosave``: a checkpoint at the end of every run, in a rotation of the last few."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import sys
+from pathlib import Path
 
 from .callback import Callback
 
 __all__ = ["Autosave"]
 
+_log = logging.getLogger(__name__)
+
 
 class Autosave(Callback):
-    def __init__(self, *args: Any) -> None:
+    """Saves the learner (``Learner.save``) at the end of each run into ``directory`` (made
+    when first needed), keeping the last ``keep``: ``autosave-0.pth`` is the oldest and
+    ``autosave-{keep-1}.pth`` (``autosave-2.pth`` by default) the newest. Each save shifts the
+    files down one (1 to 0, 2 to 1, the oldest dropped) and writes the newest, then prints
+    ``Saved to autosave-2.pth``.
+
+    A run that ends normally or is cancelled (``CancelRunException``) is saved. A run that an
+    exception or a KeyboardInterrupt ends is not: it may have stopped halfway through a step,
+    and a checkpoint of that would not resume like any real run; the rotation is left as it
+    was and a warning is logged (``l.save(path)`` still saves the state by hand). The failure
+    is seen as the exception in flight when the Learner fires ``endRun`` from its ``finally``.
+    The new checkpoint is written completely before any file is shifted, so a failed save (a
+    full disk, a crash) leaves the previous rotation whole. ``Learner.record()`` suspends this
+    callback, so recording saves nothing.
+    """
+
+    doc = """
+- cb.directory: the folder the checkpoints go to
+- cb.keep: how many checkpoints the rotation keeps
+- cb.files(): the checkpoints there, oldest first; l.load(cb.files()[-1]) resumes the newest
+- cb.save(): to save now (and rotate)
+"""
+
+    def __init__(self, directory: str | os.PathLike[str] = ".", keep: int = 3) -> None:
         super().__init__()
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"Autosave: keep must be an int of 1 or more, got {keep!r}")
+        if not isinstance(directory, str | os.PathLike):
+            raise TypeError(
+                f"Autosave: directory must be a path, got {type(directory).__name__}: {directory!r:.60}"
+            )
+        self.directory = directory
+        self.keep = keep
+        self._running = False
+        self._outer: BaseException | None = None
+
+    def _path(self, i: int) -> Path:
+        """The file of rotation slot ``i`` (0 is the oldest)."""
+        return Path(self.directory) / f"autosave-{i}.pth"
+
+    def files(self) -> list[Path]:
+        """The rotation's files that exist, oldest first."""
+        return [p for p in map(self._path, range(self.keep)) if p.is_file()]
+
+    def _shift(self) -> None:
+        for i in range(self.keep - 1):
+            newer = self._path(i + 1)
+            if newer.is_file():
+                os.replace(newer, self._path(i))
+
+    def save(self) -> Path:
+        """Save the learner as the newest checkpoint, shifting the older ones; returns its path."""
+        from .._checkpoint import checkpoint_of, write
+
+        checkpoint = checkpoint_of(self.learner)
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        return write(checkpoint, self._path(self.keep - 1), before_replace=self._shift)
+
+    def startRun(self) -> None:  # noqa: N802
+        self._running = True
+        # an exception being handled already (run() called inside an except block) is not
+        # this run's failure
+        self._outer = sys.exc_info()[1]
+
+    def endRun(self) -> None:  # noqa: N802
+        # the Learner fires endRun in a finally: an exception in flight now is the run's own
+        running, outer, self._running, self._outer = self._running, self._outer, False, None
+        error = sys.exc_info()[1]
+        if not running or (error is not None and error is not outer):
+            what = type(error).__name__ if error is not None else "a failure before it started"
+            _log.warning(
+                "Autosave: the run ended with %s: not saved; the checkpoints in %s are unchanged",
+                what,
+                os.fspath(self.directory),
+            )
+            return
+        print(f"Saved to {self.save()}")

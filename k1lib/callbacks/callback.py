@@ -145,6 +145,10 @@ class Callback:
             self.cbs.remove(self.name)
         return self
 
+    def suspendChanged(self) -> None:  # noqa: N802
+        """Called after ``cbs.suspend`` / ``cbs.restore`` changed ``self.suspended`` (a
+        callback holding hooks removes or reinstalls them here)."""
+
     def state_dict(self) -> dict[str, Any]:
         """This callback's own small state, for checkpoints (none by default)."""
         return {}

@@ -161,15 +161,20 @@ class Callbacks:
             cb.suspended = True
         self._suspensions.append(newly)
         self._rebuild()
+        for cb in newly:
+            cb.suspendChanged()
         return _Suspension(self)
 
     def restore(self) -> None:
         """Undo the latest ``suspend``."""
         if not self._suspensions:
             raise RuntimeError("cbs.restore(): nothing is suspended")
-        for cb in self._suspensions.pop():
+        back = self._suspensions.pop()
+        for cb in back:
             cb.suspended = False
         self._rebuild()
+        for cb in back:
+            cb.suspendChanged()
 
     # ---- dispatch ---------------------------------------------------------------------------------
     def _rebuild(self) -> None:
@@ -202,6 +207,7 @@ class Callbacks:
         answer = False
         clock = time.perf_counter
         seconds = self._seconds
+        failed: BaseException | None = None
         for cb, handler in handlers:
             start = clock()
             try:
@@ -209,15 +215,21 @@ class Callbacks:
                     answer = True
             except CancelException:
                 raise
-            except Exception as e:
-                if not getattr(e, "_k1lib_named", False):
+            except BaseException as e:
+                if isinstance(e, Exception) and not getattr(e, "_k1lib_named", False):
                     e._k1lib_named = True  # type: ignore[attr-defined]
                     note = f"(raised in callback {cb.name!r} during event {event!r})"
                     if hasattr(e, "add_note"):
                         e.add_note(note)
-                raise
+                if event != "endRun":
+                    raise
+                # endRun cleans up (hooks, no_grad, files): every callback gets it, then the
+                # first failure is raised
+                failed = failed or e
             finally:
                 seconds[(cb.name, event)] += clock() - start
+        if failed is not None:
+            raise failed
         return answer
 
     def withCheckpoint(  # noqa: N802 - the README's name

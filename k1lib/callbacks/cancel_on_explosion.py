@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .callback import Callback, CancelRunException
 
@@ -37,3 +38,9 @@ class CancelOnExplosion(Callback):
             raise CancelRunException(f"Loss is {value}: not a finite number")
         if value > self.limit:
             raise CancelRunException(f"Loss exploded: {value:.4g} > {self.limit:g}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self._seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._seen = int(state["seen"])

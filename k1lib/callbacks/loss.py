@@ -64,14 +64,14 @@ class Loss(Callback):
     def plot(self) -> Any:
         """Training and validation losses; slicing picks a range of training batches and the
         validation curve follows the same fraction of the run."""
-        from ..viz import SliceablePlot
+        from ..viz import SliceablePlot, indices
 
         train, valid = list(self.train), list(self.valid)
 
         def draw(sl: slice) -> None:
             import matplotlib.pyplot as plt
 
-            start, stop, _ = sl.indices(len(train))
+            start, stop, _ = indices(sl, len(train))
             _, axes = plt.subplots(1, 2, figsize=(10, 3))
             xs = range(start, stop)
             axes[0].plot(list(xs), train[start:stop])

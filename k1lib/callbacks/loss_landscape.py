@@ -1,14 +1,670 @@
-"""``LossLandscape``: SKELETON, being written (replace this file)."""
+"""``LossLandscape``: the loss around the current weights, drawn as 3D surfaces.
+
+``l.LossLandscape.plot()`` takes one validation batch (as the model sees it: after the
+``ModifyBatch`` and ``DType`` callbacks), draws random direction pairs ``(d1, d2)`` in weight
+space and evaluates ``l.lossF(model(xb), yb)`` at ``weights + a·d1 + b·d2`` on a grid of
+``(a, b)`` for each range, in eval mode without gradients. The centre ``(0, 0)`` is the model as
+it is. The grid points are evaluated in batches: the parameter sets of many points are stacked
+and ``torch.func.vmap`` runs ``functional_call`` over them, as many points per call as the
+``memory`` option allows (a whole surface for the README's network). A model
+that vmap cannot run (``.item()`` or data-dependent Python control flow in ``forward``, in-place
+ops on buffers) is evaluated one point at a time instead, with a warning; so is a model whose
+forward pass is heavy enough that batching gains nothing (there, stacking weights only costs
+memory traffic).
+
+This callback handles no events: it costs nothing during ``l.run``. Afterwards the model is
+exactly as before: parameters (their storage is never written), buffers, train/eval modes,
+``requires_grad`` flags, grads, and torch's global random state (directions come from a private
+``torch.Generator`` seeded by ``seed``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
 
 from .callback import Callback
 
-__all__ = ["LossLandscape"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["LossLandscape", "Surface", "directions"]
+
+Direction = dict[str, Tensor]
+_RANGES = (0.1, 0.32, 1.0, 3.2)
+_ENGINES = ("auto", "vmap", "loop")
+_WIDTH = 60  # the progress line is padded so a redraw with "\r" covers the previous one
+
+
+@dataclass(frozen=True, eq=False)
+class Surface:
+    """One landscape: ``losses[i, j]`` is the loss at ``weights + xs[i]·d1 + ys[j]·d2``, with
+    ``(d1, d2)`` the direction pair number ``pair`` and both coordinates in
+    ``[-radius, radius]``. ``engine`` says how the points were evaluated ("vmap" or "loop")."""
+
+    pair: int
+    radius: float
+    xs: npt.NDArray[np.float64]
+    ys: npt.NDArray[np.float64]
+    losses: npt.NDArray[np.float64]
+    engine: str
+
+
+# ---- directions ----------------------------------------------------------------------------------
+
+
+def directions(
+    model: nn.Module,
+    pairs: int = 2,
+    seed: int = 0,
+    filterNorm: bool = False,  # noqa: N803 - plot()'s name
+) -> list[tuple[Direction, Direction]]:
+    """The ``pairs`` random direction pairs ``plot`` uses: ``{name: tensor}`` for every parameter
+    (``model.named_parameters()``), standard normal, drawn on the CPU from a generator seeded
+    with ``seed`` and moved to each parameter's device and dtype.
+
+    With ``filterNorm`` (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets") each
+    filter of a direction (a slice along dim 0 of a parameter with 2 or more dims) is scaled to
+    the norm of the same filter of the weights, and 1-d parameters (biases, norm layers) get a
+    zero direction, as in the paper's code: moving by 1 then changes every filter by its own size.
+    """
+    return list(_iter_directions(_named_params(model), pairs, seed, filterNorm))
+
+
+def _named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    params = list(model.named_parameters())
+    if not params:
+        raise ValueError(f"LossLandscape: the model ({type(model).__name__}) has no parameters to move")
+    return params
+
+
+def _iter_directions(
+    params: Sequence[tuple[str, Tensor]],
+    pairs: int,
+    seed: int,
+    filterNorm: bool,  # noqa: N803
+) -> Iterator[tuple[Direction, Direction]]:
+    # one pair at a time, so only one pair is in memory while plot() works on it
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(pairs):
+        pair = tuple({name: _direction(p, generator, filterNorm) for name, p in params} for _ in range(2))
+        yield pair[0], pair[1]
+
+
+def _direction(p: Tensor, generator: torch.Generator, filterNorm: bool) -> Tensor:  # noqa: N803
+    d = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+    if filterNorm:
+        if p.dim() <= 1 or p.numel() == 0:
+            d.zero_()
+        else:
+            w = p.detach().float().cpu().reshape(len(p), -1)
+            flat = d.reshape(len(d), -1)
+            flat.mul_(w.norm(dim=1, keepdim=True) / (flat.norm(dim=1, keepdim=True) + 1e-10))
+    return d.to(device=p.device, dtype=p.dtype)
+
+
+# ---- the validation batch ------------------------------------------------------------------------
+
+
+def _validation_batch(learner: Any, samples: int | None) -> tuple[Any, Any]:
+    """The first ``samples`` validation samples (the first batch when None), each batch after
+    the learner's ModifyBatch and DType callbacks, which alone see this ``startBatch``."""
+    from .dtype import DType
+    from .modify_batch import ModifyBatch
+
+    cbs = learner.cbs
+    quiet = [cb.name for cb in cbs if not isinstance(cb, ModifyBatch | DType)]
+    saved = learner.xb, learner.yb
+    xbs: list[Any] = []
+    ybs: list[Any] = []
+    count = 0
+    try:
+        with cbs.suspend(quiet):
+            for batch in learner.data.valid:
+                learner.xb, learner.yb = batch
+                cbs("startBatch")
+                xbs.append(learner.xb)
+                ybs.append(learner.yb)
+                count += _length(learner.xb)
+                if samples is None or count >= samples:
+                    break
+    finally:
+        learner.xb, learner.yb = saved
+    if not xbs:
+        raise ValueError("LossLandscape: l.data.valid gave no batch; it needs at least one validation batch")
+    if len(xbs) == 1 and (samples is None or count <= samples):
+        return xbs[0], ybs[0]
+    return _take(_concat(xbs), samples), _take(_concat(ybs), samples)
+
+
+def _length(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return len(x) if x.dim() else 1
+    if isinstance(x, tuple | list) and x:
+        return _length(x[0])
+    if isinstance(x, dict) and x:
+        return _length(next(iter(x.values())))
+    raise TypeError(f"LossLandscape: cannot count the samples of a batch of type {type(x).__name__}")
+
+
+def _concat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, tuple | list):
+        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _concat([p[k] for p in parts]) for k in first}
+    raise TypeError(f"LossLandscape: cannot join batches of type {type(first).__name__}; use batchSize=None")
+
+
+def _take(x: Any, n: int | None) -> Any:
+    if n is None:
+        return x
+    if isinstance(x, Tensor):
+        return x[:n]
+    if isinstance(x, tuple | list):
+        return type(x)(_take(v, n) for v in x)
+    if isinstance(x, dict):
+        return {k: _take(v, n) for k, v in x.items()}
+    return x
+
+
+# ---- keeping the model as it was -----------------------------------------------------------------
+
+
+class _Snapshot:
+    """Everything plot() may touch, put back on exit, also after an exception: the parameters'
+    tensors (swapped through ``.data``, never written), buffers (copied back when a forward pass
+    wrote to one, as its version counter tells, or put back when one was replaced), each
+    module's train/eval flag and torch's random states."""
+
+    def __init__(self, model: nn.Module, params: Sequence[tuple[str, nn.Parameter]]) -> None:
+        self.params = [(p, p.data) for _, p in params]
+        self.buffers = [
+            (m, name, b, b.detach().clone(), b._version)
+            for m in model.modules()
+            for name, b in m.named_buffers(recurse=False)
+        ]
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
+
+    def restore_buffers(self) -> None:
+        for i, (m, name, b, saved, version) in enumerate(self.buffers):
+            if getattr(m, name, None) is not b:
+                setattr(m, name, b)
+            if b._version != version:
+                with torch.no_grad():
+                    b.copy_(saved)
+                self.buffers[i] = (m, name, b, saved, b._version)
+
+    def restore_params(self) -> None:
+        for p, data in self.params:
+            p.data = data
+
+    def restore(self) -> None:
+        self.restore_params()
+        self.restore_buffers()
+        for m, training in self.modes:
+            m.training = training
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+# ---- evaluating grid points ----------------------------------------------------------------------
+
+
+class _Group:
+    """The parameters of one device and dtype, flattened: ``basis`` rows are the weights, d1, d2;
+    the parameters of a point ``(a, b)`` are ``[1, a, b] @ basis``."""
+
+    def __init__(self, entries: list[tuple[str, nn.Parameter]]) -> None:
+        self.entries = entries
+        self.sizes = [p.numel() for _, p in entries]
+        first = entries[0][1]
+        self.device, self.dtype = first.device, first.dtype
+        self.numel = sum(self.sizes)
+        self.basis = torch.empty(3, self.numel, device=self.device, dtype=self.dtype)
+        torch.cat([p.detach().reshape(-1) for _, p in entries], out=self.basis[0])
+        self.row = torch.empty(self.numel, device=self.device, dtype=self.dtype)  # weights + a·d1
+        self.row_a: float | None = None
+        self.point = torch.empty(self.numel, device=self.device, dtype=self.dtype)
+        self.point_views = self.views(self.point[None])
+        self.stack: Tensor | None = None
+
+    def set_directions(self, d1: Direction, d2: Direction) -> None:
+        for row, d in ((1, d1), (2, d2)):
+            torch.cat([d[name].reshape(-1) for name, _ in self.entries], out=self.basis[row])
+        self.row_a = None
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """Per-parameter views ``[K, *shape]`` of the rows of ``flat`` ``[K, numel]``."""
+        out, offset = [], 0
+        for (_, p), n in zip(self.entries, self.sizes, strict=True):
+            out.append(flat[:, offset : offset + n].view(len(flat), *p.shape))
+            offset += n
+        return out
+
+    def stacked(self, coeffs: Tensor) -> dict[str, Tensor]:
+        """The parameters of every point, ``{name: [K, *shape]}``, each contiguous, in a buffer
+        reused across calls."""
+        k = len(coeffs)
+        if self.stack is None or len(self.stack) < k * self.numel:
+            self.stack = torch.empty(k * self.numel, device=self.device, dtype=self.dtype)
+        coeffs = coeffs.to(device=self.device, dtype=self.dtype)
+        out, offset = {}, 0
+        for (name, p), n in zip(self.entries, self.sizes, strict=True):
+            block = self.stack[k * offset : k * (offset + n)].view(k, n)
+            torch.mm(coeffs, self.basis[:, offset : offset + n], out=block)
+            out[name] = block.view(k, *p.shape)
+            offset += n
+        return out
+
+    def install(self, a: float, b: float) -> None:
+        """Point the parameters at ``weights + a·d1 + b·d2`` (swapping ``.data``)."""
+        if self.row_a != a:
+            torch.add(self.basis[0], self.basis[1], alpha=a, out=self.row)
+            self.row_a = a
+        torch.add(self.row, self.basis[2], alpha=b, out=self.point)
+        for (_, p), view in zip(self.entries, self.point_views, strict=True):
+            p.data = view[0]
+
+
+class _Evaluator:
+    """Losses at grid points of one validation batch: ``vectorised`` (vmap over stacked
+    parameters) or ``loop`` (one forward pass a point). Made under ``no_grad`` in eval mode, it
+    first evaluates the model as it is: ``centre``, how long that took (``seconds``) and the
+    bytes of every module's output (``activation_bytes``, to size the vectorised calls)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[tuple[str, nn.Parameter]],
+        learner: Any,
+        samples: int | None,
+        snapshot: _Snapshot,
+    ) -> None:
+        from .modify_output import ModifyOutput
+
+        self.model, self.lossF, self.snapshot = model, learner.lossF, snapshot
+        self.outputFs = [cb.f for cb in learner.cbs if isinstance(cb, ModifyOutput) and not cb.suspended]
+        self.xb, self.yb = _validation_batch(learner, samples)
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, nn.Parameter]]] = {}
+        for name, p in params:
+            groups.setdefault((p.device, p.dtype), []).append((name, p))
+        self.groups = [_Group(entries) for entries in groups.values()]
+        self.dtype = min((g.dtype for g in self.groups), key=lambda d: torch.finfo(d).bits)
+        self.param_bytes = sum(p.numel() * p.element_size() for _, p in params)
+        sizes: list[int] = []
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            sizes.append(_bytes(output))
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        began = time.perf_counter()
+        try:
+            self.centre = float(self._loss(model(self.xb)))
+        finally:
+            for handle in handles:
+                handle.remove()
+            snapshot.restore_buffers()
+        self.seconds = time.perf_counter() - began
+        self.activation_bytes = sum(sizes) + _bytes(self.xb)
+
+    def _loss(self, y: Any) -> Tensor:
+        for f in self.outputFs:
+            y = f(y)
+        loss = self.lossF(y, self.yb)
+        loss = loss if isinstance(loss, Tensor) else torch.as_tensor(loss)
+        if loss.numel() != 1:
+            raise ValueError(
+                f"LossLandscape: l.lossF must return one number, got a tensor of shape {tuple(loss.shape)}"
+            )
+        return loss.reshape(())
+
+    def set_directions(self, d1: Direction, d2: Direction) -> None:
+        for group in self.groups:
+            group.set_directions(d1, d2)
+
+    def vectorised(self, coeffs: Tensor) -> Tensor:
+        from torch.func import functional_call, vmap
+
+        params: dict[str, Tensor] = {}
+        for group in self.groups:
+            params.update(group.stacked(coeffs))
+
+        def point(ps: dict[str, Tensor]) -> Tensor:
+            return self._loss(functional_call(self.model, ps, (self.xb,)))
+
+        try:
+            losses: Tensor = vmap(point, randomness="error")(params)
+        finally:
+            self.snapshot.restore_buffers()  # the next call sees them as they were
+        return losses
+
+    def loop(self, coeffs: Tensor) -> Tensor:
+        losses = []
+        try:
+            for a, b in coeffs[:, 1:].tolist():
+                for group in self.groups:
+                    group.install(a, b)
+                losses.append(self._loss(self.model(self.xb)))
+                self.snapshot.restore_buffers()  # each point sees the buffers as they were
+        finally:
+            self.snapshot.restore_params()
+        return torch.stack(losses)
+
+
+def _bytes(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return x.numel() * x.element_size()
+    if isinstance(x, tuple | list):
+        return sum(_bytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(_bytes(v) for v in x.values())
+    return 0
+
+
+def _close(vectorised: float, loop: float, dtype: torch.dtype) -> bool:
+    if math.isnan(vectorised) or math.isnan(loop):
+        return math.isnan(vectorised) and math.isnan(loop)
+    rtol = 1e-3 if torch.finfo(dtype).bits >= 32 else 5e-2
+    return math.isclose(vectorised, loop, rel_tol=rtol, abs_tol=1e-6)
+
+
+def _grid(radius: float, resolution: int) -> npt.NDArray[np.float64]:
+    # symmetric, and exactly 0 in the middle for an odd resolution
+    steps = np.arange(resolution, dtype=np.float64) * 2 - (resolution - 1)
+    grid: npt.NDArray[np.float64] = steps * (radius / (resolution - 1))
+    return grid
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """``Progress:  50%          4/8 Finished [-3.2, 3.2] range``: redrawn in place with "\\r" on
+    a terminal or in Jupyter (at most 10 times a second, and after each surface), only the final
+    line otherwise, as ProgressBar does."""
+
+    def __init__(self, surfaces: int, points: int) -> None:
+        self.total, self.points = surfaces, points
+        self.done = self.done_points = 0
+        self.radius = 0.0
+        self.out = sys.stdout
+        self.interactive = bool(getattr(self.out, "isatty", lambda: False)()) or "ipykernel" in sys.modules
+        self.last = 0.0
+
+    def start(self, radius: float) -> None:
+        self.radius = radius
+
+    def tick(self, points: int) -> None:
+        self.done_points += points
+        if self.interactive and self.done_points < (self.done + 1) * self.points:
+            self._show("Computing", time.perf_counter() - self.last >= 0.1)
+
+    def finished(self) -> None:
+        self.done += 1
+        self.done_points = self.done * self.points
+        self._show("Finished", True)
+
+    def _show(self, word: str, draw: bool) -> None:
+        fraction = self.done_points / (self.total * self.points)
+        line = (
+            f"Progress: {round(100 * fraction):3}%          {self.done}/{self.total} "
+            f"{word} [{-self.radius:g}, {self.radius:g}] range"
+        )
+        final = self.done == self.total
+        if self.interactive and draw:
+            self.last = time.perf_counter()
+            self.out.write("\r" + line.ljust(_WIDTH) + ("\n" if final else ""))
+        elif final:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
+# ---- the callback --------------------------------------------------------------------------------
 
 
 class LossLandscape(Callback):
-    def __init__(self, *args: Any) -> None:
+    """Plots the loss around the current weights in random directions (see the module doc).
+    ``cb.surfaces`` holds what the last ``plot()`` or ``compute()`` computed."""
+
+    doc = """
+- cb.plot(): to compute and plot the loss around the current weights on one validation batch:
+    rows are random direction pairs, columns ranges; (0, 0) is the model as it is. Options:
+    resolution=51 (points per side), batchSize=None (validation samples; None: one batch),
+    ranges=(0.1, 0.32, 1, 3.2), pairs=2, seed=0 (the directions' generator),
+    filterNorm=False (Li et al. 2018 filter-normalised directions), engine="auto"
+    ("vmap": batched points, "loop": one point at a time), memory=256 MiB (per batched call)
+- cb.compute(...): the same surfaces without the figure
+- cb.surfaces: the last surfaces: .xs, .ys, .losses (numpy), .pair, .radius; cb.centre: the
+    loss at the current weights
+"""
+
+    def __init__(self) -> None:
         super().__init__()
+        self.surfaces: list[Surface] = []
+        self.centre: float | None = None
+        self.engine: str | None = None
+
+    def plot(
+        self,
+        resolution: int = 51,
+        batchSize: int | None = None,  # noqa: N803
+        ranges: Sequence[float] = _RANGES,
+        pairs: int = 2,
+        seed: int = 0,
+        filterNorm: bool = False,  # noqa: N803
+        engine: str = "auto",
+        memory: int = 256 * 2**20,
+    ) -> Figure:
+        """Compute ``pairs x len(ranges)`` surfaces (``compute``) and return their figure
+        (matplotlib, closed: Jupyter shows it, a script calls ``fig.savefig(path)``)."""
+        surfaces = self.compute(resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory)
+        return _draw(surfaces, len(surfaces) // pairs, pairs, self.centre)
+
+    def compute(
+        self,
+        resolution: int = 51,
+        batchSize: int | None = None,  # noqa: N803
+        ranges: Sequence[float] = _RANGES,
+        pairs: int = 2,
+        seed: int = 0,
+        filterNorm: bool = False,  # noqa: N803
+        engine: str = "auto",
+        memory: int = 256 * 2**20,
+    ) -> list[Surface]:
+        """The surfaces, pair by pair and range by range, also kept in ``cb.surfaces``; the
+        options are ``plot``'s (see the repr)."""
+        radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory)
+        learner = self.learner
+        for name in ("model", "data", "lossF"):
+            if getattr(learner, name) is None:
+                raise RuntimeError(f"LossLandscape needs l.{name}; set it first")
+        model: nn.Module = learner.model
+        params = _named_params(model)
+        snapshot = _Snapshot(model, params)
+        try:
+            model.eval()
+            with torch.no_grad():
+                ev = _Evaluator(model, params, learner, batchSize, snapshot)
+                self.centre = float(ev.centre)
+                weights = [(name, p.detach()) for name, p in params]  # as they are now
+                directions = _iter_directions(weights, pairs, seed, filterNorm)
+                choice = _EngineChoice(engine, ev, memory)
+                self.surfaces = _surfaces(ev, directions, pairs, radii, resolution, choice)
+                self.engine = self.surfaces[-1].engine
+        finally:
+            snapshot.restore()
+        return self.surfaces
+
+
+def _surfaces(
+    ev: _Evaluator,
+    pairs: Iterator[tuple[Direction, Direction]],
+    count: int,
+    radii: tuple[float, ...],
+    resolution: int,
+    engine: _EngineChoice,
+) -> list[Surface]:
+    surfaces: list[Surface] = []
+    progress = _Progress(count * len(radii), resolution**2)
+    for pair, (d1, d2) in enumerate(pairs):
+        ev.set_directions(d1, d2)
+        for radius in radii:
+            progress.start(radius)
+            grid = _grid(radius, resolution)
+            a, b = np.meshgrid(grid, grid, indexing="ij")
+            coeffs = torch.from_numpy(np.stack([np.ones(a.size), a.ravel(), b.ravel()], axis=1))
+            losses = engine.evaluate(ev, coeffs, progress.tick)
+            surfaces.append(
+                Surface(pair, radius, grid, grid.copy(), losses.reshape(resolution, resolution), engine.used)
+            )
+            progress.finished()
+    return surfaces
+
+
+class _EngineChoice:
+    """Which way grid points are evaluated. Vectorised calls hold at most ``memory`` bytes of
+    stacked parameters and module outputs. "auto" times the first vectorised call (about 0.1 s
+    of plain forward passes' worth of points) against one-at-a-time evaluation and keeps the
+    faster. The first vectorised result is checked against one-at-a-time values at two points;
+    a model vmap cannot run, or runs wrongly, is evaluated one point at a time, with a warning."""
+
+    def __init__(self, engine: str, ev: _Evaluator, memory: int) -> None:
+        self.mode = engine
+        self.chunk = max(1, memory // max(1, ev.param_bytes + ev.activation_bytes))
+        self.probe = min(self.chunk, max(8, int(0.1 / max(ev.seconds, 1e-6))))
+        self.dtype = ev.dtype
+        self.checked = engine == "loop"
+
+    @property
+    def used(self) -> str:
+        return "loop" if self.mode == "loop" else "vmap"
+
+    def evaluate(
+        self, ev: _Evaluator, coeffs: Tensor, tick: Callable[[int], None]
+    ) -> npt.NDArray[np.float64]:
+        parts: list[Tensor] = []
+        start = 0
+        while start < len(coeffs):
+            if self.mode == "loop":
+                part = coeffs[start : start + 64]
+                parts.append(ev.loop(part).cpu())
+            else:
+                part = coeffs[start : start + (self.chunk if self.checked else self.probe)]
+                began = time.perf_counter()
+                try:
+                    values = ev.vectorised(part).cpu()
+                except Exception as e:
+                    self._fall_back(f"torch.func.vmap cannot run it ({type(e).__name__}: {str(e)[:300]})")
+                    continue
+                seconds = time.perf_counter() - began
+                if not self.checked and not self._check(ev, part, values, seconds / len(part)):
+                    continue
+                parts.append(values)
+            start += len(part)
+            tick(len(part))
+        return torch.cat(parts).double().cpu().numpy()
+
+    def _check(self, ev: _Evaluator, part: Tensor, values: Tensor, vectorised_s: float) -> bool:
+        """Compare a few points with one-at-a-time values; in "auto", keep the faster engine."""
+        self.checked = True
+        picks = sorted({0, 1, len(part) - 1} & set(range(len(part))))  # 0 and 1 share a row
+        loop_s = math.inf
+        reference = []
+        for i in picks:
+            began = time.perf_counter()
+            reference.append(float(ev.loop(part[i : i + 1])[0]))
+            loop_s = min(loop_s, time.perf_counter() - began)
+        for i, ref in zip(picks, reference, strict=True):
+            got = float(values[i])
+            if not _close(got, ref, self.dtype):
+                a, b = part[i, 1:].tolist()
+                self._fall_back(f"its batched loss at ({a:g}, {b:g}) is {got!r}, one at a time {ref!r}")
+                return False
+        if self.mode == "auto":
+            self.mode = "loop" if loop_s < vectorised_s else "vmap"
+        return True
+
+    def _fall_back(self, why: str) -> None:
+        warnings.warn(
+            f"LossLandscape: evaluating grid points in batches failed for this model and lossF: {why}. "
+            "Falling back to one forward pass per point (slower, same values); pass engine='loop' "
+            "to skip the attempt",
+            RuntimeWarning,
+            stacklevel=6,
+        )
+        self.mode = "loop"
+        self.checked = True
+
+
+def _check_options(
+    resolution: int,
+    samples: int | None,
+    ranges: Sequence[float],
+    pairs: int,
+    seed: int,
+    engine: str,
+    memory: int,
+) -> tuple[float, ...]:
+    def positive_int(name: str, value: object, least: int = 1) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"LossLandscape.plot: {name} must be an int >= {least}, got {value!r}")
+
+    positive_int("resolution", resolution, 2)
+    if samples is not None:
+        positive_int("batchSize", samples)
+    positive_int("pairs", pairs)
+    positive_int("memory", memory)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"LossLandscape.plot: seed must be an int, got {seed!r}")
+    if engine not in _ENGINES:
+        raise ValueError(
+            f"LossLandscape.plot: engine must be one of {', '.join(map(repr, _ENGINES))}, got {engine!r}"
+        )
+    try:
+        out = tuple(float(r) for r in ranges)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or not all(math.isfinite(r) and r > 0 for r in out):
+        raise ValueError(
+            f"LossLandscape.plot: ranges must be positive numbers, like (0.1, 1), got {ranges!r}"
+        )
+    return out
+
+
+def _draw(surfaces: list[Surface], cols: int, pairs: int, centre: float | None) -> Figure:
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(4 * cols, 3.6 * pairs))
+    try:
+        for k, s in enumerate(surfaces):
+            ax: Any = fig.add_subplot(pairs, cols, k + 1, projection="3d")
+            x, y = np.meshgrid(s.xs, s.ys, indexing="ij")
+            z = np.where(np.isfinite(s.losses), s.losses, np.nan)
+            if np.isfinite(z).any():
+                ax.plot_surface(x, y, z, cmap="viridis", linewidth=0, antialiased=False)
+            if centre is not None and math.isfinite(centre):
+                ax.scatter([0.0], [0.0], [centre], color="red", s=12)
+            ax.set_title(f"[{-s.radius:g}, {s.radius:g}]")
+            ax.set_xlabel(f"d{2 * s.pair + 1}")
+            ax.set_ylabel(f"d{2 * s.pair + 2}")
+        fig.suptitle("Loss around the current weights (red: (0, 0)); rows: random direction pairs")
+        fig.tight_layout()
+    finally:
+        plt.close(fig)
+    return fig

@@ -1,16 +1,356 @@
-"""``ParamFinder``: SKELETON, being written (replace this file)."""
+"""``ParamFinder``: a range test that suggests a value for one optimizer hyperparameter.
+
+``l.ParamFinder.plot()`` trains for a few batches while raising the hyperparameter (``lr`` by
+default) exponentially from ``start`` to ``end``, one value per batch, stops once the loss
+diverges, prints the suggested value and returns the loss-against-value plot. Afterwards the
+learner is exactly as before: weights, optimizer state and hyperparameters, callbacks, torch's
+random number generators and the learner's fields. Between tests this callback handles no event,
+so a normal ``l.run`` pays nothing for it: the test runs with a private callback appended for
+its duration.
+
+This module is not a scheduler or a tuner: it makes one short sweep from the current weights.
+"""
 
 from __future__ import annotations
 
+import copy
+import difflib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from .callback import Callback
+import torch
+
+from .callback import Callback, CancelEpochException, CancelRunException
 
 __all__ = ["ParamFinder"]
 
+# callbacks that only shape the batch or report progress keep running during the test; every
+# other one (recorders, autosave, cancel rules) is suspended
+_KEPT = ("ModifyBatch", "DType", "ModifyOutput", "ProgressBar")
+_TEST_NAME = "_ParamFinderTest"
+_PLOT_DOCS = "Reminder: slice range here is actually [0, 1], because it's kinda hard to slice the normal way"
+
+# The sweep's pace, the smoothing, the divergence threshold and the suggestion's divisor were
+# chosen together by measurement (benchmarks/bench_param_finder.py, README network with Adam).
+# A slower sweep trains longer at each value, so the loss turns up at a lower value and the
+# divisor that works changes with the pace: the pace is therefore fixed, and ``samples`` only
+# caps the batches (a range that needs more is swept faster).
+_PER_DECADE = 14  # batches per factor of 10: 1e-6 to 10 in 99 batches
+_WINDOW = 5  # batches of exponential smoothing; one noisy batch must not look like divergence
+_DIVERGE_FACTOR = 4.0  # smoothed loss above this many times its lowest: diverged
+_DIVISOR = 40.0  # suggestion = value where the loss diverged / this
+_MIN_SAMPLES = 10
+
 
 class ParamFinder(Callback):
-    order = 30
+    """Range test for one optimizer hyperparameter (see the module docstring).
 
-    def __init__(self, *args: Any) -> None:
+    The value rises by 10x every 14 batches from ``start`` to ``end`` (1e-6 to 10: 99
+    batches); ``samples`` is the most batches a test takes, a wider range being swept faster
+    to fit. The test stops once the loss diverges (about 80 batches on the README network with
+    Adam). The suggestion is the value where it diverged divided by 40, a rule measured on
+    learning rates; for another hyperparameter read the plot."""
+
+    order = 30
+    doc = """
+- cb.plot(samples=100, start=1e-6, end=10, param="lr"): to run a range test (at most
+    `samples` batches), print the suggested param and plot loss against param
+- cb.run(samples=100, start=1e-6, end=10, param="lr"): the same test, returns the suggested
+    param without printing or plotting
+- cb.params, cb.losses: the params and losses of the last test, one per batch
+- cb.suggestion: the last suggested param
+"""
+
+    def __init__(self) -> None:
         super().__init__()
+        self.param = "lr"
+        self.params: list[float] = []
+        self.losses: list[float] = []
+        self.suggestion: float | None = None
+
+    def run(self, samples: int = 100, start: float = 1e-6, end: float = 10.0, param: str = "lr") -> float:
+        """Sweep ``param`` exponentially from ``start`` to ``end`` in at most ``samples``
+        training batches (fewer when the loss diverges), put the learner back as it was, and
+        return the suggested value. Arguments are checked before anything changes."""
+        _check_arguments(samples, start, end)
+        test = self._test(_schedule(samples, start, end), param)
+        self.param, self.params, self.losses = param, test.params, test.losses
+        self.suggestion = test.params[-1] / _DIVISOR
+        if not test.diverged:
+            warnings.warn(
+                f"ParamFinder: the loss did not diverge up to {param}={test.params[-1]:.3g}, so the "
+                f"suggestion ({self.suggestion:.3g}) may be too low; try a larger end",
+                stacklevel=2,
+            )
+        return self.suggestion
+
+    def _test(self, values: list[float], param: str) -> _RangeTest:
+        """One training batch for each of ``values`` until the loss diverges, with the
+        learner restored afterwards (also what the benchmark calls with other schedules)."""
+        learner = self.learner
+        learner._check_ready()
+        test = _RangeTest(values, _ratios(learner.opt.param_groups, param), param)
+        with _restored(learner):
+            quiet = [cb.name for cb in learner.cbs if type(cb).__name__ not in _KEPT]
+            with learner.cbs.suspend(quiet):
+                learner.cbs.append(test, _TEST_NAME)
+                try:
+                    learner.run(_epochs_for(learner.data.train, len(values)))
+                finally:
+                    learner.cbs.remove(_TEST_NAME)
+        if not test.params:
+            raise ValueError("ParamFinder: the range test ran no training batch (the train loader gave none)")
+        return test
+
+    def plot(self, samples: int = 100, start: float = 1e-6, end: float = 10.0, param: str = "lr") -> Any:
+        """``run``, print ``Suggested param: <value>`` and return the plot of loss against
+        param (a ``SliceablePlot``); its slices are fractions of the test, in [0, 1]: ``p[:0.99]``
+        leaves out the last batches, where the loss blew up."""
+        from ..viz import SliceablePlot
+
+        suggestion = self.run(samples, start, end, param)
+        print(f"Suggested param: {suggestion}")
+        params, losses = list(self.params), list(self.losses)
+        smoothed = _smooth(losses)
+
+        def draw(sl: slice) -> None:
+            import matplotlib.pyplot as plt
+
+            lo, hi = _fraction_bounds(sl, len(params))
+            ax = plt.gca()
+            ax.plot(params[lo:hi], losses[lo:hi], alpha=0.35, label="loss")
+            ax.plot(params[lo:hi], smoothed[lo:hi], label="smoothed loss")
+            ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {param} {suggestion:.3g}")
+            ax.set_xscale("log")
+            ax.set_xlabel(param)
+            ax.set_ylabel("loss")
+            ax.legend()
+
+        return SliceablePlot(draw, docs=_PLOT_DOCS)
+
+
+class _RangeTest(Callback):
+    """Sets the swept value before each training batch, records the loss, skips validation,
+    ends each epoch once the schedule is used up and cancels the run when the loss diverges:
+    not a finite number, or its smoothed value above ``_DIVERGE_FACTOR`` times its lowest (the
+    lowest counted once the smoothing window is full, so early noise cannot stop the test)."""
+
+    order = 0  # first, so that a batch past the schedule is cancelled before anything acts on it
+
+    def __init__(self, values: list[float], ratios: list[float], param: str) -> None:
+        super().__init__()
+        self.values, self.ratios, self.param = values, ratios, param
+        self.params: list[float] = []
+        self.losses: list[float] = []
+        self.diverged = False
+        self._smoother = _Smoother()
+        self._best = math.inf
+
+    def startEpoch(self) -> None:  # noqa: N802
+        if len(self.params) >= len(self.values):
+            raise CancelEpochException("range test done")
+
+    def startBatch(self) -> None:  # noqa: N802
+        if len(self.params) >= len(self.values):
+            raise CancelEpochException("range test done")
+        value = self.values[len(self.params)]
+        for group, ratio in zip(self.learner.opt.param_groups, self.ratios, strict=True):
+            group[self.param] = value * ratio
+        self.params.append(value)
+
+    def endLoss(self) -> None:  # noqa: N802
+        loss = float(self.learner.loss.detach().float().mean())
+        self.losses.append(loss)
+        smoothed = self._smoother.add(loss)
+        if len(self.losses) >= _WINDOW:
+            self._best = min(self._best, smoothed)
+        if not math.isfinite(loss) or smoothed > _DIVERGE_FACTOR * self._best:
+            self.diverged = True
+            raise CancelRunException("Loss increases significantly")
+
+    def startValidBatches(self) -> None:  # noqa: N802
+        raise CancelEpochException("range test skips validation")
+
+
+class _Smoother:
+    """Exponential smoothing over ``_WINDOW`` batches, bias-corrected (the first values are not
+    pulled towards 0); a non-finite loss counts as the last finite one."""
+
+    def __init__(self) -> None:
+        self.beta = 1 - 1 / _WINDOW
+        self.avg, self.n, self.last = 0.0, 0, 0.0
+
+    def add(self, loss: float) -> float:
+        self.last = loss if math.isfinite(loss) else self.last
+        self.n += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * self.last
+        return self.avg / (1 - self.beta**self.n)
+
+
+def _smooth(losses: Sequence[float]) -> list[float]:
+    smoother = _Smoother()
+    return [smoother.add(loss) for loss in losses]
+
+
+# ---- arguments -------------------------------------------------------------------------------
+
+
+def _check_arguments(samples: object, start: object, end: object) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < _MIN_SAMPLES:
+        raise ValueError(f"samples must be an int of at least {_MIN_SAMPLES}, got {samples!r}")
+    for name, value in (("start", start), ("end", end)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive number (the sweep is exponential), got {value!r}")
+    assert isinstance(start, int | float) and isinstance(end, int | float)
+    if not start < end:
+        raise ValueError(f"start must be below end, got start={start!r}, end={end!r}")
+
+
+def _ratios(groups: list[dict[str, Any]], param: str) -> list[float]:
+    """Each param group's value relative to the first group's (all 1 unless every group holds a
+    positive number): the sweep keeps those ratios."""
+    missing = [i for i, g in enumerate(groups) if param not in g]
+    if missing:
+        known = sorted({k for g in groups for k in g if k != "params"})
+        close = difflib.get_close_matches(param, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"ParamFinder: the optimizer's param groups have no hyperparameter {param!r}; {hint}"
+            f"they have: {', '.join(known)}"
+        )
+    values = []
+    for i, g in enumerate(groups):
+        value = g[param]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"ParamFinder sweeps a number; param group {i}'s {param!r} is "
+                f"{type(value).__name__} {value!r}"
+            )
+        values.append(float(value))
+    if all(v > 0 and math.isfinite(v) for v in values):
+        return [v / values[0] for v in values]
+    return [1.0] * len(values)
+
+
+def _schedule(samples: int, start: float, end: float) -> list[float]:
+    """``start`` to ``end``, rising 10x every ``_PER_DECADE`` values, in at most ``samples``
+    values (a wider range rises faster) and at least ``_MIN_SAMPLES``."""
+    needed = round(math.log10(end / start) * _PER_DECADE) + 1
+    n = min(samples, max(needed, _MIN_SAMPLES))
+    return [start * (end / start) ** (i / (n - 1)) for i in range(n)]
+
+
+def _epochs_for(loader: Any, samples: int) -> int:
+    """Epochs enough for ``samples`` training batches (each at least 1 when the loader has no
+    length)."""
+    try:
+        size = len(loader)
+    except TypeError:
+        return samples
+    return math.ceil(samples / max(size, 1))
+
+
+def _fraction_bounds(sl: slice, n: int) -> tuple[int, int]:
+    """Indices of ``sl``, whose bounds are fractions of the test in [0, 1]."""
+    bounds = []
+    for part, default in ((sl.start, 0.0), (sl.stop, 1.0)):
+        value = default if part is None else part
+        if not 0 <= value <= 1:
+            raise ValueError(
+                f"ParamFinder's plot slices with fractions in [0, 1] (e.g. p[:0.99]), got {sl!r}"
+            )
+        bounds.append(round(value * n))
+    return bounds[0], bounds[1]
+
+
+# ---- saving and restoring the learner ------------------------------------------------------------
+
+
+@contextmanager
+def _restored(learner: Any) -> Iterator[None]:
+    """Run the block, then put back the model's tensors (and their grads), the optimizer's state
+    and hyperparameters, the random number generators and the learner's fields, even when the
+    block raises."""
+    model = _ModelSnapshot(learner.model)
+    opt = _OptimizerSnapshot(learner.opt)
+    rng = _RngSnapshot(learner.data)
+    fields = learner._state()
+    try:
+        yield
+    finally:
+        model.restore()
+        opt.restore()
+        rng.restore()
+        learner._restore(fields)
+
+
+class _ModelSnapshot:
+    """Copies of every parameter and buffer (and grad). A dtype cast during the test (the DType
+    callback) is undone too: the same tensor objects get their data back."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.slots: list[tuple[torch.nn.Module, str, torch.Tensor]] = []
+        self.copies: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        for module in model.modules():
+            owned = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, tensor in owned:
+                self.slots.append((module, name, tensor))
+                if id(tensor) not in self.copies:
+                    grad = tensor.grad.detach().clone() if tensor.grad is not None else None
+                    self.copies[id(tensor)] = (tensor, tensor.detach().clone(), grad)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for module, name, tensor in self.slots:
+                if getattr(module, name) is not tensor:
+                    setattr(module, name, tensor)
+            for tensor, saved, grad in self.copies.values():
+                same = (tensor.dtype, tensor.shape, tensor.device) == (saved.dtype, saved.shape, saved.device)
+                if same:
+                    tensor.copy_(saved)
+                else:
+                    tensor.data = saved
+                tensor.grad = grad
+
+
+class _OptimizerSnapshot:
+    """Copies of the optimizer's per-parameter state and of each param group's hyperparameters."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.state = {p: copy.deepcopy(s) for p, s in opt.state.items()}
+        self.groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+    def restore(self) -> None:
+        self.opt.state.clear()
+        self.opt.state.update(self.state)
+        for group, saved in zip(self.opt.param_groups, self.groups, strict=True):
+            for key in [k for k in group if k != "params" and k not in saved]:
+                del group[key]
+            group.update(saved)
+
+
+class _RngSnapshot:
+    """torch's global generators (CPU, and CUDA when initialized) and any ``torch.Generator``
+    a loader of ``data`` holds (a DataLoader with a ``seed``)."""
+
+    def __init__(self, data: Any) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
+        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
+        for loader in (getattr(data, "train", None), getattr(data, "valid", None)):
+            for value in getattr(loader, "__dict__", {}).values():
+                if isinstance(value, torch.Generator):
+                    self.generators.append((value, value.get_state()))
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        for generator, state in self.generators:
+            generator.set_state(state)

@@ -1,11 +1,16 @@
-"""Every k1lib test runs in its own empty directory: Autosave writes checkpoints to the
-current directory, as the 2021 k1lib did, and a test must not leave files in the checkout."""
+"""Every k1lib test module runs in its own empty directory: Autosave writes checkpoints to the
+current directory, as the 2021 k1lib did, and a test must not leave files in the checkout.
+Torch runs one thread: the models here are tiny, and on a busy 2-core machine a second thread
+makes them many times slower, not faster."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,503 @@
+"""Checkpoints (``Learner.save`` / ``load``, ``k1lib/_checkpoint.py``) and ``Autosave``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import k1lib
+from k1lib._checkpoint import FORMAT, VERSION, CheckpointError
+from k1lib.data import Data, DataLoader, FunctionDataset
+
+from .helpers import learner
+
+
+@pytest.fixture(autouse=True)
+def _own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # each test gets its own directory: Autosave writes into the current one
+    monkeypatch.chdir(tmp_path)
+    # tiny models: a second thread only contends for the 2 cores (20x slower under load)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def adam_learner(hidden: int = 4, autosave: bool = False) -> Any:
+    l = learner()
+    if hidden != 4:
+        l.model = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Linear(1, 1))
+    l.opt = torch.optim.Adam(l.model.parameters(), lr=1e-2)
+    if not autosave:
+        l.cbs.remove("Autosave")
+    return l
+
+
+def snapshot(l: Any) -> dict[str, Any]:
+    """Everything load could change, copied."""
+    opt = l.opt.state_dict()
+    return {
+        "model": {k: v.clone() for k, v in l.model.state_dict().items()},
+        "opt_state": {i: {k: v.clone() for k, v in s.items()} for i, s in opt["state"].items()},
+        "opt_groups": [dict(g) for g in opt["param_groups"]],
+        "loss": (list(l.Loss.train), list(l.Loss.valid), list(l.Loss.epoch.train), list(l.Loss.epoch.valid)),
+        "css": l.css,
+        "counters": (l.epoch, l.epochs, l.batch, l.batches),
+        "rng": torch.get_rng_state().clone(),
+    }
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["opt_state"].keys() == b["opt_state"].keys()
+    for i in a["opt_state"]:
+        for k in a["opt_state"][i]:
+            assert torch.equal(a["opt_state"][i][k], b["opt_state"][i][k]), (i, k)
+    assert a["opt_groups"] == b["opt_groups"]
+    for key in ("loss", "css", "counters"):
+        assert a[key] == b[key], key
+    assert torch.equal(a["rng"], b["rng"])
+
+
+# ---- save / load ---------------------------------------------------------------------------------
+
+
+def test_round_trip_restores_model_adam_loss_css_and_counters() -> None:
+    torch.manual_seed(3)
+    a = adam_learner()
+    a.css = "Linear: HookParam, HookModule"
+    a.run(2)
+    a.save("ck.pth")
+    saved = snapshot(a)
+    assert saved["opt_state"][0]["step"].item() == 6  # 3 training batches x 2 epochs
+
+    b = adam_learner()
+    torch.manual_seed(99)  # load restores the global generator too
+    assert b.Loss.train == [] and b.opt.state_dict()["state"] == {}
+    assert b.load("ck.pth") is b
+    assert_same(snapshot(b), saved)
+    assert len(b.Loss.train) == 6 and len(b.Loss.epoch.valid) == 2
+
+
+def test_the_file_holds_state_dicts_only_and_skips_callbacks_without_state() -> None:
+    l = adam_learner()
+    l.run(1)
+    l.save("ck.pth")
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    assert checkpoint["format"] == FORMAT and checkpoint["version"] == VERSION
+    assert set(checkpoint) == {"format", "version", "model", "opt", "callbacks", "css", "counters", "rng"}
+    # DontTrainValid, CancelOnExplosion, ... return {}: they are left out
+    assert "DontTrainValid" in l.cbs and "CancelOnExplosion" in l.cbs
+    assert list(checkpoint["callbacks"]) == [cb.name for cb in l.cbs if cb.state_dict()]
+    assert "Loss" in checkpoint["callbacks"] and "DontTrainValid" not in checkpoint["callbacks"]
+    assert checkpoint["callbacks"]["Loss"]["class"] == "Loss"
+    assert checkpoint["opt"]["class"] == "torch.optim.adam.Adam"
+
+
+def build(loader_seed: int | None) -> Any:
+    """A README-like learner on a small exp dataset, shuffled by torch's global generator or by
+    the train loader's own seeded generator."""
+    torch.manual_seed(0)
+    l = k1lib.Learner()
+    l.cbs.remove("ProgressBar")
+    l.cbs.remove("Autosave")
+    l.model = nn.Sequential(nn.Linear(1, 8), nn.LeakyReLU(), nn.Linear(8, 8), nn.LeakyReLU(), nn.Linear(8, 1))
+    dataset = FunctionDataset(torch.exp, n=600)
+    if loader_seed is None:
+        l.data = Data.fromDataset(dataset, batchSize=50)
+    else:
+        l.data = Data(
+            DataLoader((dataset.x[:500], dataset.y[:500]), 50, seed=loader_seed),
+            DataLoader((dataset.x[500:], dataset.y[500:]), 50, shuffle=False),
+        )
+    l.opt = torch.optim.Adam(l.model.parameters(), lr=1e-2)
+    l.lossF = lambda y, yb: ((y.squeeze() - yb) ** 2).mean()
+    l.cbs.withModifyBatch(lambda x, y: (x[:, None], y))
+    l.cbs.withDType(torch.float32)
+    return l
+
+
+@pytest.mark.parametrize("loader_seed", [None, 7], ids=["global-generator", "loader-generator"])
+def test_a_resumed_run_continues_identically(loader_seed: int | None) -> None:
+    whole = build(loader_seed).run(5)
+
+    first = build(loader_seed).run(3)
+    first.save("half.pth")
+    resumed = build(loader_seed)
+    torch.manual_seed(12345)  # whatever happened in between
+    resumed.load("half.pth").run(2)
+
+    assert resumed.Loss.train == whole.Loss.train and len(whole.Loss.train) == 50
+    assert resumed.Loss.valid == whole.Loss.valid
+    for (k, v), w in zip(resumed.model.state_dict().items(), whole.model.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_save_refuses_state_that_a_weights_only_load_could_not_read() -> None:
+    class Odd(k1lib.Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {"ok": [1, 2.0], "bad": object()}
+
+    l = adam_learner()
+    l.cbs.append(Odd())
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint\.callbacks\.Odd\.state\.bad is a builtins\.object"
+    ):
+        l.save("ck.pth")
+    assert os.listdir() == []
+
+
+# ---- atomic writes -------------------------------------------------------------------------------
+
+
+def crashing_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save writes half a file, then fails (a full disk, a kill)."""
+
+    def save(obj: object, f: Any, *args: object, **kwargs: object) -> None:
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_crash_during_save_leaves_the_previous_file_and_no_temporary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    l = adam_learner()
+    l.save("ck.pth")
+    before = Path("ck.pth").read_bytes()
+    l.run(1)
+    crashing_save(monkeypatch)
+    with pytest.raises(OSError, match="No space"):
+        l.save("ck.pth")
+    assert Path("ck.pth").read_bytes() == before
+    assert os.listdir() == ["ck.pth"]
+
+
+def test_a_crash_during_autosave_leaves_the_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    l = adam_learner(autosave=True)
+    l.run(1)
+    l.run(1)
+    before = {p.name: p.read_bytes() for p in Path().iterdir()}
+    assert sorted(before) == ["autosave-1.pth", "autosave-2.pth"]
+    crashing_save(monkeypatch)
+    with pytest.raises(OSError, match="No space"):
+        l.run(1)
+    assert {p.name: p.read_bytes() for p in Path().iterdir()} == before
+
+
+def test_save_into_a_missing_directory_names_it() -> None:
+    with pytest.raises(FileNotFoundError, match="'nowhere' does not exist"):
+        adam_learner().save("nowhere/ck.pth")
+
+
+# ---- bad files -----------------------------------------------------------------------------------
+
+MARKS: list[str] = []
+
+
+def _mark() -> None:
+    MARKS.append("ran")
+
+
+class Payload:
+    """Unpickling this would run code."""
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _mark, ()
+
+
+def test_a_file_holding_arbitrary_objects_is_refused_without_running_them() -> None:
+    torch.save({"format": FORMAT, "version": VERSION, "model": {}, "x": Payload()}, "evil.pth")
+    l = adam_learner()
+    with pytest.raises(CheckpointError, match=r"'evil\.pth' holds a .*_mark object.*weights_only=True"):
+        l.load("evil.pth")
+    assert MARKS == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"not a checkpoint at all"],
+    ids=["truncated", "empty", "garbage"],
+)
+def test_a_damaged_file_gives_a_clear_error_and_the_rotation_stays(damage: Callable[[bytes], bytes]) -> None:
+    l = adam_learner(autosave=True)
+    l.run(1)
+    l.run(1)
+    rotation = {p.name: p.read_bytes() for p in Path().iterdir()}
+    Path("bad.pth").write_bytes(damage(Path("autosave-2.pth").read_bytes()))
+    before = snapshot(l)
+    with pytest.raises(
+        CheckpointError, match=r"'bad\.pth' (cannot be read|is not a file written by torch\.save)"
+    ):
+        l.load("bad.pth")
+    assert_same(snapshot(l), before)
+    assert {p.name: p.read_bytes() for p in Path().iterdir() if p.name != "bad.pth"} == rotation
+
+
+def test_a_flipped_bit_in_a_tensor_is_caught_by_the_checksum() -> None:
+    l = adam_learner()
+    with torch.no_grad():
+        l.model[0].weight.copy_(torch.arange(8.0).reshape(4, 2) + 0.5)
+    l.save("ck.pth")
+    data = bytearray(Path("ck.pth").read_bytes())
+    at = data.find((torch.arange(8.0) + 0.5).numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x10
+    Path("ck.pth").write_bytes(bytes(data))
+    with pytest.raises(
+        CheckpointError, match=r"'ck\.pth' is corrupted: the checksum of its part '.*/data/\d+'"
+    ):
+        l.load("ck.pth")
+
+
+def test_random_damage_never_escapes_as_another_error() -> None:
+    l = adam_learner()
+    l.run(1)
+    l.save("ck.pth")
+    data = Path("ck.pth").read_bytes()
+    g = torch.Generator().manual_seed(0)
+    refused = 0
+    for i in range(60):
+        damaged = bytearray(data)
+        for at in torch.randint(len(data), (3,), generator=g).tolist():
+            damaged[at] = int(torch.randint(256, (), generator=g))
+        cut = int(torch.randint(len(data) // 2, len(data), (), generator=g)) if i % 2 else len(data)
+        Path("bad.pth").write_bytes(bytes(damaged[:cut]))
+        try:
+            l.load("bad.pth")
+        except CheckpointError:
+            refused += 1
+    assert refused >= 50  # the rest hit bytes nothing reads (zip padding)
+
+
+def test_not_a_checkpoint_and_newer_versions_are_refused() -> None:
+    l = adam_learner()
+    torch.save({"weight": torch.ones(1)}, "plain.pth")
+    with pytest.raises(
+        CheckpointError,
+        match=r"'plain\.pth' is not a k1lib checkpoint: it holds a dict with keys \['weight'\]",
+    ):
+        l.load("plain.pth")
+    l.save("ck.pth")
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    checkpoint["version"] = VERSION + 1
+    torch.save(checkpoint, "future.pth")
+    with pytest.raises(
+        CheckpointError, match=r"format version 2; this k1lib reads version 1 \(.*newer k1lib\)"
+    ):
+        l.load("future.pth")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint file 'missing\.pth'"):
+        l.load("missing.pth")
+
+
+# ---- checkpoints that do not fit the learner -----------------------------------------------------
+
+
+def test_a_mismatched_model_names_the_keys_and_changes_nothing() -> None:
+    adam_learner().run(1).save("small.pth")
+    l = adam_learner(hidden=5)
+    l.css = "Linear: HookModule, HookParam"
+    l.run(1)
+    before = snapshot(l)
+    with pytest.raises(CheckpointError) as info:
+        l.load("small.pth")
+    assert str(info.value) == (
+        "'small.pth' does not fit l.model (nothing was changed):\n"
+        "  missing in the checkpoint: 3.weight, 3.bias\n"
+        "  shape mismatch:\n"
+        "    0.weight: checkpoint (4, 2), model (5, 2)\n"
+        "    0.bias: checkpoint (4,), model (5,)\n"
+        "    2.weight: checkpoint (1, 4), model (1, 5)"
+    )
+    assert_same(snapshot(l), before)
+
+    adam_learner(hidden=5).save("big.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected in the checkpoint: 3\.weight, 3\.bias"):
+        adam_learner().load("big.pth")
+
+
+def test_another_optimizer_class_is_refused() -> None:
+    adam_learner().run(1).save("adam.pth")
+    l = learner()  # SGD
+    l.cbs.remove("Autosave")
+    l.run(1)
+    before = {k: v.clone() for k, v in l.model.state_dict().items()}
+    with pytest.raises(
+        CheckpointError, match=r"torch\.optim\.adam\.Adam optimizer; l\.opt is a torch\.optim\.sgd\.SGD"
+    ):
+        l.load("adam.pth")
+    assert all(torch.equal(v, before[k]) for k, v in l.model.state_dict().items())
+
+
+class Counter(k1lib.Callback):
+    def __init__(self, n: int = 0, fail: bool = False) -> None:
+        super().__init__()
+        self.n, self.fail = n, fail
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.fail:
+            raise KeyError("wants another layout")
+        self.n = state["n"]
+
+
+def test_state_for_a_callback_the_learner_lacks_is_skipped_with_a_warning() -> None:
+    a = adam_learner()
+    a.cbs.append(Counter(5))
+    a.run(1).save("ck.pth")
+    b = adam_learner()
+    with pytest.warns(UserWarning, match=r"state for callbacks this learner lacks: Counter \(skipped\)"):
+        b.load("ck.pth")
+    assert b.Loss.train == a.Loss.train
+    c = adam_learner()
+    c.cbs.append(Counter(0))
+    c.load("ck.pth")
+    assert c.Counter.n == 5
+
+
+def test_a_callback_failing_to_load_undoes_the_others() -> None:
+    a = adam_learner()
+    a.cbs.append(Counter(5))
+    a.run(2).save("ck.pth")
+    b = adam_learner()
+    b.cbs.append(Counter(1, fail=True))
+    b.run(1)
+    before = snapshot(b)
+    with pytest.raises(CheckpointError, match=r"callback 'Counter' could not load its state \(KeyError"):
+        b.load("ck.pth")
+    assert_same(snapshot(b), before)
+    assert b.Counter.n == 1
+
+
+# ---- Autosave ------------------------------------------------------------------------------------
+
+
+def saved_epochs(path: str | Path) -> int:
+    return len(torch.load(path, weights_only=True)["callbacks"]["Loss"]["state"]["epoch_train"])
+
+
+def test_autosave_rotates_the_newest_three(capsys: pytest.CaptureFixture[str]) -> None:
+    l = adam_learner(autosave=True)
+    for _ in range(4):
+        l.run(1)
+        assert capsys.readouterr().out == "Saved to autosave-2.pth\n"
+    assert sorted(os.listdir()) == ["autosave-0.pth", "autosave-1.pth", "autosave-2.pth"]
+    assert [saved_epochs(f"autosave-{i}.pth") for i in range(3)] == [2, 3, 4]
+    assert [p.name for p in l.Autosave.files()] == ["autosave-0.pth", "autosave-1.pth", "autosave-2.pth"]
+
+
+def test_autosave_directory_and_keep_are_configurable(capsys: pytest.CaptureFixture[str]) -> None:
+    l = adam_learner()
+    l.cbs.withAutosave(directory="runs/a", keep=2)
+    for _ in range(3):
+        l.run(1)
+    assert capsys.readouterr().out.splitlines() == ["Saved to runs/a/autosave-1.pth"] * 3
+    assert sorted(os.listdir("runs/a")) == ["autosave-0.pth", "autosave-1.pth"]
+    assert [saved_epochs(f"runs/a/autosave-{i}.pth") for i in range(2)] == [2, 3]
+    with pytest.raises(ValueError, match="keep must be an int of 1 or more, got 0"):
+        k1lib.callbacks.Autosave(keep=0)
+
+
+def test_autosave_after_the_cancel_message(capsys: pytest.CaptureFixture[str]) -> None:
+    l = learner(quiet=False)
+    l.cbs.ProgressBar.logEvery = 1e9
+    l.cbs.withCancelOnLowLoss(1e9)
+    l.run(3)
+    out = capsys.readouterr().out
+    assert out.endswith("Run cancelled: Low loss 1e+09 achieved!.\nSaved to autosave-2.pth\n")
+    assert out.startswith("Progress:")
+
+
+class Fail(k1lib.Callback):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def startBatch(self) -> None:
+        if self.epoch == 1:
+            raise self.exc
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()], ids=["exception", "interrupt"])
+def test_a_failed_run_is_not_saved(
+    exc: BaseException, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    l = adam_learner(autosave=True)
+    l.run(1)
+    before = Path("autosave-2.pth").read_bytes()
+    l.cbs.append(Fail(exc))
+    with pytest.raises(type(exc)):
+        l.run(2)
+    assert "Saved" not in capsys.readouterr().out.split("Saved to autosave-2.pth\n", 1)[1]
+    assert sorted(os.listdir()) == ["autosave-2.pth"] and Path("autosave-2.pth").read_bytes() == before
+    assert f"the run ended with {type(exc).__name__}: not saved" in caplog.text
+    l.cbs.remove("Fail")
+    l.run(1)  # the next good run saves again
+    assert sorted(os.listdir()) == ["autosave-1.pth", "autosave-2.pth"]
+
+
+def test_a_run_inside_an_except_block_is_still_saved() -> None:
+    l = adam_learner(autosave=True)
+    try:
+        raise LookupError("the caller's own")
+    except LookupError:
+        l.run(1)
+    assert os.listdir() == ["autosave-2.pth"]
+
+
+def test_record_saves_nothing() -> None:
+    l = adam_learner(autosave=True)
+    l.record(1, 2)
+    assert os.listdir() == []
+
+
+def test_autosave_repr() -> None:
+    text = repr(adam_learner(autosave=True).Autosave)
+    assert text.startswith("Callback `Autosave`, use...\n- cb.directory: ")
+    assert "\n- cb.files(): " in text
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+
+def cuda_learner() -> Any:
+    l = learner()
+    l.cbs.remove("Autosave")
+    l.model.cuda()
+    l.opt = torch.optim.Adam(l.model.parameters(), lr=1e-2)
+    l.cbs.withModifyBatch(lambda x, y: (x.cuda(), y.cuda()))
+    return l
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_checkpoints_load_onto_the_models_device() -> None:
+    gpu = cuda_learner().run(1)
+    gpu.save("gpu.pth")
+    cuda_rng = torch.cuda.get_rng_state()
+    torch.cuda.manual_seed(5)
+
+    cpu = adam_learner()
+    cpu.load("gpu.pth")
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+    for k, v in cpu.model.state_dict().items():
+        assert v.device.type == "cpu" and torch.equal(v, gpu.model.state_dict()[k].cpu()), k
+    assert all(t.device.type == "cpu" for s in cpu.opt.state.values() for t in s.values())
+    cpu.run(1).save("cpu.pth")
+
+    back = cuda_learner()
+    back.load("cpu.pth")
+    for k, v in back.model.state_dict().items():
+        assert v.device.type == "cuda" and torch.equal(v.cpu(), cpu.model.state_dict()[k]), k
+    assert back.opt.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
+    assert back.run(1).Loss.train[:6] == cpu.Loss.train
