@@ -16,6 +16,11 @@ part's CRC32 in the file's zip archive is checked before loading (torch.load doe
 flipped bit is an error, not a silently wrong weight.
 
 ``load`` checks the whole file against the learner before it changes anything.
+
+The model's state is that of the original module when ``l.model`` is wrapped by
+``torch.compile`` or DDP (keys ``bulk.0.weight``, not ``_orig_mod.bulk.0.weight``), so a
+checkpoint of a compiled model loads into an uncompiled one and back; ``load`` also accepts
+model states saved with those wrappers' prefixes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import modsel
+
+from ._unwrap import strip_wrapper_prefixes, unwrap
 
 if TYPE_CHECKING:
     from ._learner import Learner
@@ -74,7 +81,7 @@ def checkpoint_of(learner: Learner) -> dict[str, Any]:
     checkpoint = {
         "format": FORMAT,
         "version": VERSION,
-        "model": learner.model.state_dict(),
+        "model": unwrap(learner.model).state_dict(),
         "opt": None if opt is None else {"class": _class_name(opt), "state": opt.state_dict()},
         "callbacks": callbacks,
         "css": learner.css,
@@ -238,11 +245,12 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     epochs exactly as the saved learner's next ``run(M)`` would have (``l.epoch`` counts from 0
     in every run; ``l.epoch`` / ``l.epochs`` are the saved run's until then)."""
     name = str(path)
-    model = learner.model
-    if model is None:
+    if learner.model is None:
         raise CheckpointError(f"loading {name!r} needs l.model, built as when it was saved: set it first")
+    model = unwrap(learner.model)
     checkpoint = read(path, map_location=_device_of(model))
-    _check_model(name, model, checkpoint["model"])
+    model_state = _without_wrapper_prefixes(model, checkpoint["model"])
+    _check_model(name, model, model_state)
     _check_opt(name, learner.opt, checkpoint.get("opt"))
     loads, unknown = _check_callbacks(name, learner, checkpoint["callbacks"])
     try:
@@ -268,7 +276,7 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
                     "nothing was changed"
                 ) from e
             done.append(cb)
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(model_state)
         if learner.opt is not None and checkpoint.get("opt") is not None:
             learner.opt.load_state_dict(checkpoint["opt"]["state"])
     except BaseException:
@@ -287,6 +295,16 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _without_wrapper_prefixes(model: torch.nn.Module, saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``saved`` with the ``_orig_mod.`` / ``module.`` prefixes of a compiled or DDP model
+    removed where that makes it fit ``model`` (the unwrapped module); else as it is."""
+    expected = set(model.state_dict())
+    if set(saved) == expected:
+        return saved
+    stripped = strip_wrapper_prefixes(saved, expected)
+    return saved if stripped is None else stripped
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -9,6 +9,8 @@ from torch import nn
 
 import modsel
 
+from ._unwrap import unwrap
+
 __all__ = ["cssOptimizer"]
 
 
@@ -24,4 +26,5 @@ def cssOptimizer(  # noqa: N802 - k1lib's camelCase public names
 
         l.opt = k1lib.cssOptimizer(l.model, optim.AdamW, {"#head Linear": {"lr": 1e-3}}, lr=1e-4)
     """
-    return optimizerClass(modsel.param_groups(model, rules, **defaults), **defaults)
+    # a compiled or DDP-wrapped model shares its parameters with the module it wraps
+    return optimizerClass(modsel.param_groups(unwrap(model), rules, **defaults), **defaults)

@@ -3,6 +3,14 @@
 Set ``model``, ``data``, ``opt`` and ``lossF``, then ``run(epochs)``. During a run the state is
 on the learner for callbacks to read and change: ``epoch``, ``epochs``, ``batch``, ``batches``,
 ``xb``, ``yb``, ``y``, ``loss``, ``progress``.
+
+Host syncs: the loop itself never reads a tensor on the host (``.item()``, ``.cpu()``,
+``float()``) per batch. Built-in callbacks that do: CancelOnExplosion (one number every
+``every`` training batches, default every batch), CancelOnLowLoss (one per training batch
+unless ``epochMode``), ParamFinder (one per batch, only during its test), Autocast with a
+float16 GradScaler (torch's ``GradScaler.step`` reads one inf flag per step). Loss, HookModule
+and HookParam copy to the host once an epoch; Device, GradAccumulation, GradClipping and bf16
+Autocast never.
 """
 
 from __future__ import annotations
@@ -18,9 +26,15 @@ from torch import nn
 import modsel
 
 from ._module_selector import ModuleSelector
+from ._unwrap import unwrap
+from .callbacks.autocast import Autocast
 from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
 from .callbacks.callbacks import Callbacks
+from .callbacks.device import Device
 from .callbacks.dont_train import DontTrain
+from .callbacks.dtype import DType
+from .callbacks.modify_batch import ModifyBatch
+from .callbacks.modify_output import ModifyOutput
 
 __all__ = ["Learner"]
 
@@ -81,10 +95,11 @@ class Learner:
     @property
     def moduleSelector(self) -> ModuleSelector:  # noqa: N802 - README name
         """The annotated module tree of ``model`` for ``css`` (with ``freeze()``, ``hookF()``,
-        ``hookB()`` acting on what the css selected)."""
+        ``hookB()`` acting on what the css selected). A model wrapped by ``torch.compile`` or
+        DDP is seen through: the tree and its paths are the original module's."""
         if self.model is None:
             raise AttributeError("l.moduleSelector needs a model: set l.model = ... first")
-        tree = modsel.select(self.model, self._css, node_class=ModuleSelector)
+        tree = modsel.select(unwrap(self.model), self._css, node_class=ModuleSelector)
         assert isinstance(tree, ModuleSelector)
         return tree
 
@@ -226,7 +241,8 @@ class Learner:
         ybs: list[Any] = []
         ys: list[Any] = []
         recorder = _Recorder(xbs, ybs, ys)
-        quiet = [n for n in self.cbs.names() if n not in ("ModifyBatch", "DType", "ModifyOutput")]
+        shaping = (ModifyBatch, DType, ModifyOutput, Device, Autocast)  # make batches as training does
+        quiet = [cb.name for cb in self.cbs if not isinstance(cb, shaping)]
         state = self._state()
         with self.cbs.suspend(quiet):
             self.cbs.append(recorder, "_Recorder")

@@ -1,5 +1,6 @@
 """Callbacks: the base class, the container and the built-in callbacks (one per file)."""
 
+from .autocast import Autocast
 from .autosave import Autosave
 from .batch_limit import BatchLimit
 from .callback import (
@@ -13,10 +14,13 @@ from .callback import (
 from .callbacks import Callbacks, Timings
 from .cancel_on_explosion import CancelOnExplosion
 from .cancel_on_low_loss import CancelOnLowLoss
+from .device import Device
 from .dont_train import DontTrain
 from .dont_train_valid import DontTrainValid
 from .dtype import DType
 from .epoch_limit import EpochLimit
+from .grad_accumulation import GradAccumulation
+from .grad_clipping import GradClipping
 from .hook_module import HookModule
 from .hook_param import HookParam
 from .inspect_batch import InspectBatch
@@ -31,6 +35,7 @@ from .progress_bar import ProgressBar
 
 __all__ = [
     "EVENTS",
+    "Autocast",
     "Autosave",
     "BatchLimit",
     "Callback",
@@ -42,9 +47,12 @@ __all__ = [
     "CancelOnLowLoss",
     "CancelRunException",
     "DType",
+    "Device",
     "DontTrain",
     "DontTrainValid",
     "EpochLimit",
+    "GradAccumulation",
+    "GradClipping",
     "HookModule",
     "HookParam",
     "InspectBatch",

@@ -10,6 +10,8 @@ from torch import nn
 
 import modsel
 
+from .._unwrap import unwrap
+
 __all__ = ["selected_modules", "selected_parameters"]
 
 
@@ -39,11 +41,12 @@ def asks_for(css: str, prop: str) -> bool:
 
 def selected_parameters(learner: Any, prop: str, warn: bool = True) -> list[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` of the parameters of the modules the css gives ``prop`` (their
-    whole subtrees), each once, named and ordered as in ``model.named_parameters()``."""
+    whole subtrees), each once, named and ordered as in ``model.named_parameters()`` (of the
+    original module when the model is wrapped by ``torch.compile`` or DDP)."""
     chosen: set[int] = set()
     for _, module in selected_modules(learner, prop, warn=False):
         chosen.update(id(p) for p in module.parameters())
-    found = [(name, p) for name, p in learner.model.named_parameters() if id(p) in chosen]
+    found = [(name, p) for name, p in unwrap(learner.model).named_parameters() if id(p) in chosen]
     if not found and warn and asks_for(learner.css, prop):
         warnings.warn(
             f"{prop}: l.css selects no module with parameters and the prop {prop!r} (or 'all'), so "

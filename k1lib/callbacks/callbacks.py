@@ -326,6 +326,37 @@ class Callbacks:
 
         return self.append(DType(dtype))
 
+    def withDevice(self, device: str | int | torch.device) -> Callbacks:  # noqa: N802
+        from .device import Device
+
+        return self.append(Device(device))
+
+    def withCuda(self) -> Callbacks:  # noqa: N802
+        """``withDevice("cuda")``, named ``Cuda`` as in 2021."""
+        from .device import Device
+
+        return self.append(Device("cuda"), "Cuda")
+
+    def withAutocast(  # noqa: N802
+        self, dtype: torch.dtype | None = None, scaler: bool | torch.amp.GradScaler | None = None
+    ) -> Callbacks:
+        """Mixed precision (default ``torch.bfloat16``); a gradient scaler for float16."""
+        import torch
+
+        from .autocast import Autocast
+
+        return self.append(Autocast(torch.bfloat16 if dtype is None else dtype, scaler))
+
+    def withGradAccumulation(self, n: int) -> Callbacks:  # noqa: N802
+        from .grad_accumulation import GradAccumulation
+
+        return self.append(GradAccumulation(n))
+
+    def withGradClipping(self, maxNorm: float, normType: float = 2.0) -> Callbacks:  # noqa: N802, N803
+        from .grad_clipping import GradClipping
+
+        return self.append(GradClipping(maxNorm, normType))
+
     def withInspectBatch(self, f: Callable[[Any, Any], Any]) -> Callbacks:  # noqa: N802
         from .inspect_batch import InspectBatch
 

@@ -11,6 +11,10 @@ Hooks exist only while training batches run: they are added at the start of each
 before validation, at the end of the run (whatever ended it) and when the callback is suspended.
 Only training batches are recorded. A module whose output is a tuple, list or dict is
 summarised by its first tensor; one with no tensor output records NaN.
+
+Under ``torch.compile`` the hooks fire (dynamo traces them, splitting the graph where they
+read autograd state), so ``fullgraph=True`` fails while HookModule selects modules: leave it
+out of ``l.css`` or compile without ``fullgraph``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._unwrap import unwrap
 from ._rows import Rows
 from ._selection import selected_parameters
 from ._stats import STATS, Reducer
@@ -61,7 +62,7 @@ class HookParam(Callback):
     def startRun(self) -> None:  # noqa: N802
         learner = self.learner
         if self._fixed:
-            named = dict(learner.model.named_parameters())
+            named = dict(unwrap(learner.model).named_parameters())
             missing = [n for n in self.names if n not in named]
             if missing:
                 raise KeyError(f"HookParam: the model has no parameters {missing}")

@@ -33,6 +33,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from .._unwrap import unwrap
 from .callback import Callback
 
 if TYPE_CHECKING:
@@ -118,12 +119,13 @@ def _direction(p: Tensor, generator: torch.Generator, filterNorm: bool) -> Tenso
 
 def _validation_batch(learner: Any, samples: int | None) -> tuple[Any, Any]:
     """The first ``samples`` validation samples (the first batch when None), each batch after
-    the learner's ModifyBatch and DType callbacks, which alone see this ``startBatch``."""
+    the learner's Device, ModifyBatch and DType callbacks, which alone see this ``startBatch``."""
+    from .device import Device
     from .dtype import DType
     from .modify_batch import ModifyBatch
 
     cbs = learner.cbs
-    quiet = [cb.name for cb in cbs if not isinstance(cb, ModifyBatch | DType)]
+    quiet = [cb.name for cb in cbs if not isinstance(cb, ModifyBatch | DType | Device)]
     saved = learner.xb, learner.yb
     xbs: list[Any] = []
     ybs: list[Any] = []
@@ -494,7 +496,9 @@ class LossLandscape(Callback):
         for name in ("model", "data", "lossF"):
             if getattr(learner, name) is None:
                 raise RuntimeError(f"LossLandscape needs l.{name}; set it first")
-        model: nn.Module = learner.model
+        # a compiled (or DDP) model is evaluated through its original module: vmap and
+        # functional_call need plain modules, and the names are the original's
+        model: nn.Module = unwrap(learner.model)
         params = _named_params(model)
         snapshot = _Snapshot(model, params)
         try:

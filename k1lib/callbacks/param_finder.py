@@ -29,7 +29,8 @@ __all__ = ["ParamFinder"]
 
 # callbacks that only shape the batch or report progress keep running during the test; every
 # other one (recorders, autosave, cancel rules) is suspended
-_KEPT = ("ModifyBatch", "DType", "ModifyOutput", "ProgressBar")
+# callbacks that shape each batch as training does (device, precision, dtype) keep running
+_KEPT = ("ModifyBatch", "DType", "ModifyOutput", "ProgressBar", "Device", "Autocast")
 _TEST_NAME = "_ParamFinderTest"
 _PLOT_DOCS = "Reminder: slice range here is actually [0, 1], because it's kinda hard to slice the normal way"
 
