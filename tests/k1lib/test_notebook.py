@@ -16,7 +16,10 @@ ILLUSTRATION = {20}  # pseudo-code with undefined names, not a cell of the origi
 PLOTS = {5, 7, 8, 11, 12, 13}  # SliceablePlots: an image, then the text
 
 
-def test_readme_runs_as_a_notebook(tmp_path: Path) -> None:
+def test_readme_runs_as_a_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one torch thread in the kernel too: on a busy 2-core machine a second thread makes the tiny
+    # README network tens of times slower (measured: 120 s instead of 1 s for one cell)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     kept = [i for i in range(len(CELLS)) if i not in ILLUSTRATION]
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(CELLS[i].rstrip("\n")) for i in kept]
