@@ -33,6 +33,7 @@ import re
 import secrets
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ _COUNTERS = ("epoch", "epochs", "batch", "batches", "progress")
 # where loaders keep their generators (k1lib's DataLoader, torch's DataLoader and its sampler)
 _GENERATOR_PLACES = ("generator", "_generator", "sampler.generator", "batch_sampler.sampler.generator")
 # what torch.load(weights_only=True) reads back (tuple and None: optimizers' param_groups use them)
-_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, torch.dtype, torch.device)
+_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device)
 
 
 class CheckpointError(ValueError):
@@ -94,15 +95,16 @@ def checkpoint_of(learner: Learner) -> dict[str, Any]:
 
 def _check_loadable(value: Any, where: str) -> None:
     """Refuse what ``torch.load(weights_only=True)`` would refuse, naming where it is."""
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and type(value) in (dict, OrderedDict):
         for key, item in value.items():
             if not isinstance(key, str | int):
                 raise CheckpointError(f"{where}: keys must be strings or ints, got {type(key).__name__}")
             _check_loadable(item, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
+    elif type(value) in (list, tuple, torch.Size):
         for i, item in enumerate(value):
             _check_loadable(item, f"{where}[{i}]")
-    elif not isinstance(value, _LEAVES):
+    elif not (isinstance(value, torch.Tensor) or type(value) in _LEAVES):
+        # exact types: a float subclass such as numpy.float64 passes isinstance but not the load
         raise CheckpointError(
             f"{where} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only "
             "tensors, numbers, strings, None and lists, tuples and dicts of them (it is read with "
@@ -248,7 +250,9 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     if learner.model is None:
         raise CheckpointError(f"loading {name!r} needs l.model, built as when it was saved: set it first")
     model = unwrap(learner.model)
-    checkpoint = read(path, map_location=_device_of(model))
+    # on the CPU: load_state_dict copies onto the parameters' device, and callbacks' records
+    # (HookModule, HookParam) stay host-side
+    checkpoint = read(path, map_location="cpu")
     model_state = _without_wrapper_prefixes(model, checkpoint["model"])
     _check_model(name, model, model_state)
     _check_opt(name, learner.opt, checkpoint.get("opt"))

@@ -140,13 +140,15 @@ class Learner:
         Afterwards the model's train/eval mode is as before; after an exception in a callback,
         ``endRun`` has run and the exception names the callback and the event."""
         self._check_ready()
-        if epochs < 0:
-            raise ValueError(f"Learner.run: epochs must be 0 or more, got {epochs}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"Learner.run: epochs must be an int, 0 or more, got {epochs!r}")
+        if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
+            raise ValueError(f"Learner.run: batches must be an int, 0 or more, or None, got {batches!r}")
         assert self.model is not None
         was_training = self.model.training
-        frozen = self._freeze_selected()
         self.epochs = epochs
         self.batches = self._count_batches(batches)
+        frozen = self._freeze_selected()  # last: from here on, the finally below gives them back
         cancelled: CancelRunException | None = None
         try:
             try:

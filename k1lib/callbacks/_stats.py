@@ -102,7 +102,7 @@ class Reducer:
         )
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._plan(key, tensors)
+            plan = self._plans[key] = self._plan(key, tensors, done)
         groups, order, device = plan
         with torch.no_grad():
             parts = [self._part(kind, indices, tensors, done, device) for kind, indices in groups]
@@ -115,7 +115,9 @@ class Reducer:
                 return torch.index_select(result, 0, order)
             return torch.index_select(result, 0, order, out=into)
 
-    def _plan(self, key: tuple[object, ...], tensors: Sequence[Tensor | None]) -> _Plan:
+    def _plan(
+        self, key: tuple[object, ...], tensors: Sequence[Tensor | None], done: dict[int, Tensor]
+    ) -> _Plan:
         by_shape: dict[object, list[int]] = {}
         large: list[int] = []
         for i, (k, t) in enumerate(zip(key, tensors, strict=True)):
@@ -128,7 +130,7 @@ class Reducer:
             else:
                 large.append(i)
         known = [t for i, t in enumerate(tensors) if t is not None and i not in large and t.numel()]
-        known += [t for i, t in enumerate(tensors) if t is not None and i in large]
+        known += [t for i, t in enumerate(tensors) if t is not None and i in large] + list(done.values())
         device = known[0].device if known else torch.device("cpu")
         groups: _Groups = [("none" if k is None else "stack", g) for k, g in by_shape.items()]
         if large:

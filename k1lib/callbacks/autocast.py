@@ -154,9 +154,9 @@ class Autocast(Callback):
         self._skippedOnDevice = flag if self._skippedOnDevice is None else self._skippedOnDevice + flag
 
     def startStep(self) -> bool:  # noqa: N802
-        if not self.learner.model.training or accumulating(self.learner):
-            return False
-        return self.step()
+        # also in eval mode: when validation batches train (no DontTrainValid), their gradients
+        # are scaled too and must go through the scaler
+        return False if accumulating(self.learner) else self.step()
 
     @property
     def skipped(self) -> int:

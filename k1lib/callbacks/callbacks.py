@@ -213,10 +213,11 @@ class Callbacks:
             try:
                 if handler():
                     answer = True
-            except CancelException:
-                raise
             except BaseException as e:
-                if isinstance(e, Exception) and not getattr(e, "_k1lib_named", False):
+                control = isinstance(e, CancelException)
+                if control and event != "endRun":
+                    raise
+                if isinstance(e, Exception) and not control and not getattr(e, "_k1lib_named", False):
                     e._k1lib_named = True  # type: ignore[attr-defined]
                     note = f"(raised in callback {cb.name!r} during event {event!r})"
                     if hasattr(e, "add_note"):

@@ -12,6 +12,9 @@ before validation, at the end of the run (whatever ended it) and when the callba
 Only training batches are recorded. A module whose output is a tuple, list or dict is
 summarised by its first tensor; one with no tensor output records NaN.
 
+With a float16 GradScaler (``withAutocast(torch.float16)``) the gradients seen here are the
+scaled ones (times the loss scale, and 1/n with ``withGradAccumulation(n)``).
+
 Under ``torch.compile`` the hooks fire (dynamo traces them, splitting the graph where they
 read autograd state), so ``fullgraph=True`` fails while HookModule selects modules: leave it
 out of ``l.css`` or compile without ``fullgraph``.
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .._unwrap import unwrap
 from ._rows import Rows
 from ._selection import selected_modules
 from ._stats import SMALL, STATS, Reducer
@@ -265,12 +269,16 @@ class HookModule(Callback):
     def suspendChanged(self) -> None:  # noqa: N802
         if self.suspended:
             self._uninstall()
+            self._flush()
+            self._clear_batch(len(self._modules))
+            self._running = False  # it may miss endRun: adding recorders is allowed again
 
     # ---- events -------------------------------------------------------------------------------------
     def startRun(self) -> None:  # noqa: N802
         learner = self.learner
         if self._fixed:
-            found = [(path, learner.model.get_submodule(path)) for path in self.names]
+            model = unwrap(learner.model)
+            found = [(path, model.get_submodule(path)) for path in self.names]
         else:
             warn = self._warnedFor != learner.css
             found = selected_modules(learner, "HookModule", warn=warn)

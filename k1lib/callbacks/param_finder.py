@@ -27,10 +27,22 @@ from .callback import Callback, CancelEpochException, CancelRunException
 
 __all__ = ["ParamFinder"]
 
-# callbacks that only shape the batch or report progress keep running during the test; every
-# other one (recorders, autosave, cancel rules) is suspended
-# callbacks that shape each batch as training does (device, precision, dtype) keep running
-_KEPT = ("ModifyBatch", "DType", "ModifyOutput", "ProgressBar", "Device", "Autocast")
+# callbacks that shape each batch as training does (device, precision, dtype) or report progress
+# keep running during the test (and get their state back afterwards); every other one
+# (recorders, autosave, cancel rules) is suspended
+
+
+def _kept() -> tuple[type[Callback], ...]:
+    from .autocast import Autocast
+    from .device import Device
+    from .dtype import DType
+    from .modify_batch import ModifyBatch
+    from .modify_output import ModifyOutput
+    from .progress_bar import ProgressBar
+
+    return (ModifyBatch, DType, ModifyOutput, ProgressBar, Device, Autocast)
+
+
 _TEST_NAME = "_ParamFinderTest"
 _PLOT_DOCS = "Reminder: slice range here is actually [0, 1], because it's kinda hard to slice the normal way"
 
@@ -95,8 +107,10 @@ class ParamFinder(Callback):
         learner._check_ready()
         test = _RangeTest(values, _ratios(learner.opt.param_groups, param), param)
         with _restored(learner):
-            quiet = [cb.name for cb in learner.cbs if type(cb).__name__ not in _KEPT]
-            with learner.cbs.suspend(quiet):
+            kept = _kept()
+            quiet = [cb.name for cb in learner.cbs if not isinstance(cb, kept)]
+            states = [(cb, copy.deepcopy(cb.state_dict())) for cb in learner.cbs if isinstance(cb, kept)]
+            with learner.cbs.suspend(quiet), _states_restored(states):
                 learner.cbs.append(test, _TEST_NAME)
                 try:
                     learner.run(_epochs_for(learner.data.train, len(values)))
@@ -336,6 +350,17 @@ class _OptimizerSnapshot:
             group.update(saved)
 
 
+@contextmanager
+def _states_restored(states: list[tuple[Callback, dict[str, Any]]]) -> Iterator[None]:
+    """Put back the state of the callbacks that ran during the test (a GradScaler's scale)."""
+    try:
+        yield
+    finally:
+        for cb, state in states:
+            if state:
+                cb.load_state_dict(state)
+
+
 class _RngSnapshot:
     """torch's global generators (CPU, and CUDA when initialized) and any ``torch.Generator``
     a loader of ``data`` holds (a DataLoader with a ``seed``)."""
@@ -344,10 +369,11 @@ class _RngSnapshot:
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
         self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
+        from .._checkpoint import _generators
+
         for loader in (getattr(data, "train", None), getattr(data, "valid", None)):
-            for value in getattr(loader, "__dict__", {}).values():
-                if isinstance(value, torch.Generator):
-                    self.generators.append((value, value.get_state()))
+            for _, generator in _generators(loader):
+                self.generators.append((generator, generator.get_state()))
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)

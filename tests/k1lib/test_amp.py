@@ -268,3 +268,14 @@ def test_cuda_bf16_autocast() -> None:
     l.cbs.withCuda().withAutocast().withInspectOutput(lambda y: dtypes.append(y.dtype))
     l.run(1)
     assert set(dtypes) == {torch.bfloat16} and l.Autocast.scaler is None
+
+
+def test_fp16_validation_batches_that_train_step_through_the_scaler() -> None:
+    # without DontTrainValid, validation batches train too: their gradients are scaled as well,
+    # so a plain opt.step() on them would write scaled (or inf) gradients into the weights
+    l = learner()
+    l.cbs.remove("DontTrainValid")
+    l.cbs.withAutocast(torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    l.run(2)
+    assert all(torch.isfinite(p).all() for p in l.model.parameters())
+    assert l.Autocast.skipped < 2 * (len(l.data.train) + len(l.data.valid))

@@ -414,3 +414,35 @@ def test_batches_per_epoch_counts_both_loaders_within_the_limit() -> None:
     assert l.batches == 8 and l.batch == 8
     l.run(1, 2)
     assert l.batches == 4 and l.batch == 4
+
+
+@pytest.mark.parametrize("batches", [-1, "2", 1.5, True])
+def test_a_bad_batches_argument_fails_before_anything_is_frozen(batches: object) -> None:
+    l = learner()
+    l.css = "#0: frozen"
+    with pytest.raises(ValueError, match=r"batches must be an int, 0 or more, or None, got"):
+        l.run(1, batches)  # type: ignore[arg-type]
+    assert all(p.requires_grad for p in l.model.parameters())
+
+
+def test_a_cancel_raised_in_endRun_still_lets_every_callback_clean_up() -> None:
+    l = learner()
+    seen: list[str] = []
+
+    class Early(k1lib.Callback):
+        order = 0
+
+        def endRun(self) -> None:
+            raise k1lib.CancelRunException("stop")
+
+    class Late(k1lib.Callback):
+        order = 99
+
+        def endRun(self) -> None:
+            seen.append("late")
+
+    l.cbs.append(Early()).append(Late())
+    with pytest.raises(k1lib.CancelRunException):
+        l.run(1)
+    assert seen == ["late"]
+    assert all(not m._forward_hooks for m in l.model.modules())

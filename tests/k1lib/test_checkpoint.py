@@ -501,3 +501,31 @@ def test_checkpoints_load_onto_the_models_device() -> None:
         assert v.device.type == "cuda" and torch.equal(v.cpu(), cpu.model.state_dict()[k]), k
     assert back.opt.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
     assert back.run(1).Loss.train[:6] == cpu.Loss.train
+
+
+def test_a_numpy_scalar_in_a_callback_state_is_refused_at_save(tmp_path: Path) -> None:
+    # isinstance(np.float64(.5), float) is True, but torch.load(weights_only=True) refuses it
+    np = pytest.importorskip("numpy")
+
+    class Best(k1lib.Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {"best": np.float64(0.5)}
+
+    l = learner()
+    l.cbs.append(Best())
+    with pytest.raises(CheckpointError, match=r"callbacks\.Best\.state\.best is a numpy"):
+        l.save(tmp_path / "c.pth")
+    assert not (tmp_path / "c.pth").exists()
+
+
+def test_recorded_statistics_stay_on_the_cpu_after_load(tmp_path: Path) -> None:
+    l = learner()
+    l.cbs.remove("Autosave")
+    l.run(1)
+    l.save(tmp_path / "c.pth")
+    other = learner()
+    other.cbs.remove("Autosave")
+    other.load(tmp_path / "c.pth")
+    assert other.HookParam.data.device.type == "cpu"
+    other.run(1)  # appends new rows to the loaded ones
+    assert len(other.HookParam.data) == 2 * len(l.data.train)

@@ -331,3 +331,16 @@ def test_repr_lists_how_to_use_it() -> None:
 def test_the_builder_adds_it() -> None:
     cbs = k1lib.Callbacks().withParamFinder()
     assert isinstance(cbs.ParamFinder, ParamFinder) and ParamFinder.order == 30
+
+
+def test_subclasses_of_batch_shaping_callbacks_keep_running_during_the_test() -> None:
+    from k1lib.callbacks import ModifyBatch
+
+    class Unsqueeze(ModifyBatch):
+        def __init__(self) -> None:
+            super().__init__(lambda x, y: (x[:, None], y))
+
+    l = readme_learner()
+    l.cbs.remove("ModifyBatch")
+    l.cbs.append(Unsqueeze())
+    assert math.isfinite(l.ParamFinder.run())

@@ -314,3 +314,11 @@ def test_reserve_between_flushes_keeps_only_filled_rows() -> None:
     rows.next(torch.device("cpu")).fill_(2)
     rows.flush()
     assert rows.host().reshape(-1).tolist() == [1, 2]
+
+
+def test_rows_reduced_early_set_the_device_when_nothing_else_does() -> None:
+    # every output large (reduced in its hook) and another with no value: the NaN row must be
+    # made where the early rows live ("meta" stands in for a GPU)
+    reducer = Reducer(["means", "stds"])
+    done = {0: reducer.one(torch.randn(SMALL + 1, device="meta"))}
+    assert reducer([None, None], done).device.type == "meta"
