@@ -21,6 +21,8 @@ STATS = ("means", "stds", "mins", "maxs")
 # how a list of tensors is reduced: groups (kind, indices), the gather back to list order, device
 _Groups = list[tuple[str, list[int]]]
 _Plan = tuple[_Groups, "Tensor | None", torch.device]
+# plans kept per reducer (one per list of shapes seen)
+_MAX_PLANS = 64
 # tensors with at most this many elements are stacked with others of their shape
 SMALL = 1 << 16
 
@@ -57,7 +59,8 @@ def _large(t: Tensor, names: Sequence[str]) -> Tensor:
     if not x.is_floating_point():
         x = x.float()
     if x.device.type == "cuda":
-        std, mean = torch.std_mean(x)
+        # float16's range ends at 65504: the variance of scaled gradients would overflow
+        std, mean = torch.std_mean(x.float() if x.dtype == torch.float16 else x)
     else:
         x = _as_float(x)
         mean = x.mean()
@@ -102,6 +105,8 @@ class Reducer:
         )
         plan = self._plans.get(key)
         if plan is None:
+            if len(self._plans) >= _MAX_PLANS:  # shapes that keep changing (variable lengths)
+                self._plans.clear()
             plan = self._plans[key] = self._plan(key, tensors, done)
         groups, order, device = plan
         with torch.no_grad():

@@ -322,3 +322,11 @@ def test_rows_reduced_early_set_the_device_when_nothing_else_does() -> None:
     reducer = Reducer(["means", "stds"])
     done = {0: reducer.one(torch.randn(SMALL + 1, device="meta"))}
     assert reducer([None, None], done).device.type == "meta"
+
+
+def test_the_plan_cache_stays_bounded_when_shapes_keep_changing() -> None:
+    reducer = Reducer(["means"])
+    for n in range(1, 200):  # e.g. sequences of every length
+        out = reducer([torch.ones(n, 2)])
+        assert out[0, 0] == 1.0
+    assert len(reducer._plans) <= 64
