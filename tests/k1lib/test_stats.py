@@ -328,5 +328,5 @@ def test_the_plan_cache_stays_bounded_when_shapes_keep_changing() -> None:
     reducer = Reducer(["means"])
     for n in range(1, 200):  # e.g. sequences of every length
         out = reducer([torch.ones(n, 2)])
-        assert out[0, 0] == 1.0
+        assert abs(out[0, 0].item() - 1.0) < 1e-6
     assert len(reducer._plans) <= 64
