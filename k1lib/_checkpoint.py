@@ -34,7 +34,7 @@ import secrets
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ import torch
 
 import modsel
 
+from ._rng import loader_generators
 from ._unwrap import strip_wrapper_prefixes, unwrap
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ __all__ = ["FORMAT", "VERSION", "CheckpointError", "checkpoint_of", "load", "rea
 FORMAT = "k1lib.checkpoint"
 VERSION = 1
 _COUNTERS = ("epoch", "epochs", "batch", "batches", "progress")
-# where loaders keep their generators (k1lib's DataLoader, torch's DataLoader and its sampler)
-_GENERATOR_PLACES = ("generator", "_generator", "sampler.generator", "batch_sampler.sampler.generator")
 # what torch.load(weights_only=True) reads back (tuple and None: optimizers' param_groups use them)
 _LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device)
 
@@ -406,18 +405,6 @@ def _check_counters(name: str, saved: Mapping[str, Any]) -> dict[str, Any]:
     return counters
 
 
-def _generators(loader: Any) -> Iterator[tuple[str, torch.Generator]]:
-    """The generators a loader draws its order from, by where they sit (each once)."""
-    seen: set[int] = set()
-    for place in _GENERATOR_PLACES:
-        obj = loader
-        for part in place.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.Generator) and id(obj) not in seen:
-            seen.add(id(obj))
-            yield place, obj
-
-
 def _rng_state(learner: Learner) -> dict[str, Any]:
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     # CUDA's generators only where CUDA is already in use: saving must not initialise it
@@ -425,7 +412,7 @@ def _rng_state(learner: Learner) -> dict[str, Any]:
         rng["cuda"] = torch.cuda.get_rng_state_all()
     loaders = {}
     for split in ("train", "valid"):
-        states = {place: g.get_state() for place, g in _generators(getattr(learner.data, split, None))}
+        states = {place: g.get_state() for place, g in loader_generators(getattr(learner.data, split, None))}
         if states:
             loaders[split] = states
     rng["loaders"] = loaders
@@ -466,7 +453,7 @@ def _check_rng(
         todo.append((torch.cuda.set_rng_state_all, states))
     loaders = saved.get("loaders", {})
     for split, places in loaders.items() if isinstance(loaders, dict) else ():
-        ours = dict(_generators(getattr(learner.data, split, None)))
+        ours = dict(loader_generators(getattr(learner.data, split, None)))
         for place, state in places.items() if isinstance(places, dict) else ():
             if place in ours:
                 generator = ours[place]

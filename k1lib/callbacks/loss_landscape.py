@@ -33,6 +33,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from .._rng import RngSnapshot
 from .._unwrap import unwrap
 from .callback import Callback
 
@@ -199,8 +200,7 @@ class _Snapshot:
             for name, b in m.named_buffers(recurse=False)
         ]
         self.modes = [(m, m.training) for m in model.modules()]
-        self.cpu_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
+        self.rng = RngSnapshot()
 
     def restore_buffers(self) -> None:
         for i, (m, name, b, saved, version) in enumerate(self.buffers):
@@ -220,9 +220,7 @@ class _Snapshot:
         self.restore_buffers()
         for m, training in self.modes:
             m.training = training
-        torch.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        self.rng.restore()
 
 
 # ---- evaluating grid points ----------------------------------------------------------------------

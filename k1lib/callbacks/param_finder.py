@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._rng import RngSnapshot
 from .callback import Callback, CancelEpochException, CancelRunException
 
 __all__ = ["ParamFinder"]
@@ -293,7 +294,7 @@ def _restored(learner: Any) -> Iterator[None]:
     block raises."""
     model = _ModelSnapshot(learner.model)
     opt = _OptimizerSnapshot(learner.opt)
-    rng = _RngSnapshot(learner.data)
+    rng = RngSnapshot(learner.data)
     fields = learner._state()
     try:
         yield
@@ -359,25 +360,3 @@ def _states_restored(states: list[tuple[Callback, dict[str, Any]]]) -> Iterator[
         for cb, state in states:
             if state:
                 cb.load_state_dict(state)
-
-
-class _RngSnapshot:
-    """torch's global generators (CPU, and CUDA when initialized) and any ``torch.Generator``
-    a loader of ``data`` holds (a DataLoader with a ``seed``)."""
-
-    def __init__(self, data: Any) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
-        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
-        from .._checkpoint import _generators
-
-        for loader in (getattr(data, "train", None), getattr(data, "valid", None)):
-            for _, generator in _generators(loader):
-                self.generators.append((generator, generator.get_state()))
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        for generator, state in self.generators:
-            generator.set_state(state)
