@@ -27,14 +27,9 @@ import modsel
 
 from ._module_selector import ModuleSelector
 from ._unwrap import unwrap
-from .callbacks.autocast import Autocast
 from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
 from .callbacks.callbacks import Callbacks
-from .callbacks.device import Device
 from .callbacks.dont_train import DontTrain
-from .callbacks.dtype import DType
-from .callbacks.modify_batch import ModifyBatch
-from .callbacks.modify_output import ModifyOutput
 
 __all__ = ["Learner"]
 
@@ -243,8 +238,7 @@ class Learner:
         ybs: list[Any] = []
         ys: list[Any] = []
         recorder = _Recorder(xbs, ybs, ys)
-        shaping = (ModifyBatch, DType, ModifyOutput, Device, Autocast)  # make batches as training does
-        quiet = [cb.name for cb in self.cbs if not isinstance(cb, shaping)]
+        quiet = [cb.name for cb in self.cbs if not cb.shapes_batch]
         state = self._state()
         with self.cbs.suspend(quiet):
             self.cbs.append(recorder, "_Recorder")

@@ -39,6 +39,7 @@ class Autocast(Callback):
     ``torch.amp.GradScaler``) the gradients are scaled (see the module docstring)."""
 
     order = 70  # after GradClipping in startStep: it unscales, then clips, then this steps
+    shapes_batch = True
     doc = """
 - cb.dtype: the autocast dtype
 - cb.scaler: the torch.amp.GradScaler, or None

@@ -73,6 +73,9 @@ class Callback:
     """
 
     order: ClassVar[int] = 10
+    # makes batches, outputs or their precision what training sees (ModifyBatch, DType, Device,
+    # ...): kept running when Learner.record, ParamFinder and LossLandscape suspend the others
+    shapes_batch: ClassVar[bool] = False
     # extra help lines for the repr (after "Callback `Name`, use...")
     doc: ClassVar[str] = ""
 

@@ -127,6 +127,7 @@ class Device(Callback):
     """Moves the model (once a run) and each batch to ``device`` (see the module docstring)."""
 
     order = 5  # before the callbacks of the default order read the batch in startBatch
+    shapes_batch = True
     doc = """
 - cb.device: the device it trains on (with its index once a run has started)
 """

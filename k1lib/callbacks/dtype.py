@@ -13,6 +13,8 @@ class DType(Callback):
     """Move the model's floating-point parameters to ``dtype`` at the start of a run and cast
     each floating-point batch tensor to it (README: bfloat16 data, float32 model)."""
 
+    shapes_batch = True
+
     def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
         if not isinstance(dtype, torch.dtype):

@@ -120,13 +120,10 @@ def _direction(p: Tensor, generator: torch.Generator, filterNorm: bool) -> Tenso
 
 def _validation_batch(learner: Any, samples: int | None) -> tuple[Any, Any]:
     """The first ``samples`` validation samples (the first batch when None), each batch after
-    the learner's Device, ModifyBatch and DType callbacks, which alone see this ``startBatch``."""
-    from .device import Device
-    from .dtype import DType
-    from .modify_batch import ModifyBatch
-
+    the learner's batch-shaping callbacks (Device, ModifyBatch, DType: ``shapes_batch``), which
+    alone see this ``startBatch``."""
     cbs = learner.cbs
-    quiet = [cb.name for cb in cbs if not isinstance(cb, ModifyBatch | DType | Device)]
+    quiet = [cb.name for cb in cbs if not cb.shapes_batch]
     saved = learner.xb, learner.yb
     xbs: list[Any] = []
     ybs: list[Any] = []

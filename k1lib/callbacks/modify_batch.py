@@ -13,6 +13,8 @@ __all__ = ["ModifyBatch"]
 class ModifyBatch(Callback):
     """``xb, yb = f(xb, yb)`` at the start of every batch (README: add a feature dimension)."""
 
+    shapes_batch = True
+
     def __init__(self, f: Callable[[Any, Any], tuple[Any, Any]]) -> None:
         super().__init__()
         self.f = f

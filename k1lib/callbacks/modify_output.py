@@ -13,6 +13,8 @@ __all__ = ["ModifyOutput"]
 class ModifyOutput(Callback):
     """``y = f(y)`` right after the forward pass."""
 
+    shapes_batch = True
+
     def __init__(self, f: Callable[[Any], Any]) -> None:
         super().__init__()
         self.f = f

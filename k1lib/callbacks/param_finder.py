@@ -28,20 +28,15 @@ from .callback import Callback, CancelEpochException, CancelRunException
 
 __all__ = ["ParamFinder"]
 
-# callbacks that shape each batch as training does (device, precision, dtype) or report progress
-# keep running during the test (and get their state back afterwards); every other one
-# (recorders, autosave, cancel rules) is suspended
+# during the test, the callbacks that shape batches (``shapes_batch``) and the progress bar keep
+# running (and get their state back afterwards); every other one (recorders, autosave, cancel
+# rules) is suspended
 
 
-def _kept() -> tuple[type[Callback], ...]:
-    from .autocast import Autocast
-    from .device import Device
-    from .dtype import DType
-    from .modify_batch import ModifyBatch
-    from .modify_output import ModifyOutput
+def _kept(cb: Callback) -> bool:
     from .progress_bar import ProgressBar
 
-    return (ModifyBatch, DType, ModifyOutput, ProgressBar, Device, Autocast)
+    return cb.shapes_batch or isinstance(cb, ProgressBar)
 
 
 _TEST_NAME = "_ParamFinderTest"
@@ -108,9 +103,8 @@ class ParamFinder(Callback):
         learner._check_ready()
         test = _RangeTest(values, _ratios(learner.opt.param_groups, param), param)
         with _restored(learner):
-            kept = _kept()
-            quiet = [cb.name for cb in learner.cbs if not isinstance(cb, kept)]
-            states = [(cb, copy.deepcopy(cb.state_dict())) for cb in learner.cbs if isinstance(cb, kept)]
+            quiet = [cb.name for cb in learner.cbs if not _kept(cb)]
+            states = [(cb, copy.deepcopy(cb.state_dict())) for cb in learner.cbs if _kept(cb)]
             with learner.cbs.suspend(quiet), _states_restored(states):
                 learner.cbs.append(test, _TEST_NAME)
                 try:
