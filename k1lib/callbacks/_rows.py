@@ -42,10 +42,6 @@ class Rows:
         self._used += 1
         return row
 
-    def drop_last(self) -> None:
-        """Forget the row ``next`` last handed out (it was not filled)."""
-        self._used -= 1
-
     def flush(self) -> None:
         """Copy the rows recorded on the device to the host (one transfer)."""
         if not self._chunks:

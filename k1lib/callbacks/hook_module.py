@@ -393,7 +393,6 @@ class HookModule(Callback):
         return len(self.names)
 
     def __getitem__(self, index: int | slice) -> Any:
-        data = self._data()
         if isinstance(index, slice):
             picked = list(range(len(self.names)))[index]
             new = HookModule()
@@ -413,6 +412,7 @@ class HookModule(Callback):
             raise TypeError(f"HookModule[...] takes an int or a slice, got {type(index).__name__}")
         if not -len(self.names) <= index < len(self.names):
             raise IndexError(f"HookModule has {len(self.names)} modules, no index {index}")
+        data = self._data()
         stats = [Stats({k: v[:, index] for k, v in data[d].items()}) for d in _DIRECTIONS]
         return ModuleStats(self.names[index], *stats)
 
@@ -467,7 +467,7 @@ class HookModule(Callback):
         return {
             "names": list(self.names),
             "types": list(self.types),
-            "stats": {d: {k: v for k, v in data[d].items()} for d in _DIRECTIONS},
+            "stats": {d: dict(data[d]) for d in _DIRECTIONS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -286,12 +286,10 @@ def test_rows_keep_every_row_across_chunk_growth_and_flushes(ops: list[tuple[str
     assert rows.host().dtype == torch.float32
 
 
-def test_rows_of_existing_data_continue_and_drop_last_forgets_a_row() -> None:
+def test_rows_of_existing_data_continue() -> None:
     rows = Rows.of(torch.arange(6.0).reshape(3, 2))
     assert len(rows) == 3 and rows.shape == (2,)
     rows.next(torch.device("cpu")).fill_(10)
-    rows.next(torch.device("cpu")).fill_(99)
-    rows.drop_last()
     rows.next(torch.device("cpu")).fill_(11)
     rows.flush()
     assert rows.host().tolist() == [[0, 1], [2, 3], [4, 5], [10, 10], [11, 11]]
