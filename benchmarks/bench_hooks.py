@@ -13,9 +13,7 @@ in CPU time (process_time): on this shared 2-core machine wall time swings with 
 from __future__ import annotations
 
 import argparse
-import gc
 import io
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import k1lib
-from benchmarks.bench_learner import loss_f, mlp_case, readme_case
+from benchmarks.bench_learner import alternate, loss_f, mlp_case, readme_case, report
 from tests.k1lib.helpers import Batches
 
 
@@ -48,22 +46,8 @@ def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: floa
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     plain, hooked = learner(model, data, opt, False), learner(model, data, opt, True)
     plain(), hooked()  # warm up both
-    times: dict[str, list[float]] = {"plain": [], "hooked": []}
-    for _ in range(repeats):
-        for key, fn in (("plain", plain), ("hooked", hooked)):
-            gc.collect()
-            start = time.process_time()
-            fn()
-            times[key].append(time.process_time() - start)
-    ratio = statistics.median(h / p for h, p in zip(times["hooked"], times["plain"], strict=True))
-    batches = len(data.train) + len(data.valid)
-    verdict = "PASS" if ratio <= goal else "FAIL"
-    print(
-        f"{name:34s} without {statistics.median(times['plain']) / batches * 1e6:8.1f} us/batch   "
-        f"with hooks {statistics.median(times['hooked']) / batches * 1e6:8.1f} us/batch   "
-        f"ratio {ratio:5.3f}x  goal <= {goal}x  {verdict}"
-    )
-    return ratio <= goal
+    times = alternate(plain, hooked, repeats, clock=time.process_time)
+    return report(name, ("without", "with hooks"), times, len(data.train) + len(data.valid), goal)
 
 
 def main() -> int:

@@ -75,6 +75,39 @@ def learner_loop(model: nn.Module, data: Batches, opt: torch.optim.Optimizer) ->
     return lambda: l.run(1)
 
 
+def alternate(
+    first: Callable[[], object],
+    second: Callable[[], object],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` runs of each, taken alternately (A, B, A, B, ...) after a
+    ``gc.collect()``: a slow phase of the machine then slows both sides."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times, strict=True):
+            gc.collect()
+            start = clock()
+            fn()
+            out.append(clock() - start)
+    return times
+
+
+def report(
+    name: str, labels: tuple[str, str], times: tuple[list[float], list[float]], batches: int, goal: float
+) -> bool:
+    """Print per-batch medians and the median ratio second / first against ``goal``."""
+    base, other = times
+    ratio = statistics.median(o / b for o, b in zip(other, base, strict=True))
+    verdict = "PASS" if ratio <= goal else "FAIL"
+    print(
+        f"{name:34s} {labels[0]} {statistics.median(base) / batches * 1e6:8.1f} us/batch   "
+        f"{labels[1]} {statistics.median(other) / batches * 1e6:8.1f} us/batch   ratio {ratio:5.3f}x  "
+        f"goal <= {goal}x  {verdict}"
+    )
+    return ratio <= goal
+
+
 def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: float, repeats: int) -> bool:
     torch.manual_seed(0)
     model, data = case()
@@ -82,22 +115,8 @@ def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: floa
     run_learner = learner_loop(model, data, opt)
     raw_loop(model, data, opt)  # warm up both
     run_learner()
-    raw, ours = [], []
-    for _ in range(repeats):
-        for fn, out in ((lambda: raw_loop(model, data, opt), raw), (run_learner, ours)):
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    ratio = statistics.median(o / r for o, r in zip(ours, raw, strict=True))
-    batches = len(data.train) + len(data.valid)
-    verdict = "PASS" if ratio <= goal else "FAIL"
-    print(
-        f"{name:34s} raw {statistics.median(raw) / batches * 1e6:8.1f} us/batch   "
-        f"learner {statistics.median(ours) / batches * 1e6:8.1f} us/batch   ratio {ratio:5.3f}x  "
-        f"goal <= {goal}x  {verdict}"
-    )
-    return ratio <= goal
+    times = alternate(lambda: raw_loop(model, data, opt), run_learner, repeats)
+    return report(name, ("raw", "learner"), times, len(data.train) + len(data.valid), goal)
 
 
 def main() -> int:
