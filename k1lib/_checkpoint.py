@@ -48,7 +48,7 @@ from ._unwrap import strip_wrapper_prefixes, unwrap
 if TYPE_CHECKING:
     from ._learner import Learner
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "checkpoint_of", "load", "read", "save", "write"]
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "checkpoint_of", "load", "read", "write"]
 
 FORMAT = "k1lib.checkpoint"
 VERSION = 1
@@ -156,11 +156,6 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def save(learner: Learner, path: str | os.PathLike[str]) -> None:
-    """Write ``learner``'s checkpoint to ``path`` (see the module docstring)."""
-    write(checkpoint_of(learner), path)
 
 
 # ---- reading -------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 they saw as PNG files.
 
     python -m k1lib [FOLDER]     (default folder: k1lib-demo)
+    torchrun --standalone --nproc_per_node=2 -m k1lib [FOLDER]     (the same on 2 processes)
 
 It prints the annotated module tree, trains (the README's ``newL()``: Adam, CancelOnLowLoss),
 then writes loss.png, HookModule.png, HookParam.png, ParamFinder.png and LossLandscape.png,
-and the run's checkpoints (Autosave), into FOLDER.
+and the run's checkpoints (Autosave), into FOLDER. Under torchrun every rank finds the rate
+and trains (DDP); rank 0 alone prints, draws and writes.
 """
 
 from __future__ import annotations
@@ -80,12 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     l = newL(folder)  # noqa: E741
-    print(l.moduleSelector, end="\n\n")
-    print("Finding a learning rate (ParamFinder):")
+    main = l.rank == 0  # under torchrun: rank 0 prints and writes, every rank trains
+    say = print if main else _quiet
+    say(l.moduleSelector, end="\n\n")
+    say("Finding a learning rate (ParamFinder):")
     finder = l.ParamFinder.plot(samples=1000)[:0.99]
-    finder.save(os.fspath(folder / "ParamFinder.png"))
-    print(f"\nTraining {args.epochs} epochs:")
+    if main:
+        finder.save(os.fspath(folder / "ParamFinder.png"))
+    ranks = f" on {l.worldSize} processes" if l.worldSize > 1 else ""
+    say(f"\nTraining {args.epochs} epochs{ranks}:")
     l.run(args.epochs)
+    if not main:
+        return 0
     l.Loss.plot().save(os.fspath(folder / "loss.png"))
     l.HookModule.plot().save(os.fspath(folder / "HookModule.png"))
     l.HookParam.plot().save(os.fspath(folder / "HookParam.png"))
@@ -96,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     written = sorted(p.name for p in folder.iterdir())
     print(f"wrote {', '.join(written)} to {folder}/ in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    """``print`` on ranks other than 0: nothing."""
 
 
 def _save_figure(result: object, path: Path) -> None:

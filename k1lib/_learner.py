@@ -11,6 +11,10 @@ unless ``epochMode``), ParamFinder (one per batch, only during its test), Autoca
 float16 GradScaler (torch's ``GradScaler.step`` reads one inf flag per step). Loss, HookModule
 and HookParam copy to the host once an epoch; Device, GradAccumulation, GradClipping and bf16
 Autocast never.
+
+Several processes (``torchrun``, or any initialised process group of more than one): the run
+trains a ``DistributedDataParallel`` of the model on each rank's share of the batches, with
+cancels agreed between ranks; only rank 0 prints and writes checkpoints (see ``_distributed``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 
 import modsel
 
+from . import _distributed
 from ._module_selector import ModuleSelector
 from ._unwrap import unwrap
 from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
@@ -60,6 +65,8 @@ class Learner:
         self.y: Any = None
         self.loss: Any = None
         self.progress = 0.0
+        self.ddpKwargs: dict[str, Any] = {}
+        self._sync: _distributed.Session | None = None
 
     # ---- configuration --------------------------------------------------------------------------
     @property
@@ -112,6 +119,16 @@ class Learner:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise AttributeError(f"Learner has no attribute or callback {name!r}{hint}")
 
+    @property
+    def rank(self) -> int:
+        """This process's rank among those training together (0 in one process)."""
+        return _distributed.rank()
+
+    @property
+    def worldSize(self) -> int:  # noqa: N802
+        """How many processes train together (1 without torch.distributed)."""
+        return _distributed.world_size()
+
     def _check_ready(self) -> None:
         missing = [
             (name, how)
@@ -141,26 +158,50 @@ class Learner:
             raise ValueError(f"Learner.run: batches must be an int, 0 or more, or None, got {batches!r}")
         assert self.model is not None
         was_training = self.model.training
+        model = self.model
+        sync = _distributed.Session.begin(self)
+        self._sync = sync
         self.epochs = epochs
-        self.batches = self._count_batches(batches)
+        try:
+            self.batches = self._count_batches(batches)
+        except BaseException:
+            self._sync = None
+            raise
         frozen = self._freeze_selected()  # last: from here on, the finally below gives them back
         cancelled: CancelRunException | None = None
         try:
             try:
-                self.cbs("startRun")
+                self._fire("startRun")
+                if sync is not None:
+                    sync.wrap()
                 for self.epoch in range(epochs):
                     self._epoch(batches)
             except CancelRunException as e:
                 cancelled = e
                 self.cbs("cancelRun")  # the progress bar writes its last line here
-                print(f"Run cancelled: {cancelled}.")
+                if self.rank == 0:
+                    print(f"Run cancelled: {cancelled}.")
             finally:
-                self.cbs("endRun")
+                self._fire("endRun")
         finally:
-            self.model.train(was_training)
+            if sync is not None:
+                sync.unwrap()
+            self._sync = None
+            model.train(was_training)
             for param, flag in frozen:
                 param.requires_grad_(flag)
         return self
+
+    def _fire(self, event: str) -> bool:
+        """``cbs(event)``; with several processes, agreed between them (see ``_distributed``)."""
+        sync = self._sync
+        if sync is None:
+            return self.cbs(event)
+        try:
+            answer = self.cbs(event)
+        except BaseException as e:
+            sync.settle(e, event)
+        return sync.settle(None, event, answer)
 
     def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
         """Freeze the parameters of modules whose props name ``frozen`` (explicitly: ``all``
@@ -182,7 +223,7 @@ class Learner:
         total = 0
         for loader in (self.data.train, self.data.valid):
             try:
-                size = len(loader)
+                size = len(loader) if self._sync is None else self._sync.length(loader)
             except TypeError:
                 return 0
             total += size if limit is None else min(size, limit)
@@ -192,36 +233,79 @@ class Learner:
         assert self.model is not None
         self.batch = 0
         try:
-            self.cbs("startEpoch")
+            self._fire("startEpoch")
             self.model.train()
             self._loader(self.data.train, limit)
             self.model.eval()
-            self.cbs("startValidBatches")
+            self._fire("startValidBatches")
             self._loader(self.data.valid, limit)
         except CancelEpochException:
-            self.cbs("cancelEpoch")
-        self.cbs("endEpoch")
+            self._fire("cancelEpoch")
+        self._fire("endEpoch")
 
     def _loader(self, loader: Iterable[Any], limit: int | None) -> None:
+        if self._sync is not None:
+            self._agreed_loader(self._sync, loader, limit)
+            return
         for i, batch in enumerate(loader):
             if limit is not None and i >= limit:
                 break
             self._batch(batch)
             self.batch += 1
 
+    def _agreed_loader(self, sync: _distributed.Session, loader: Iterable[Any], limit: int | None) -> None:
+        """``_loader`` for one rank of several: its share of the batches; the next batch is
+        fetched before the end-of-batch agreement, so all ranks stop together."""
+        batches = sync.batches(loader, self.epoch)
+        count = 0
+
+        def take() -> tuple[Any, bool, BaseException | None]:
+            if limit is not None and count >= limit:
+                return None, True, None
+            try:
+                return next(batches), False, None
+            except StopIteration:
+                return None, True, None
+            except BaseException as e:
+                return None, False, e
+
+        batch, ended, held = take()
+        ended = sync.settle(held, "fetch", ended)
+        while not ended:
+            doing = ""
+            try:
+                self._batch(batch)
+            except BaseException as e:  # agreed below, then raised on every rank
+                held = e
+            self.batch += 1
+            count += 1
+            if held is None:
+                batch, ended, held = take()
+                doing = "fetching a batch"
+            ended = sync.settle(held, "endBatch", ended, doing)
+
     def _batch(self, batch: Any) -> None:
         assert self.model is not None and self.opt is not None and self.lossF is not None
         cbs = self.cbs
+        sync = self._sync
         try:
-            self.xb, self.yb = batch
-            cbs("startBatch")
-            cbs("startPass")
-            self.y = self.model(self.xb)
-            cbs("endPass")
-            cbs("startLoss")
-            self.loss = self.lossF(self.y, self.yb)
-            cbs("endLoss")
-            if not cbs("startBackward"):
+            try:
+                self.xb, self.yb = batch
+                cbs("startBatch")
+                cbs("startPass")
+                self.y = self.model(self.xb)
+                cbs("endPass")
+                cbs("startLoss")
+                self.loss = self.lossF(self.y, self.yb)
+                cbs("endLoss")
+                skip = cbs("startBackward")
+            except BaseException as e:
+                if sync is None:
+                    raise
+                sync.settle(e, "startBackward")  # raises what the ranks agree on
+            if sync is not None:  # no rank goes into backward's all-reduce alone
+                skip = sync.settle(None, "startBackward", skip)
+            if not skip:
                 self.loss.backward()
             if not cbs("startStep"):
                 self.opt.step()
@@ -262,10 +346,14 @@ class Learner:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint: the state_dicts of the model, the optimizer and each callback, the
-        css and the epoch (``torch.save`` to a temporary file, renamed into place)."""
-        from ._checkpoint import save
+        css and the epoch (``torch.save`` to a temporary file, renamed into place). With
+        several processes only rank 0 writes (during a run, call it on every rank: callbacks'
+        states may be averaged across ranks first)."""
+        from ._checkpoint import checkpoint_of, write
 
-        save(self, path)
+        checkpoint = checkpoint_of(self)
+        if self.rank == 0:
+            write(checkpoint, path)
 
     def load(self, path: str | os.PathLike[str]) -> Learner:
         """Restore what ``save`` wrote (``torch.load(weights_only=True)``): a resumed run

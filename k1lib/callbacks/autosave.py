@@ -28,7 +28,9 @@ class Autosave(Callback):
     is seen as the exception in flight when the Learner fires ``endRun`` from its ``finally``.
     The new checkpoint is written completely before any file is shifted, so a failed save (a
     full disk, a crash) leaves the previous rotation whole. ``Learner.record()`` suspends this
-    callback, so recording saves nothing.
+    callback, so recording saves nothing. With several processes only rank 0 writes and
+    prints; the run's last agreement comes after, so no rank leaves the run before the file
+    is there.
     """
 
     doc = """
@@ -66,10 +68,13 @@ class Autosave(Callback):
                 os.replace(newer, self._path(i))
 
     def save(self) -> Path:
-        """Save the learner as the newest checkpoint, shifting the older ones; returns its path."""
+        """Save the learner as the newest checkpoint, shifting the older ones; returns its path.
+        With several processes, every rank builds the checkpoint and rank 0 writes it."""
         from .._checkpoint import checkpoint_of, write
 
         checkpoint = checkpoint_of(self.learner)
+        if self.learner.rank != 0:
+            return self._path(self.keep - 1)
         Path(self.directory).mkdir(parents=True, exist_ok=True)
         return write(checkpoint, self._path(self.keep - 1), before_replace=self._shift)
 
@@ -91,4 +96,6 @@ class Autosave(Callback):
                 os.fspath(self.directory),
             )
             return
-        print(f"Saved to {self.save()}")
+        path = self.save()
+        if self.learner.rank == 0:
+            print(f"Saved to {path}")

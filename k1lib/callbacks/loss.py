@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .. import _distributed
 from .callback import Callback
 
 __all__ = ["Loss"]
@@ -25,7 +26,8 @@ class _EpochLosses:
 class Loss(Callback):
     """Losses of every batch (``train``, ``valid``) and epoch means (``epoch.train``,
     ``epoch.valid``). Losses stay tensors during an epoch and reach the host once at its
-    end: no device sync per batch."""
+    end: no device sync per batch. With several processes each loss is the mean over the
+    ranks (every rank holds the same lists)."""
 
     order = 20
     doc = """
@@ -47,11 +49,21 @@ class Loss(Callback):
         self._pending[learner.model.training].append(learner.loss.detach())
 
     def _flush(self) -> None:
+        # with several processes, each loss becomes the mean over ranks (every rank flushes
+        # at the same points, empty lists too, as the averaging is a collective)
+        sync = _distributed.session(self.cbs.learner if self.cbs is not None else None)
         for training, pending in self._pending.items():
-            if not pending:
+            if not pending and sync is None:
                 continue
-            values = torch.stack([p.float().reshape(()) for p in pending]).cpu().tolist()
+            losses = (
+                torch.stack([p.float().reshape(()) for p in pending]).cpu() if pending else torch.zeros(0)
+            )
+            if sync is not None:
+                losses = sync.average(losses)
             pending.clear()
+            values = losses.tolist()
+            if not values:
+                continue
             (self.train if training else self.valid).extend(values)
             (self.epoch.train if training else self.epoch.valid).append(sum(values) / len(values))
 

@@ -33,6 +33,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from .. import _distributed
 from .._rng import RngSnapshot
 from .._unwrap import unwrap
 from .callback import Callback
@@ -418,6 +419,8 @@ class _Progress:
         self._show("Finished", True)
 
     def _show(self, word: str, draw: bool) -> None:
+        if _distributed.rank() != 0:
+            return  # with several processes, rank 0 shows progress
         fraction = self.done_points / (self.total * self.points)
         line = (
             f"Progress: {round(100 * fraction):3}%          {self.done}/{self.total} "

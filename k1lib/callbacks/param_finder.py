@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import _distributed
 from .._rng import RngSnapshot
 from .callback import Callback, CancelEpochException, CancelRunException
 
@@ -122,7 +123,8 @@ class ParamFinder(Callback):
         from ..viz import SliceablePlot
 
         suggestion = self.run(samples, start, end, param)
-        print(f"Suggested param: {suggestion}")
+        if _distributed.rank() == 0:
+            print(f"Suggested param: {suggestion}")
         params, losses = list(self.params), list(self.losses)
         smoothed = _smooth(losses)
 
@@ -259,7 +261,7 @@ def _epochs_for(loader: Any, samples: int) -> int:
     """Epochs enough for ``samples`` training batches (each at least 1 when the loader has no
     length)."""
     try:
-        size = len(loader)
+        size = _distributed.batches_per_rank(loader)  # with several processes: one rank's share
     except TypeError:
         return samples
     return math.ceil(samples / max(size, 1))

@@ -16,7 +16,8 @@ class ProgressBar(Callback):
 
     On a terminal or in Jupyter the line is redrawn in place (at most ``refresh`` times a
     second); when output goes to a file or a CI log, a full line is printed at most every
-    ``logEvery`` seconds and once at the end, never thousands of carriage returns."""
+    ``logEvery`` seconds and once at the end, never thousands of carriage returns. With
+    several processes only rank 0 prints."""
 
     def __init__(self, refresh: float = 10.0, logEvery: float = 10.0, stream: TextIO | None = None) -> None:  # noqa: N803
         super().__init__()
@@ -33,7 +34,7 @@ class ProgressBar(Callback):
 
     def startRun(self) -> None:  # noqa: N802
         self._start = self._last = time.perf_counter()
-        self._done = False
+        self._done = self.learner.rank != 0  # other ranks print nothing
         out = self._out()
         self._interactive = bool(getattr(out, "isatty", lambda: False)()) or "ipykernel" in sys.modules
 
@@ -50,6 +51,8 @@ class ProgressBar(Callback):
         )
 
     def endBatch(self) -> None:  # noqa: N802
+        if self._done:
+            return
         now = time.perf_counter()
         every = 1 / self.refresh if self._interactive else self.logEvery
         if now - self._last < every:
@@ -67,7 +70,8 @@ class ProgressBar(Callback):
 
     def cancelRun(self) -> None:  # noqa: N802
         # the last line comes before the learner's "Run cancelled: ..." message
-        self._write()
+        if not self._done:
+            self._write()
         self._done = True
 
     def endRun(self) -> None:  # noqa: N802

@@ -1,0 +1,351 @@
+"""Training in several processes with ``torch.distributed``: what ``Learner.run`` does when a
+process group of more than one process is there (or ``torchrun``'s environment asks for one).
+
+- The model is wrapped in ``DistributedDataParallel`` for the run (``l.ddpKwargs`` go to it;
+  a model the user wrapped already is used as it is), and unwrapped afterwards.
+- Each epoch's batches are dealt out: of every ``world`` consecutive batches a loader gives,
+  rank ``r`` trains on the ``r``-th; a last incomplete group is dropped, so every rank runs the
+  same number of batches (DDP's all-reduce needs that). A loader whose sampler is a
+  ``DistributedSampler`` is already a shard: it gets ``set_epoch`` instead. Shuffled k1lib
+  ``DataLoader``s and torch ``RandomSampler``s draw their order from a seed rank 0 draws each
+  epoch and sends to all: a new order every epoch, the same on every rank.
+- Cancels and errors are agreed. A callback that cancels (or fails) on one rank must not leave
+  the others waiting in DDP's all-reduce, so what each rank raised is held until the next
+  *agreement point* and exchanged there: the most serious one (batch < epoch < run < error)
+  is raised on every rank at once, with the message of the rank that raised it. The points: a
+  run's events outside batches (``startRun``, ``startEpoch``, ...), just before ``backward``,
+  and at the end of every batch, where the next batch is fetched first so a loader that fails
+  or runs out on one rank is agreed too. Two exchanges of four integers a batch, on a CPU
+  ``gloo`` group of their own: no device sync.
+- Every exchange starts with the same header (what it is for), so ranks that are out of step
+  (one at ``endRun``, one before ``backward``) see it and raise a clear error instead of
+  pairing unrelated collectives or hanging; the session then makes no more collectives.
+
+What cannot be agreed: a failure inside a collective itself (an out-of-memory error in
+``backward`` on one rank) leaves the other ranks in DDP's all-reduce until its timeout;
+``torchrun`` ends the other processes when one exits with an error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .callbacks.callback import (
+    EVENTS,
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelRunException,
+)
+
+if TYPE_CHECKING:
+    from ._learner import Learner
+
+__all__ = [
+    "OutOfStepError",
+    "Session",
+    "batches_per_rank",
+    "init_from_environment",
+    "rank",
+    "session",
+    "world_size",
+]
+
+_LEVELS: tuple[type[CancelException], ...] = (CancelBatchException, CancelEpochException, CancelRunException)
+_ERROR = len(_LEVELS) + 1
+# what an exchange is for (its header's kind): the events, fetching the next batch, drawing an
+# epoch's order and averaging losses
+_KINDS = {name: i + 1 for i, name in enumerate((*EVENTS, "fetch", "seed", "average"))}
+_KIND_NAMES = {kind: name for name, kind in _KINDS.items()}
+# where an error was raised, by agreement point
+_PHRASES = {
+    "startBackward": "in the batch (before backward)",
+    "endBatch": "in the batch (after backward)",
+    "fetch": "fetching a batch",
+}
+_UNUSED_HINT = (
+    "k1lib: under DDP every parameter that requires a gradient must take part in the loss. "
+    "Let DDP look for unused ones each step (slower) with l.ddpKwargs = {'find_unused_parameters': True}, "
+    'or freeze the unused modules for the run (l.css = "... {frozen}").'
+)
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Processes in the default group; before one is initialised, what ``torchrun`` asks for
+    (``WORLD_SIZE``), else 1."""
+    if _initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank (``RANK`` before the group is initialised; 0 in one process)."""
+    if _initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def session(learner: Any) -> Session | None:
+    """The distributed session of ``learner``'s current run, None outside runs and in one
+    process."""
+    found = getattr(learner, "_sync", None)
+    return found if isinstance(found, Session) else None
+
+
+def batches_per_rank(loader: Any) -> int:
+    """The batches each rank runs from ``loader`` an epoch (TypeError when it has no length)."""
+    size = len(loader)
+    return size if _is_sharded(loader) else size // max(world_size(), 1)
+
+
+def init_from_environment() -> bool:
+    """Initialise the default process group when ``torchrun`` (or anything that sets its
+    variables) asks for more than one process and none is initialised; True if it did.
+    CUDA processes use ``nccl`` for CUDA tensors (on ``cuda:LOCAL_RANK``) and ``gloo`` for CPU
+    ones; others ``gloo``."""
+    if _initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_available():
+        raise RuntimeError(
+            "WORLD_SIZE > 1 asks for several processes, but this torch has no torch.distributed"
+        )
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for several processes, but {', '.join(missing)} "
+            "is not set; launch with torchrun (torchrun --standalone --nproc_per_node=N script.py)"
+        )
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group("gloo")
+    atexit.register(_destroy)
+    return True
+
+
+def _destroy() -> None:
+    if _initialized():
+        dist.destroy_process_group()
+
+
+# the control group of the current default group: made once, by every rank (new_group is a
+# collective), the first time a run needs it
+_control: tuple[Any, Any] | None = None
+
+
+def _control_group() -> Any:
+    global _control
+    world = dist.group.WORLD
+    if _control is None or _control[0] is not world:
+        _control = (world, dist.new_group(backend="gloo"))
+    return _control[1]
+
+
+def _level(error: BaseException | None) -> int:
+    if error is None:
+        return 0
+    for i, kind in enumerate(_LEVELS):
+        if isinstance(error, kind):
+            return i + 1
+    return _ERROR
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "nothing raised"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class OutOfStepError(RuntimeError):
+    """Ranks reached different agreement points (a loader failed or ran out on one rank, or
+    the ranks run different code)."""
+
+
+class Session:
+    """One run's distributed state (see the module docstring); made by ``Learner.run``."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.group = _control_group()
+        self.broken = False  # after an out-of-step error: no more collectives
+        self._original: nn.Module | None = None
+
+    @staticmethod
+    def begin(learner: Learner) -> Session | None:
+        """A session when this process is one of several, else None."""
+        init_from_environment()
+        if not _initialized() or dist.get_world_size() == 1:
+            return None
+        return Session(learner)
+
+    # ---- the model ------------------------------------------------------------------------------
+    def wrap(self) -> None:
+        """Put the model in DDP for the run (its constructor sends rank 0's weights to all)."""
+        learner = self.learner
+        model = learner.model
+        assert model is not None
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return
+        devices = {p.device for p in model.parameters()}
+        single = next(iter(devices)) if len(devices) == 1 else None
+        ids = [single] if single is not None and single.type != "cpu" else None
+        self._original = model
+        learner.model = nn.parallel.DistributedDataParallel(model, device_ids=ids, **learner.ddpKwargs)
+
+    def unwrap(self) -> None:
+        if self._original is not None:
+            self.learner.model = self._original
+            self._original = None
+
+    # ---- agreement ------------------------------------------------------------------------------
+    def _header(self, kind: int, level: int = 0, value: int = 0) -> tuple[int, int]:
+        """Exchange (level, value, kind) with every rank: the largest level and value; an
+        ``OutOfStepError`` when the ranks are at different kinds of exchange."""
+        t = torch.tensor([level, value, kind, -kind], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        top, most, high, negative_low = t.tolist()
+        if high != -negative_low:
+            self._out_of_step(kind)
+        return int(top), int(most)
+
+    def _out_of_step(self, kind: int) -> None:
+        in_flight = sys.exc_info()[1]
+        where = f"{_KIND_NAMES[kind]!r} ({self._position()})"
+        if in_flight is not None:
+            where += f" after {_describe(in_flight)}"
+        seen: list[Any] = [None] * self.world
+        dist.all_gather_object(seen, where, group=self.group)
+        self.broken = True
+        lines = "\n".join(f"  rank {r}: at {w}" for r, w in enumerate(seen))
+        raise OutOfStepError(
+            "the ranks are out of step: every rank must run the same batches and events; "
+            f"each rank's loader must give the same number of batches. Where each was:\n{lines}"
+        )
+
+    def _position(self) -> str:
+        learner = self.learner
+        return f"epoch {learner.epoch}, batch {learner.batch}"
+
+    def settle(self, held: BaseException | None, at: str, value: bool = False, doing: str = "") -> bool:
+        """Agree at ``at`` (an event, or ``"fetch"``) on what each rank ``held`` (raised since
+        the last agreement): raise the most serious on every rank, or return whether any
+        rank's ``value`` is set (``startBackward`` asking to skip ``backward``, ``fetch``
+        finding a loader at its end). ``doing`` says what raised ``held``, for the others'
+        message (default: what happens before ``at``)."""
+        if self.broken:
+            if held is not None:
+                raise held
+            return value
+        level = _level(held)
+        if level == _ERROR and "find_unused_parameters" in str(held):
+            held.add_note(_UNUSED_HINT)  # type: ignore[union-attr]
+        top, most = self._header(_KINDS[at], level, int(value))
+        if top == 0:
+            return bool(most)
+        said: list[Any] = [None] * self.world
+        where = f"{doing or _PHRASES.get(at, f'in {at!r}')} ({self._position()})"
+        dist.all_gather_object(said, (level, type(held).__name__, str(held), where), group=self.group)
+        if held is not None and level == top:
+            raise held
+        source = min(r for r, (lv, *_) in enumerate(said) if lv == top)
+        _, name, text, where = said[source]
+        if top == _ERROR:
+            raise RuntimeError(f"rank {source} failed {where} with {name}: {text}; every rank stops")
+        raise _LEVELS[top - 1](f"{text} (on rank {source})")
+
+    # ---- data -----------------------------------------------------------------------------------
+    def length(self, loader: Any) -> int:
+        """Batches this rank runs from ``loader`` (raises TypeError when it has no length)."""
+        return batches_per_rank(loader)
+
+    def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
+        """This rank's share of ``loader``'s batches this epoch (see the module docstring)."""
+        if _is_sharded(loader):
+            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            return iter(loader)
+        return self._dealt(self._ordered(loader))
+
+    def _dealt(self, batches: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            group = list(itertools.islice(batches, self.world))
+            if len(group) < self.world:
+                return
+            yield group[self.rank]
+
+    def _ordered(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """``iter(loader)``, shuffled (where we know how) from a seed agreed with rank 0."""
+        from .data import DataLoader
+
+        holder: Any = None
+        attribute = ""
+        if isinstance(loader, DataLoader) and loader.shuffle:
+            holder, attribute = loader, "_generator"
+        elif isinstance(loader, torch.utils.data.DataLoader) and isinstance(
+            loader.sampler, torch.utils.data.RandomSampler
+        ):
+            holder, attribute = loader.sampler, "generator"
+        if holder is None:
+            return iter(loader)
+        own = getattr(holder, attribute)
+        generator = torch.Generator().manual_seed(self._seed(own))
+        setattr(holder, attribute, generator)
+        try:
+            batches = iter(loader)
+            # a RandomSampler draws its order when its first index is taken: take it now
+            first = next(batches, _END)
+        finally:
+            setattr(holder, attribute, own)
+        return batches if first is _END else itertools.chain([first], batches)
+
+    def _seed(self, generator: torch.Generator | None) -> int:
+        """A seed drawn from ``generator`` (torch's global one when None) on every rank,
+        rank 0's sent to all: the loader's own random stream advances as in one process."""
+        drawn = int(torch.randint(0, 2**62, (1,), generator=generator))
+        if self.broken:
+            return drawn
+        self._header(_KINDS["seed"])
+        t = torch.tensor([drawn], dtype=torch.int64)
+        dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
+        return int(t)
+
+    # ---- results --------------------------------------------------------------------------------
+    def average(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of ``values`` (1-d, on the CPU), position by position; ranks
+        with fewer values count only where they have one."""
+        if self.broken:
+            return values
+        _, longest = self._header(_KINDS["average"], value=len(values))
+        both = torch.zeros(2 * longest, dtype=torch.float64)
+        both[: len(values)] = values.double()
+        both[longest : longest + len(values)] = 1
+        dist.all_reduce(both, group=self.group)
+        return (both[:longest] / both[longest:].clamp(min=1)).to(values.dtype)
+
+
+class _End:
+    pass
+
+
+_END = _End()
+
+
+def _is_sharded(loader: Any) -> bool:
+    sampler = getattr(loader, "sampler", None)
+    return isinstance(sampler, torch.utils.data.distributed.DistributedSampler)

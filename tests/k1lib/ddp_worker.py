@@ -1,0 +1,251 @@
+"""One rank of the 2-process DDP test (``test_distributed.py`` launches it with torchrun).
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 ddp_worker.py OUT
+
+Each rank works in ``OUT/rank{r}`` (so Autosave's files show which rank wrote them), sends its
+stdout to ``OUT/rank{r}/stdout.txt`` and runs the scenarios below in order, saving what the
+test checks to ``OUT/rank{r}/results.pt``. The test process computes the single-process
+reference itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import k1lib
+from k1lib import Callback, CancelRunException
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(1, 8)
+        self.b = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x[:, None])))[:, 0]  # type: ignore[no-any-return]
+
+
+class Unused(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare = nn.Linear(2, 2)  # never used in forward
+
+
+def loss_f(y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    return ((y - yb) ** 2).mean()
+
+
+def dataset() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.linspace(-2, 2, 480)
+    return x, torch.sin(2 * x)
+
+
+class Seen(Callback):
+    """Keeps the x of every training batch, to check the shards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.xbs: list[torch.Tensor] = []
+
+    def startBatch(self) -> None:
+        if self.learner.model.training:
+            self.xbs.append(self.learner.xb.clone())
+
+
+class Fail(Callback):
+    """On rank 1 only: raise ``what`` at ``event`` of training batch ``at``."""
+
+    def __init__(self, event: str, at: int, what: BaseException) -> None:
+        super().__init__()
+        self.at, self.what = at, what
+        setattr(self, event, self._maybe)
+
+    def _maybe(self) -> None:
+        learner = self.learner
+        if learner.rank == 1 and learner.model.training and learner.batch == self.at:
+            raise self.what
+
+
+def learner(model: nn.Module, batch_size: int = 20) -> Any:
+    l = k1lib.Learner()
+    l.model = model
+    l.data = k1lib.data.Data.fromDataset(dataset(), batchSize=batch_size)
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.05, momentum=0.9)
+    l.lossF = loss_f
+    for name in ("LossLandscape", "HookModule", "HookParam", "ParamFinder"):
+        l.cbs.remove(name)
+    return l
+
+
+def train(rank: int) -> dict[str, Any]:
+    torch.manual_seed(100 + rank)  # different on each rank: DDP sends rank 0's weights
+    model = Net()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)  # the split of fromDataset: the same on both ranks
+    l = learner(model)
+    l.cbs.append(Seen())
+    l.run(2)
+    return {
+        "initial": initial,
+        "final": {k: v.clone() for k, v in l.model.state_dict().items()},
+        "xbs": l.Seen.xbs,
+        "train_x": l.data.train.x.clone(),
+        "train": list(l.Loss.train),
+        "valid": list(l.Loss.valid),
+        "batches": l.batches,
+        "model_type": type(l.model).__name__,
+    }
+
+
+def cancelled(rank: int, event: str, at: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(Fail(event, at, CancelRunException(f"rank 1 stops at {event}")))
+    l.run(3)
+    return {"train": list(l.Loss.train), "final": {k: v.clone() for k, v in l.model.state_dict().items()}}
+
+
+def failed(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(Fail("endLoss", 2, ValueError("bad batch on rank 1")))
+    try:
+        l.run(1)
+    except Exception as e:
+        return {"type": type(e).__name__, "message": str(e)}
+    return {"type": None}
+
+
+def unused(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Unused())
+    try:
+        l.run(1)
+    except Exception as e:
+        return {"type": type(e).__name__, "message": str(e), "notes": getattr(e, "__notes__", [])}
+    return {"type": None}
+
+
+def plain_lists(rank: int) -> dict[str, Any]:
+    """Lists of batches (no sampler, no length agreement needed): 7 batches deal 3 a rank."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    x, y = dataset()
+    l.data = k1lib.data.Data(list(zip(x[:70].split(10), y[:70].split(10), strict=True)), [(x[:10], y[:10])])
+    l.cbs.append(Seen())
+    l.run(1)
+    return {"batches": l.batches, "xbs": l.Seen.xbs}
+
+
+def torch_loader(rank: int) -> dict[str, Any]:
+    """A torch DataLoader with shuffle=True: the same order on both ranks, each epoch a new one."""
+    torch.manual_seed(1000 + rank)  # the global generators differ: the order must still agree
+    l = learner(Net())
+    dataset_ = torch.utils.data.TensorDataset(*dataset())
+    l.data = k1lib.data.Data(
+        torch.utils.data.DataLoader(dataset_, batch_size=40, shuffle=True), [dataset_[:10]]
+    )
+    l.cbs.append(Seen())
+    l.run(2)
+    return {"xbs": l.Seen.xbs}
+
+
+def param_finder(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.withParamFinder()
+    suggestion = l.ParamFinder.run(samples=30)
+    return {"suggestion": suggestion, "losses": len(l.ParamFinder.losses)}
+
+
+def out_of_step(rank: int) -> dict[str, Any]:
+    """Rank 0 runs 2 epochs, rank 1 one: both must raise, neither hang."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    try:
+        l.run(2 if rank == 0 else 1)
+    except Exception as e:
+        return {"type": type(e).__name__, "message": str(e)}
+    return {"type": None}
+
+
+class Flaky:
+    """Batches of 10 samples; on rank 1 the 5th fails to load."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __iter__(self) -> Any:
+        x, y = dataset()
+        for i, (xb, yb) in enumerate(zip(x[:80].split(10), y[:80].split(10), strict=True)):
+            if self.rank == 1 and i == 4:
+                raise OSError("cannot read shard 4")
+            yield xb, yb
+
+
+def fetch_failure(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.data = k1lib.data.Data(Flaky(rank), [])
+    try:
+        l.run(1)
+    except Exception as e:
+        return {"type": type(e).__name__, "message": str(e)}
+    return {"type": None}
+
+
+class Shorter(torch.utils.data.distributed.DistributedSampler):  # type: ignore[type-arg]
+    """A DistributedSampler that gives rank 1 one batch fewer than rank 0."""
+
+    def __iter__(self) -> Any:
+        indices = list(super().__iter__())
+        return iter(indices[:-10] if self.rank == 1 else indices)
+
+
+def uneven(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Net())
+    dataset_ = torch.utils.data.TensorDataset(*dataset())
+    sampler = Shorter(dataset_, shuffle=False)
+    l.data = k1lib.data.Data(torch.utils.data.DataLoader(dataset_, batch_size=10, sampler=sampler), [])
+    l.cbs.append(Seen())
+    l.run(1)
+    return {"trained": len(l.Seen.xbs), "final": {k: v.clone() for k, v in l.model.state_dict().items()}}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    rank = int(os.environ["RANK"])
+    mine = out / f"rank{rank}"
+    mine.mkdir(parents=True, exist_ok=True)
+    os.chdir(mine)
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {}
+    with open("stdout.txt", "w") as stdout:
+        sys.stdout = stdout
+        results["train"] = train(rank)
+        results["cancel_endLoss"] = cancelled(rank, "endLoss", 3)
+        results["cancel_endBatch"] = cancelled(rank, "endBatch", 5)
+        results["failed"] = failed(rank)
+        results["unused"] = unused(rank)
+        results["plain_lists"] = plain_lists(rank)
+        results["torch_loader"] = torch_loader(rank)
+        results["param_finder"] = param_finder(rank)
+        results["out_of_step"] = out_of_step(rank)
+        results["fetch_failure"] = fetch_failure(rank)
+        results["uneven"] = uneven(rank)
+        sys.stdout = sys.__stdout__
+    torch.save(results, "results.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""DDP: two CPU processes (gloo) launched by torchrun, against a single-process reference.
+
+``ddp_worker.py`` runs every scenario in one launch (a launch costs seconds) and saves what
+each rank saw; the tests here read it. Bounded in time: a hang fails the test, it does not
+stall CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import k1lib
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+
+import ddp_worker  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("ddp")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(out),
+    ]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the 2-process run did not finish in 300 s (a hang?); output:\n{e.stdout}\n{e.stderr}")
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    found = []
+    for rank in range(2):
+        results = torch.load(out / f"rank{rank}" / "results.pt", weights_only=False)
+        results["stdout"] = (out / f"rank{rank}" / "stdout.txt").read_text()
+        results["files"] = sorted(p.name for p in (out / f"rank{rank}").iterdir())
+        found.append(results)
+    return found
+
+
+def reference(
+    initial: dict[str, torch.Tensor], steps: list[torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One process training on ``steps`` (the x of each global batch) from ``initial``."""
+    model = ddp_worker.Net()
+    model.load_state_dict(initial)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for xb in steps:
+        loss = ddp_worker.loss_f(model(xb), torch.sin(2 * xb))
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.state_dict(), losses
+
+
+def test_two_ranks_train_like_one_process_on_the_same_global_batches(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["train"], ranks[1]["train"]
+    assert r0["model_type"] == "Net"  # unwrapped after the run
+    # rank 1 started from other weights: DDP sent rank 0's, and both end equal
+    assert not torch.equal(r0["initial"]["a.weight"], r1["initial"]["a.weight"])
+    for key, value in r0["final"].items():
+        assert torch.equal(value, r1["final"][key]), key
+    # each global batch is rank 0's batch then rank 1's; one process on those batches
+    steps = [torch.cat([a, b]) for a, b in zip(r0["xbs"], r1["xbs"], strict=True)]
+    weights, losses = reference(r0["initial"], steps)
+    for key, value in weights.items():
+        torch.testing.assert_close(r0["final"][key], value, rtol=1e-5, atol=1e-6)
+    # reported losses are the means over ranks: a process's loss on the global batch
+    assert r0["train"] == r1["train"]
+    torch.testing.assert_close(torch.tensor(r0["train"]), torch.tensor(losses), rtol=1e-5, atol=1e-6)
+    assert r0["valid"] == r1["valid"]
+
+
+def test_each_epoch_is_dealt_out_in_one_order_a_new_one_each_epoch(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["train"], ranks[1]["train"]
+    # fromDataset splits 480 samples into 20 training batches of 20 and 4 validation ones:
+    # 10 and 2 a rank
+    assert r0["batches"] == 12
+    per_epoch = 10
+    assert len(r0["xbs"]) == 2 * per_epoch
+    epochs = []
+    for e in range(2):
+        mine = [torch.cat(r["xbs"][e * per_epoch : (e + 1) * per_epoch]) for r in (r0, r1)]
+        both = torch.cat(mine)
+        assert len(both.unique()) == len(both) == 400  # disjoint shards covering the train set
+        assert torch.equal(both.sort().values, r0["train_x"].sort().values)
+        epochs.append(both)
+    assert not torch.equal(epochs[0], epochs[1])  # shuffled anew
+
+
+def test_only_rank_0_prints_and_writes_files(ranks: list[dict[str, Any]]) -> None:
+    assert "Progress: 100%" in ranks[0]["stdout"]
+    assert "Saved to autosave-2.pth" in ranks[0]["stdout"]
+    assert ranks[1]["stdout"] == ""
+    assert {"autosave-0.pth", "autosave-1.pth", "autosave-2.pth"} <= set(ranks[0]["files"])
+    # the worker's own two files; Autosave never wrote there
+    assert ranks[1]["files"] == ["results.pt", "stdout.txt"]
+
+
+@pytest.mark.parametrize("event", ["endLoss", "endBatch"])
+def test_a_cancel_on_rank_1_ends_the_run_on_both_ranks(ranks: list[dict[str, Any]], event: str) -> None:
+    r0, r1 = ranks[0][f"cancel_{event}"], ranks[1][f"cancel_{event}"]
+    # cancelled in the first epoch on both, with the same losses on both. At endLoss of batch
+    # 3, rank 1 cancels before its Loss callback records, rank 0 has recorded: batch 3's
+    # loss is rank 0's alone. At endBatch of batch 5, both recorded 6 losses.
+    expected = 4 if event == "endLoss" else 6
+    assert r0["train"] == r1["train"]
+    assert len(r0["train"]) == len(r1["train"]) == expected
+    for key, value in r0["final"].items():
+        assert torch.equal(value, r1["final"][key]), key
+    assert f"Run cancelled: rank 1 stops at {event} (on rank 1)." in ranks[0]["stdout"]
+
+
+def test_an_error_on_rank_1_stops_both_ranks_naming_it(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[1]["failed"] == {"type": "ValueError", "message": "bad batch on rank 1"}
+    assert ranks[0]["failed"]["type"] == "RuntimeError"
+    assert ranks[0]["failed"]["message"] == (
+        "rank 1 failed in the batch (before backward) (epoch 0, batch 2) "
+        "with ValueError: bad batch on rank 1; every rank stops"
+    )
+
+
+def test_unused_parameters_give_ddps_error_with_our_hint(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        found = rank["unused"]
+        assert found["type"] == "RuntimeError"
+        assert "find_unused_parameters" in found["message"]
+        assert any("l.ddpKwargs = {'find_unused_parameters': True}" in n for n in found["notes"])
+
+
+def test_plain_lists_are_dealt_whole_groups_only(ranks: list[dict[str, Any]]) -> None:
+    # 7 training batches and 1 validation batch: 3 each (the 7th dropped), no validation
+    r0, r1 = ranks[0]["plain_lists"], ranks[1]["plain_lists"]
+    assert r0["batches"] == r1["batches"] == 3
+    x, _ = ddp_worker.dataset()
+    batches = x[:70].split(10)
+    assert [b.tolist() for b in r0["xbs"]] == [batches[i].tolist() for i in (0, 2, 4)]
+    assert [b.tolist() for b in r1["xbs"]] == [batches[i].tolist() for i in (1, 3, 5)]
+
+
+def test_a_shuffled_torch_loader_gives_one_order_to_both_ranks(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["torch_loader"], ranks[1]["torch_loader"]
+    per_epoch = 480 // 40 // 2
+    epochs = []
+    for e in range(2):
+        both = torch.cat([torch.cat(r["xbs"][e * per_epoch : (e + 1) * per_epoch]) for r in (r0, r1)])
+        assert len(both.unique()) == 480
+        epochs.append(both)
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_param_finder_agrees_on_when_to_stop(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["param_finder"], ranks[1]["param_finder"]
+    assert r0["losses"] == r1["losses"] > 0
+    assert r0["suggestion"] == r1["suggestion"]
+
+
+def test_one_process_is_not_distributed() -> None:
+    l = k1lib.Learner()
+    assert (l.rank, l.worldSize) == (0, 1)
+
+
+def test_ranks_out_of_step_both_raise_saying_where_each_was(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        found = rank["out_of_step"]
+        assert found["type"] == "OutOfStepError"
+        assert "the ranks are out of step" in found["message"]
+        assert "rank 0: at 'startEpoch' (epoch 1, batch 0)" in found["message"]
+        # rank 1 got to endRun, where its Loss callback averages the last losses
+        assert "rank 1: at 'average'" in found["message"]
+
+
+def test_a_loader_failing_on_rank_1_stops_both_ranks(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[1]["fetch_failure"] == {"type": "OSError", "message": "cannot read shard 4"}
+    assert ranks[0]["fetch_failure"]["type"] == "RuntimeError"
+    assert "rank 1 failed fetching a batch" in ranks[0]["fetch_failure"]["message"]
+    assert "OSError: cannot read shard 4" in ranks[0]["fetch_failure"]["message"]
+
+
+def test_a_rank_whose_loader_runs_out_first_ends_the_epoch_for_all(ranks: list[dict[str, Any]]) -> None:
+    # 480 samples, 240 a rank: rank 0 has 24 batches of 10, rank 1 has 23
+    r0, r1 = ranks[0]["uneven"], ranks[1]["uneven"]
+    assert r0["trained"] == r1["trained"] == 23
+    for key, value in r0["final"].items():
+        assert torch.equal(value, r1["final"][key]), key
