@@ -5,9 +5,10 @@
 A transformer encoder (d512, 6 layers, batch 64 x 128 tokens) and the seed README network,
 trained by the Learner with its default callbacks (Autosave removed) against the same Learner
 with HookModule and HookParam recording every module (css ``*``), in float32 and under bf16
-autocast. Goals (issue "Seeing inside training"): at most 1.25x a step on the encoder, and
-zero host syncs per batch from the hook callbacks (counted with torch.cuda's sync debug mode:
-the syncs of the run with hooks minus those without). Prints one line per case.
+autocast (``cbs.withAutocast(torch.bfloat16)``). Goals (issue "Seeing inside training"): at
+most 1.25x a step on the encoder, and zero host syncs per batch from the hook callbacks
+(counted with torch.cuda's sync debug mode: the syncs of the run with hooks minus those
+without). Prints one line per case.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import k1lib
-from k1lib.callbacks import Callback
 from tests.k1lib.helpers import Batches
 from tests.modsel.models import Network
 
@@ -44,21 +44,6 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))  # type: ignore[no-any-return]
-
-
-class Autocast(Callback):
-    """bf16 autocast around the forward pass and the loss (issue 5 will bring the real one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._ctx: Any = None
-
-    def startPass(self) -> None:  # noqa: N802
-        self._ctx = torch.autocast("cuda", dtype=torch.bfloat16)
-        self._ctx.__enter__()
-
-    def endLoss(self) -> None:  # noqa: N802
-        self._ctx.__exit__(None, None, None)
 
 
 def encoder_case(device: str, quick: bool) -> tuple[nn.Module, Batches]:
@@ -91,7 +76,7 @@ def learner(model: nn.Module, data: Batches, hooks: bool, bf16: bool) -> Any:
         l.cbs.remove("HookModule")
         l.cbs.remove("HookParam")
     if bf16:
-        l.cbs.append(Autocast())
+        l.cbs.withAutocast(torch.bfloat16)
     return l
 
 
@@ -100,15 +85,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def count_syncs(learner: Any, device: str) -> int:
-    """Host syncs during one run (epoch) of ``learner``, from torch.cuda's sync debug mode."""
+def count_syncs(fn: Callable[[], object], device: str) -> int:
+    """Host syncs during ``fn()`` (here one run of a learner), from torch.cuda's sync debug
+    mode; -1 off CUDA, where there is nothing to count."""
     if not device.startswith("cuda"):
         return -1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            learner.run(1)
+            fn()
         finally:
             torch.cuda.set_sync_debug_mode(0)
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -130,7 +116,7 @@ def compare(name: str, case: Callable[[str, bool], tuple[nn.Module, Batches]], a
             times[key].append(time.perf_counter() - start)
     ratio = statistics.median(h / p for h, p in zip(times["hooked"], times["plain"], strict=True))
     batches = len(data.train) + len(data.valid)
-    syncs = count_syncs(hooked, args.device) - count_syncs(plain, args.device)
+    syncs = count_syncs(lambda: hooked.run(1), args.device) - count_syncs(lambda: plain.run(1), args.device)
     train = len(data.train)
     print(
         f"{name:28s} {'bf16' if bf16 else 'fp32'}  "
