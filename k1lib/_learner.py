@@ -5,12 +5,12 @@ on the learner for callbacks to read and change: ``epoch``, ``epochs``, ``batch`
 ``xb``, ``yb``, ``y``, ``loss``, ``progress``.
 
 Host syncs: the loop itself never reads a tensor on the host (``.item()``, ``.cpu()``,
-``float()``) per batch. Built-in callbacks that do: CancelOnExplosion (one number every
-``every`` training batches, default every batch), CancelOnLowLoss (one per training batch
+``float()``) per batch. Built-in callbacks that do: CancelOnLowLoss (one per training batch
 unless ``epochMode``), ParamFinder (one per batch, only during its test), Autocast with a
-float16 GradScaler (torch's ``GradScaler.step`` reads one inf flag per step). Loss, HookModule
-and HookParam copy to the host once an epoch; Device, GradAccumulation, GradClipping and bf16
-Autocast never.
+float16 GradScaler (torch's ``GradScaler.step`` reads one inf flag per step).
+CancelOnExplosion reads each loss on the CPU, but on CUDA only a non-blocking copy, once it
+has landed (one wait an epoch). Loss, HookModule and HookParam copy to the host once an
+epoch; Device, GradAccumulation, GradClipping and bf16 Autocast never.
 
 Several processes (``torchrun``, or any initialised process group of more than one): the run
 trains a ``DistributedDataParallel`` of the model on each rank's share of the batches, with

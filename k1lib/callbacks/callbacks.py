@@ -292,10 +292,10 @@ class Callbacks:
 
         return self.append(DontTrain())
 
-    def withCancelOnExplosion(self, limit: float = 1e6) -> Callbacks:  # noqa: N802
+    def withCancelOnExplosion(self, limit: float = 1e6, every: int = 1) -> Callbacks:  # noqa: N802
         from .cancel_on_explosion import CancelOnExplosion
 
-        return self.append(CancelOnExplosion(limit))
+        return self.append(CancelOnExplosion(limit, every))
 
     def withCancelOnLowLoss(self, loss: float, epochMode: bool = False) -> Callbacks:  # noqa: N802, N803
         from .cancel_on_low_loss import CancelOnLowLoss
