@@ -13,10 +13,12 @@ process group of more than one process is there (or ``torchrun``'s environment a
   the others waiting in DDP's all-reduce, so what each rank raised is held until the next
   *agreement point* and exchanged there: the most serious one (batch < epoch < run < error)
   is raised on every rank at once, with the message of the rank that raised it. The points: a
-  run's events outside batches (``startRun``, ``startEpoch``, ...), just before ``backward``,
-  and at the end of every batch, where the next batch is fetched first so a loader that fails
-  or runs out on one rank is agreed too. Two exchanges of four integers a batch, on a CPU
-  ``gloo`` group of their own: no device sync.
+  run's events outside batches (``startRun``, ``startEpoch``, ...), just before ``backward``
+  (when autograd is on: not in validation), and at the end of every batch, where the next
+  batch is fetched first so a loader that fails or runs out on one rank is agreed too. Both
+  are needed: DDP's forward has collectives of its own (buffers, bucket rebuilds). Two
+  exchanges of four integers a training batch, one a validation batch, on a CPU ``gloo``
+  group of their own: no device sync.
 - Every exchange starts with the same header (what it is for), so ranks that are out of step
   (one at ``endRun``, one before ``backward``) see it and raise a clear error instead of
   pairing unrelated collectives or hanging; the session then makes no more collectives.

@@ -300,10 +300,10 @@ class Learner:
                 cbs("endLoss")
                 skip = cbs("startBackward")
             except BaseException as e:
-                if sync is None:
-                    raise
+                if sync is None or not torch.is_grad_enabled():
+                    raise  # without autograd (validation), the end of the batch agrees
                 sync.settle(e, "startBackward")  # raises what the ranks agree on
-            if sync is not None:  # no rank goes into backward's all-reduce alone
+            if sync is not None and torch.is_grad_enabled():  # none goes into backward alone
                 skip = sync.settle(None, "startBackward", skip)
             if not skip:
                 self.loss.backward()
