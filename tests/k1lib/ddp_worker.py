@@ -222,6 +222,26 @@ def uneven(rank: int) -> dict[str, Any]:
     return {"trained": len(l.Seen.xbs), "final": {k: v.clone() for k, v in l.model.state_dict().items()}}
 
 
+def accumulated(rank: int) -> dict[str, Any]:
+    """GradAccumulation(2) on 5 batches a rank: 2 groups and a last one of 1, with plain SGD."""
+    torch.manual_seed(0)
+    model = Net()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    l = learner(model)
+    l.opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = dataset()
+    batches = list(zip(x[:100].split(10), y[:100].split(10), strict=True))
+    l.data = k1lib.data.Data(batches, [])
+    l.cbs.withGradAccumulation(2)
+    l.cbs.append(Seen())
+    l.run(1)
+    return {
+        "initial": initial,
+        "xbs": l.Seen.xbs,
+        "final": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     rank = int(os.environ["RANK"])
@@ -243,6 +263,7 @@ def main() -> None:
         results["out_of_step"] = out_of_step(rank)
         results["fetch_failure"] = fetch_failure(rank)
         results["uneven"] = uneven(rank)
+        results["accumulated"] = accumulated(rank)
         sys.stdout = sys.__stdout__
     torch.save(results, "results.pt")
 

@@ -206,3 +206,24 @@ def test_a_rank_whose_loader_runs_out_first_ends_the_epoch_for_all(ranks: list[d
     assert r0["trained"] == r1["trained"] == 23
     for key, value in r0["final"].items():
         assert torch.equal(value, r1["final"][key]), key
+
+
+def test_grad_accumulation_crosses_ranks_once_a_group_and_steps_like_one_process(
+    ranks: list[dict[str, Any]],
+) -> None:
+    r0, r1 = ranks[0]["accumulated"], ranks[1]["accumulated"]
+    for key, value in r0["final"].items():
+        assert torch.equal(value, r1["final"][key]), key
+    # one process: the gradient of each group is the mean over its global batches
+    model = ddp_worker.Net()
+    model.load_state_dict(r0["initial"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    steps = [torch.cat([a, b]) for a, b in zip(r0["xbs"], r1["xbs"], strict=True)]
+    assert len(steps) == 5
+    for group in (steps[0:2], steps[2:4], steps[4:5]):
+        for xb in group:
+            (ddp_worker.loss_f(model(xb), torch.sin(2 * xb)) / len(group)).backward()
+        opt.step()
+        opt.zero_grad()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(r0["final"][key], value, rtol=1e-5, atol=1e-6)
