@@ -22,9 +22,10 @@ Host syncs (CUDA only) are counted with ``torch.cuda.set_sync_debug_mode("warn")
 training batch: the syncs of a full run minus those of a run of 2 batches per loader, over
 the training batches between them, so that once-a-run and once-an-epoch copies (Loss,
 HookModule and HookParam flush an epoch's records) cancel out. A callback is named as a source
-when suspending it lowers the count. Goal: none beyond the raw loop; CancelOnExplosion, a
-default callback, reads the loss every ``every`` training batches (default 1): the line also
-gives the count without it. ``--explosion-every N`` sets its ``every`` in both learners.
+when suspending it lowers the count. Goal: none beyond the raw loop. CancelOnExplosion, a
+default callback, reads a non-blocking copy of the loss on CUDA (it should add none); the
+line also gives the count without it. ``--explosion-every N`` sets its ``every`` in both
+learners.
 
 Prints the GPU and torch version, one line per timed comparison (per-batch medians, ratio,
 goal, PASS/FAIL; ratio = median of the alternated pairs' ratios), the sync lines, and a
