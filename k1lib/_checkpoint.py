@@ -166,7 +166,13 @@ def read(path: str | os.PathLike[str], map_location: torch.device | str | None =
     k1lib reads; every failure is a ``CheckpointError`` naming the file."""
     name = str(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint file {name!r}")
+        hint = ""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            hint = (
+                f" (rank {torch.distributed.get_rank()}: with several processes only rank 0 writes "
+                "checkpoints; call torch.distributed.barrier() after l.save before loading on the others)"
+            )
+        raise FileNotFoundError(f"no checkpoint file {name!r}{hint}")
     _check_crc(path, name)
     try:
         with warnings.catch_warnings():

@@ -7,18 +7,23 @@ process group of more than one process is there (or ``torchrun``'s environment a
   rank ``r`` trains on the ``r``-th; a last incomplete group is dropped, so every rank runs the
   same number of batches (DDP's all-reduce needs that). A loader whose sampler is a
   ``DistributedSampler`` is already a shard: it gets ``set_epoch`` instead. Shuffled k1lib
-  ``DataLoader``s and torch ``RandomSampler``s draw their order from a seed rank 0 draws each
-  epoch and sends to all: a new order every epoch, the same on every rank.
+  ``DataLoader``s and torch samplers that draw from a ``generator`` (``RandomSampler``,
+  ``SubsetRandomSampler``, ``WeightedRandomSampler``) draw their order from a seed rank 0
+  draws each epoch and sends to all: a new order every epoch, the same on every rank. Other
+  loaders must give the same batches in the same order on every rank.
 - Cancels and errors are agreed. A callback that cancels (or fails) on one rank must not leave
   the others waiting in DDP's all-reduce, so what each rank raised is held until the next
   *agreement point* and exchanged there: the most serious one (batch < epoch < run < error)
-  is raised on every rank at once, with the message of the rank that raised it. The points: a
-  run's events outside batches (``startRun``, ``startEpoch``, ...), just before ``backward``
-  (when autograd is on: not in validation), and at the end of every batch, where the next
-  batch is fetched first so a loader that fails or runs out on one rank is agreed too. Both
-  are needed: DDP's forward has collectives of its own (buffers, bucket rebuilds). Two
-  exchanges of four integers a training batch, one a validation batch, on a CPU ``gloo``
-  group of their own: no device sync.
+  is raised on every rank at once, with the message of the rank that raised it. The points:
+  each event outside batches (``startRun``, ``startEpoch``, ..., whose handlers then all run
+  even after one raised, so an exchange inside one, as Loss averaging at ``endEpoch``, is
+  never skipped on one rank); just before each forward pass, after the batch is fetched and
+  ``startBatch`` / ``startPass`` ran (DDP's forward has collectives of its own: buffers,
+  bucket rebuilds), which also settles a failed fetch, a loader at its end and anything
+  raised after the previous batch's backward; and just before ``backward`` in training.
+  Two exchanges of four integers a training batch, one a validation batch, on a CPU
+  ``gloo`` group of their own: no device sync. The optimizer step must be the same on every
+  rank, so a cancel raised in ``startStep`` / ``startZeroGrad`` ends the batch after it.
 - Every exchange starts with the same header (what it is for), so ranks that are out of step
   (one at ``endRun``, one before ``backward``) see it and raise a clear error instead of
   pairing unrelated collectives or hanging; the session then makes no more collectives.
@@ -64,20 +69,25 @@ __all__ = [
 
 _LEVELS: tuple[type[CancelException], ...] = (CancelBatchException, CancelEpochException, CancelRunException)
 _ERROR = len(_LEVELS) + 1
-# what an exchange is for (its header's kind): the events, fetching the next batch, drawing an
-# epoch's order and averaging losses
-_KINDS = {name: i + 1 for i, name in enumerate((*EVENTS, "fetch", "seed", "average"))}
+# what an exchange is for (its header's kind): the events, drawing an epoch's order and
+# averaging losses
+_KINDS = {name: i + 1 for i, name in enumerate((*EVENTS, "seed", "average"))}
 _KIND_NAMES = {kind: name for name, kind in _KINDS.items()}
 # where an error was raised, by agreement point
 _PHRASES = {
+    "startPass": "starting the batch",
     "startBackward": "in the batch (before backward)",
-    "endBatch": "in the batch (after backward)",
-    "fetch": "fetching a batch",
 }
-_UNUSED_HINT = (
-    "k1lib: under DDP every parameter that requires a gradient must take part in the loss. "
-    "Let DDP look for unused ones each step (slower) with l.ddpKwargs = {'find_unused_parameters': True}, "
-    'or freeze the unused modules for the run (l.css = "... {frozen}").'
+_UNUSED = "k1lib: under DDP every parameter that requires a gradient must take part in the loss. "
+_UNUSED_OURS = (
+    _UNUSED + "Let DDP look for unused ones each step (slower) with "
+    "l.ddpKwargs = {'find_unused_parameters': True}, or freeze the unused modules for the run "
+    '(l.css = "#spare: frozen", with your module\'s name).'
+)
+_UNUSED_YOURS = (
+    _UNUSED + "l.model is a DistributedDataParallel you made: make it with "
+    "find_unused_parameters=True, or let the Learner wrap the plain model (l.model = model; "
+    "l.ddpKwargs = {'find_unused_parameters': True}); l.css frozen props must be set before DDP is made."
 )
 
 
@@ -166,16 +176,14 @@ def _level(error: BaseException | None) -> int:
     return _ERROR
 
 
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "nothing raised"
+def _describe(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class OutOfStepError(RuntimeError):
-    """Ranks reached different agreement points (a loader failed or ran out on one rank, or
-    the ranks run different code)."""
+    """The ranks reached different exchanges: they run different code (one more epoch, a
+    ParamFinder on rank 0 alone, ...)."""
 
 
 class Session:
@@ -190,8 +198,11 @@ class Session:
         self._original: nn.Module | None = None
 
     @staticmethod
-    def begin(learner: Learner) -> Session | None:
-        """A session when this process is one of several, else None."""
+    def begin(learner: Learner, local: bool = False) -> Session | None:
+        """A session when this process is one of several, else None (also when ``local``:
+        ``Learner.record`` trains nothing and runs each rank on its own)."""
+        if local:
+            return None
         init_from_environment()
         if not _initialized() or dist.get_world_size() == 1:
             return None
@@ -205,6 +216,8 @@ class Session:
         assert model is not None
         if isinstance(model, nn.parallel.DistributedDataParallel):
             return
+        if not any(p.requires_grad for p in model.parameters()):
+            return  # nothing trains, nothing to all-reduce (and DDP refuses such a model)
         devices = {p.device for p in model.parameters()}
         single = next(iter(devices)) if len(devices) == 1 else None
         ids = [single] if single is not None and single.type != "cpu" else None
@@ -237,39 +250,41 @@ class Session:
         self.broken = True
         lines = "\n".join(f"  rank {r}: at {w}" for r, w in enumerate(seen))
         raise OutOfStepError(
-            "the ranks are out of step: every rank must run the same batches and events; "
-            f"each rank's loader must give the same number of batches. Where each was:\n{lines}"
+            "the ranks are out of step: every rank must make the same calls in the same order "
+            "(l.run with the same epochs, ParamFinder.run, callbacks that exchange with the other "
+            f"ranks). Where each was:\n{lines}"
         )
 
     def _position(self) -> str:
         learner = self.learner
         return f"epoch {learner.epoch}, batch {learner.batch}"
 
-    def settle(self, held: BaseException | None, at: str, value: bool = False, doing: str = "") -> bool:
-        """Agree at ``at`` (an event, or ``"fetch"``) on what each rank ``held`` (raised since
+    def settle(self, held: BaseException | None, at: str, value: bool = False, where: str = "") -> bool:
+        """Agree at ``at`` (an event) on what each rank ``held`` (raised since
         the last agreement): raise the most serious on every rank, or return whether any
-        rank's ``value`` is set (``startBackward`` asking to skip ``backward``, ``fetch``
-        finding a loader at its end). ``doing`` says what raised ``held``, for the others'
-        message (default: what happens before ``at``)."""
+        rank's ``value`` is set (``startBackward`` asking to skip ``backward``, ``startPass``
+        finding a loader at its end). ``where`` says where ``held`` was raised, for the others'
+        message (default: before ``at``, in the current batch)."""
         if self.broken:
             if held is not None:
                 raise held
             return value
         level = _level(held)
         if level == _ERROR and "find_unused_parameters" in str(held):
-            held.add_note(_UNUSED_HINT)  # type: ignore[union-attr]
+            held.add_note(_UNUSED_OURS if self._original is not None else _UNUSED_YOURS)  # type: ignore[union-attr]
         top, most = self._header(_KINDS[at], level, int(value))
         if top == 0:
             return bool(most)
         said: list[Any] = [None] * self.world
-        where = f"{doing or _PHRASES.get(at, f'in {at!r}')} ({self._position()})"
+        where = where or f"{_PHRASES.get(at, f'in {at!r}')} ({self._position()})"
         dist.all_gather_object(said, (level, type(held).__name__, str(held), where), group=self.group)
         if held is not None and level == top:
             raise held
         source = min(r for r, (lv, *_) in enumerate(said) if lv == top)
         _, name, text, where = said[source]
         if top == _ERROR:
-            raise RuntimeError(f"rank {source} failed {where} with {name}: {text}; every rank stops")
+            what = f"{name}: {text}" if text else name
+            raise RuntimeError(f"rank {source} failed {where} with {what}; every rank stops")
         raise _LEVELS[top - 1](f"{text} (on rank {source})")
 
     # ---- data -----------------------------------------------------------------------------------
@@ -299,10 +314,12 @@ class Session:
         attribute = ""
         if isinstance(loader, DataLoader) and loader.shuffle:
             holder, attribute = loader, "_generator"
-        elif isinstance(loader, torch.utils.data.DataLoader) and isinstance(
-            loader.sampler, torch.utils.data.RandomSampler
-        ):
-            holder, attribute = loader.sampler, "generator"
+        elif isinstance(loader, torch.utils.data.DataLoader):
+            # RandomSampler, SubsetRandomSampler, WeightedRandomSampler, ...: a sampler that
+            # draws from its ``generator``, given directly or inside a batch_sampler
+            samplers = (loader.sampler, getattr(loader.batch_sampler, "sampler", None))
+            holder = next((s for s in samplers if hasattr(s, "generator")), None)
+            attribute = "generator"
         if holder is None:
             return iter(loader)
         own = getattr(holder, attribute)
@@ -328,17 +345,19 @@ class Session:
         return int(t)
 
     # ---- results --------------------------------------------------------------------------------
-    def average(self, values: torch.Tensor) -> torch.Tensor:
-        """The mean over ranks of ``values`` (1-d, on the CPU), position by position; ranks
-        with fewer values count only where they have one."""
+    def average(self, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of ``values`` (1-d, on the CPU) by their ``keys`` (distinct
+        ints, 0 or more: batch numbers), for every key some rank has, in key order; a rank
+        without a key does not count in its mean (a batch cancelled there before its loss)."""
         if self.broken:
-            return values
-        _, longest = self._header(_KINDS["average"], value=len(values))
-        both = torch.zeros(2 * longest, dtype=torch.float64)
-        both[: len(values)] = values.double()
-        both[longest : longest + len(values)] = 1
+            return values[keys.argsort()]
+        _, size = self._header(_KINDS["average"], value=int(keys.max()) + 1 if len(keys) else 0)
+        both = torch.zeros(2, size, dtype=torch.float64)
+        both[0, keys] = values.double()
+        both[1, keys] = 1
         dist.all_reduce(both, group=self.group)
-        return (both[:longest] / both[longest:].clamp(min=1)).to(values.dtype)
+        found = both[1] > 0
+        return (both[0][found] / both[1][found]).to(values.dtype)
 
 
 class _End:

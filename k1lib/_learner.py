@@ -67,6 +67,7 @@ class Learner:
         self.progress = 0.0
         self.ddpKwargs: dict[str, Any] = {}
         self._sync: _distributed.Session | None = None
+        self._recording = False
 
     # ---- configuration --------------------------------------------------------------------------
     @property
@@ -159,7 +160,7 @@ class Learner:
         assert self.model is not None
         was_training = self.model.training
         model = self.model
-        sync = _distributed.Session.begin(self)
+        sync = _distributed.Session.begin(self, local=self._recording)
         self._sync = sync
         self.epochs = epochs
         try:
@@ -178,7 +179,7 @@ class Learner:
                     self._epoch(batches)
             except CancelRunException as e:
                 cancelled = e
-                self.cbs("cancelRun")  # the progress bar writes its last line here
+                self._fire("cancelRun")  # the progress bar writes its last line here
                 if self.rank == 0:
                     print(f"Run cancelled: {cancelled}.")
             finally:
@@ -193,13 +194,16 @@ class Learner:
         return self
 
     def _fire(self, event: str) -> bool:
-        """``cbs(event)``; with several processes, agreed between them (see ``_distributed``)."""
+        """``cbs(event)``; with several processes, agreed between them (see ``_distributed``),
+        and every handler runs even after one raised (as in ``endRun``): a handler that
+        exchanges with the other ranks (Loss averaging at ``endEpoch``) is never skipped on
+        one rank only."""
         sync = self._sync
         if sync is None:
             return self.cbs(event)
         try:
-            answer = self.cbs(event)
-        except BaseException as e:
+            answer = self.cbs._dispatch(event, finish=True)
+        except BaseException as e:  # agreed, then raised on every rank
             sync.settle(e, event)
         return sync.settle(None, event, answer)
 
@@ -254,45 +258,64 @@ class Learner:
             self.batch += 1
 
     def _agreed_loader(self, sync: _distributed.Session, loader: Iterable[Any], limit: int | None) -> None:
-        """``_loader`` for one rank of several: its share of the batches; the next batch is
-        fetched before the end-of-batch agreement, so all ranks stop together."""
+        """``_loader`` for one rank of several (see ``_distributed``): its share of the
+        batches, each started with an agreement just before the forward pass (DDP's forward
+        has collectives of its own), where what any rank raised since the last agreement,
+        a failed fetch or a loader at its end is settled for all."""
         batches = sync.batches(loader, self.epoch)
         count = 0
-
-        def take() -> tuple[Any, bool, BaseException | None]:
-            if limit is not None and count >= limit:
-                return None, True, None
+        carried: BaseException | None = None  # raised after the last agreement of a batch
+        where = ""
+        while True:
+            batch: Any = None
+            ended, held = False, carried
+            if held is None:
+                if limit is not None and count >= limit:
+                    ended = True
+                else:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        ended = True
+                    except BaseException as e:  # agreed below, then raised on every rank
+                        held, where = e, f"fetching batch {self.batch} of epoch {self.epoch}"
+            started = held is None and not ended
+            if started:
+                try:
+                    self.xb, self.yb = batch
+                    self.cbs("startBatch")
+                    self.cbs("startPass")
+                except BaseException as e:
+                    held = e
             try:
-                return next(batches), False, None
-            except StopIteration:
-                return None, True, None
-            except BaseException as e:
-                return None, False, e
-
-        batch, ended, held = take()
-        ended = sync.settle(held, "fetch", ended)
-        while not ended:
-            doing = ""
-            try:
-                self._batch(batch)
-            except BaseException as e:  # agreed below, then raised on every rank
-                held = e
+                ended = sync.settle(held, "startPass", ended, where)
+            except CancelBatchException:
+                self.cbs("cancelBatch")
+                self.cbs("endBatch")
+                carried, where = None, ""
+                self.batch += 1
+                count += 1
+                continue
+            if ended:
+                if started:  # another rank's loader ran out: this one's batch is dropped
+                    self.cbs("cancelBatch")
+                    self.cbs("endBatch")
+                return
+            carried, where = self._agreed_batch(sync)
             self.batch += 1
             count += 1
-            if held is None:
-                batch, ended, held = take()
-                doing = "fetching a batch"
-            ended = sync.settle(held, "endBatch", ended, doing)
 
-    def _batch(self, batch: Any) -> None:
+    def _agreed_batch(self, sync: _distributed.Session) -> tuple[BaseException | None, str]:
+        """The rest of a batch that every rank has started: forward to ``endBatch``. Returns
+        what was raised after the last agreement in it (and where), which the next batch's
+        agreement settles. Under DDP every rank must take the same optimizer step: a cancel
+        raised in ``startStep`` or ``startZeroGrad`` ends the batch after the step."""
         assert self.model is not None and self.opt is not None and self.lossF is not None
         cbs = self.cbs
-        sync = self._sync
+        training = torch.is_grad_enabled()  # validation (no autograd) has no backward to agree on
+        where = f"in batch {self.batch} of epoch {self.epoch}, after {'backward' if training else 'forward'}"
         try:
             try:
-                self.xb, self.yb = batch
-                cbs("startBatch")
-                cbs("startPass")
                 self.y = self.model(self.xb)
                 cbs("endPass")
                 cbs("startLoss")
@@ -300,12 +323,51 @@ class Learner:
                 cbs("endLoss")
                 skip = cbs("startBackward")
             except BaseException as e:
-                if sync is None or not torch.is_grad_enabled():
-                    raise  # without autograd (validation), the end of the batch agrees
-                sync.settle(e, "startBackward")  # raises what the ranks agree on
-            if sync is not None and torch.is_grad_enabled():  # none goes into backward alone
+                if training:
+                    sync.settle(e, "startBackward")  # raises what the ranks agree on
+                raise
+            if training:  # no rank goes into backward's all-reduce alone
                 skip = sync.settle(None, "startBackward", skip)
             if not skip:
+                self.loss.backward()
+            raised: BaseException | None = None
+            try:
+                skip = cbs("startStep")
+            except BaseException as e:
+                raised, skip = e, False
+            if not skip:
+                self.opt.step()
+            try:
+                skip = cbs("startZeroGrad")
+            except BaseException as e:
+                raised, skip = raised or e, False
+            if not skip:
+                self.opt.zero_grad()
+            if raised is not None:
+                raise raised
+        except CancelBatchException:
+            cbs("cancelBatch")
+        except BaseException as e:
+            return e, where  # no endBatch, as in one process
+        try:
+            cbs("endBatch")
+        except BaseException as e:
+            return e, where
+        return None, ""
+
+    def _batch(self, batch: Any) -> None:
+        assert self.model is not None and self.opt is not None and self.lossF is not None
+        cbs = self.cbs
+        try:
+            self.xb, self.yb = batch
+            cbs("startBatch")
+            cbs("startPass")
+            self.y = self.model(self.xb)
+            cbs("endPass")
+            cbs("startLoss")
+            self.loss = self.lossF(self.y, self.yb)
+            cbs("endLoss")
+            if not cbs("startBackward"):
                 self.loss.backward()
             if not cbs("startStep"):
                 self.opt.step()
@@ -326,10 +388,12 @@ class Learner:
         state = self._state()
         with self.cbs.suspend(quiet):
             self.cbs.append(recorder, "_Recorder")
+            self._recording = True  # under DDP too, each rank runs all batches on its own
             try:
                 with torch.no_grad():
                     self.run(epochs, batchesPerEpoch)
             finally:
+                self._recording = False
                 self.cbs.remove("_Recorder")
                 self._restore(state)
         return xbs, ybs, ys
@@ -347,8 +411,8 @@ class Learner:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint: the state_dicts of the model, the optimizer and each callback, the
         css and the epoch (``torch.save`` to a temporary file, renamed into place). With
-        several processes only rank 0 writes (during a run, call it on every rank: callbacks'
-        states may be averaged across ranks first)."""
+        several processes only rank 0 writes (call it on rank 0 alone or on every rank); to
+        ``load`` on the others, wait for the file first (``torch.distributed.barrier()``)."""
         from ._checkpoint import checkpoint_of, write
 
         checkpoint = checkpoint_of(self)

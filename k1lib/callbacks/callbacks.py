@@ -194,6 +194,12 @@ class Callbacks:
     def __call__(self, event: str) -> bool:
         """Fire ``event`` in every (non-suspended) callback, in order; True when any handler
         returned True (which skips a step, for startBackward / startStep / startZeroGrad)."""
+        return self._dispatch(event, finish=event == "endRun")
+
+    def _dispatch(self, event: str, finish: bool) -> bool:
+        """``self(event)``; with ``finish``, every handler runs even after one raised, and the
+        first exception is raised after the last handler (``endRun`` always; the Learner
+        under DDP for every event outside batches)."""
         try:
             handlers = self._handlers[event]
         except KeyError:
@@ -215,14 +221,14 @@ class Callbacks:
                     answer = True
             except BaseException as e:
                 control = isinstance(e, CancelException)
-                if control and event != "endRun":
+                if control and not finish:
                     raise
                 if isinstance(e, Exception) and not control and not getattr(e, "_k1lib_named", False):
                     e._k1lib_named = True  # type: ignore[attr-defined]
                     note = f"(raised in callback {cb.name!r} during event {event!r})"
                     if hasattr(e, "add_note"):
                         e.add_note(note)
-                if event != "endRun":
+                if not finish:
                     raise
                 # endRun cleans up (hooks, no_grad, files): every callback gets it, then the
                 # first failure is raised

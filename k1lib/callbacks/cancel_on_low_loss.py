@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _distributed
 from .callback import Callback, CancelRunException
 
 __all__ = ["CancelOnLowLoss"]
@@ -12,7 +13,7 @@ __all__ = ["CancelOnLowLoss"]
 class CancelOnLowLoss(Callback):
     """Cancel the run when the loss drops below ``loss``: the loss of a training batch, or with
     ``epochMode`` the mean validation loss of an epoch (summed on the device during the epoch,
-    read once at its end)."""
+    read once at its end; with several processes, the mean over the ranks)."""
 
     def __init__(self, loss: float, epochMode: bool = False) -> None:  # noqa: N803 - README name
         super().__init__()
@@ -35,5 +36,13 @@ class CancelOnLowLoss(Callback):
             raise CancelRunException(f"Low loss {self.loss:g} achieved!")
 
     def endEpoch(self) -> None:  # noqa: N802
-        if self.epochMode and self._sum is not None and float(self._sum) / self._count < self.loss:
+        if not self.epochMode:
+            return
+        mean = None if self._sum is None else float(self._sum) / self._count
+        sync = _distributed.session(self.learner)
+        if sync is not None:  # the validation loss of all ranks' batches, the same on each rank
+            means = torch.tensor([] if mean is None else [mean], dtype=torch.float64)
+            averaged = sync.average(means, torch.zeros(len(means), dtype=torch.long))
+            mean = float(averaged[0]) if len(averaged) else None
+        if mean is not None and mean < self.loss:
             raise CancelRunException(f"Low loss {self.loss:g} achieved!")

@@ -27,7 +27,7 @@ class Loss(Callback):
     """Losses of every batch (``train``, ``valid``) and epoch means (``epoch.train``,
     ``epoch.valid``). Losses stay tensors during an epoch and reach the host once at its
     end: no device sync per batch. With several processes each loss is the mean over the
-    ranks (every rank holds the same lists)."""
+    ranks of that batch's losses (every rank holds the same lists)."""
 
     order = 20
     doc = """
@@ -42,24 +42,32 @@ class Loss(Callback):
         self.train: list[float] = []
         self.valid: list[float] = []
         self.epoch = _EpochLosses()
-        self._pending: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+        # losses not on the host yet, with their batch numbers (averaged by batch under DDP)
+        self._pending: dict[bool, list[tuple[int, torch.Tensor]]] = {True: [], False: []}
 
     def endLoss(self) -> None:  # noqa: N802
         learner = self.learner
-        self._pending[learner.model.training].append(learner.loss.detach())
+        self._pending[learner.model.training].append((learner.batch, learner.loss.detach()))
+
+    def _session(self) -> _distributed.Session | None:
+        return _distributed.session(self.cbs.learner if self.cbs is not None else None)
+
+    @staticmethod
+    def _host(pending: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        if not pending:
+            return torch.zeros(0)
+        return torch.stack([loss.float().reshape(()) for _, loss in pending]).cpu()
 
     def _flush(self) -> None:
-        # with several processes, each loss becomes the mean over ranks (every rank flushes
-        # at the same points, empty lists too, as the averaging is a collective)
-        sync = _distributed.session(self.cbs.learner if self.cbs is not None else None)
+        # with several processes, each loss becomes the mean over the ranks of that batch's
+        # loss (every rank flushes at the same points, empty lists too: it is an exchange)
+        sync = self._session()
         for training, pending in self._pending.items():
             if not pending and sync is None:
                 continue
-            losses = (
-                torch.stack([p.float().reshape(()) for p in pending]).cpu() if pending else torch.zeros(0)
-            )
+            losses = self._host(pending)
             if sync is not None:
-                losses = sync.average(losses)
+                losses = sync.average(losses, torch.tensor([batch for batch, _ in pending], dtype=torch.long))
             pending.clear()
             values = losses.tolist()
             if not values:
@@ -102,10 +110,17 @@ class Loss(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        self._flush()
+        if self._session() is None:
+            self._flush()
+            train, valid = self.train, self.valid
+        else:
+            # under DDP a flush is an exchange with the other ranks, which a checkpoint (taken
+            # on rank 0 alone, say) must not need: the epoch so far is this rank's own losses
+            train = self.train + self._host(self._pending[True]).tolist()
+            valid = self.valid + self._host(self._pending[False]).tolist()
         return {
-            "train": self.train,
-            "valid": self.valid,
+            "train": train,
+            "valid": valid,
             "epoch_train": self.epoch.train,
             "epoch_valid": self.epoch.valid,
         }

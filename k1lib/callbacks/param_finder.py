@@ -175,6 +175,11 @@ class _RangeTest(Callback):
 
     def endLoss(self) -> None:  # noqa: N802
         loss = float(self.learner.loss.detach().float().mean())
+        sync = _distributed.session(self.learner)
+        if sync is not None:  # every rank decides on the same loss: the mean over ranks
+            loss = float(
+                sync.average(torch.tensor([loss], dtype=torch.float64), torch.zeros(1, dtype=torch.long))[0]
+            )
         self.losses.append(loss)
         smoothed = self._smoother.add(loss)
         if len(self.losses) >= _WINDOW:

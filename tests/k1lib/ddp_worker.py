@@ -62,17 +62,32 @@ class Seen(Callback):
 
 
 class Fail(Callback):
-    """On rank 1 only: raise ``what`` at ``event`` of training batch ``at``."""
+    """On rank 1 only: raise ``what`` at ``event`` of training batch ``at`` (``at=None``: at
+    the first time the event fires)."""
 
-    def __init__(self, event: str, at: int, what: BaseException) -> None:
+    def __init__(self, event: str, at: int | None, what: BaseException) -> None:
         super().__init__()
-        self.at, self.what = at, what
+        self.at, self.what, self.done = at, what, False
         setattr(self, event, self._maybe)
 
     def _maybe(self) -> None:
         learner = self.learner
-        if learner.rank == 1 and learner.model.training and learner.batch == self.at:
+        if learner.rank != 1 or self.done:
+            return
+        if self.at is None or (learner.model.training and learner.batch == self.at):
+            self.done = True
             raise self.what
+
+
+class WithNorm(Net):
+    """With BatchNorm: DDP broadcasts its buffers in every training forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.norm(self.a(x[:, None]))))[:, 0]  # type: ignore[no-any-return]
 
 
 def learner(model: nn.Module, batch_size: int = 20) -> Any:
@@ -217,9 +232,8 @@ def uneven(rank: int) -> dict[str, Any]:
     dataset_ = torch.utils.data.TensorDataset(*dataset())
     sampler = Shorter(dataset_, shuffle=False)
     l.data = k1lib.data.Data(torch.utils.data.DataLoader(dataset_, batch_size=10, sampler=sampler), [])
-    l.cbs.append(Seen())
     l.run(1)
-    return {"trained": len(l.Seen.xbs), "final": {k: v.clone() for k, v in l.model.state_dict().items()}}
+    return {"trained": len(l.Loss.train), "final": {k: v.clone() for k, v in l.model.state_dict().items()}}
 
 
 def accumulated(rank: int) -> dict[str, Any]:
@@ -240,6 +254,99 @@ def accumulated(rank: int) -> dict[str, Any]:
         "xbs": l.Seen.xbs,
         "final": {k: v.clone() for k, v in model.state_dict().items()},
     }
+
+
+def before_forward(rank: int, event: str, what: BaseException) -> dict[str, Any]:
+    """A cancel or error on rank 1 before its forward pass (DDP's forward has collectives)."""
+    torch.manual_seed(0)
+    l = learner(WithNorm())
+    l.cbs.append(Fail(event, 1, what))
+    raised = None
+    try:
+        l.run(1)
+    except Exception as e:
+        raised = f"{type(e).__name__}: {e}"
+    return {"raised": raised, "train": list(l.Loss.train), "final": weights(l.model)}
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def after_backward(rank: int) -> dict[str, Any]:
+    """A cancel in startStep on rank 1: the step is still taken on every rank."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(Fail("startStep", 3, CancelRunException("stop after this step")))
+    l.run(1)
+    return {"train": list(l.Loss.train), "final": weights(l.model)}
+
+
+def epoch_end(rank: int) -> dict[str, Any]:
+    """A cancel at endEpoch on rank 1 only, before Loss (which exchanges there) has run."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(Fail("endEpoch", None, CancelRunException("enough epochs")))
+    l.run(3)
+    return {"valid": list(l.Loss.epoch.valid), "epoch": l.epoch}
+
+
+def low_loss(rank: int) -> dict[str, Any]:
+    """CancelOnLowLoss(epochMode) on the mean over ranks of the validation loss."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.withCancelOnLowLoss(0.3, epochMode=True)
+    l.run(20)
+    return {"epochs": len(l.Loss.epoch.valid), "valid": list(l.Loss.epoch.valid)}
+
+
+def loss_by_batch(rank: int) -> dict[str, Any]:
+    """Rank 1 cancels batch 0 at endLoss before Loss records it: batch 0 is rank 0's alone."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(Fail("endLoss", 0, k1lib.CancelBatchException("skip")))
+    l.run(1)
+    return {"train": list(l.Loss.train)}
+
+
+def save_on_rank_0(rank: int) -> dict[str, Any]:
+    """The usual DDP idiom, rank 0 alone saving in a callback mid-run, then all loading."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    saved = []
+
+    def save(cb: Callback) -> None:
+        if cb.learner.rank == 0:
+            cb.learner.save("mid-run.pth")
+            saved.append(True)
+
+    l.cbs.withCheckpoint("endBatch", save)
+    l.run(1, batches=2)
+    torch.distributed.barrier()
+    l.load(str(Path("..", "rank0", "mid-run.pth")))
+    return {"saved": len(saved), "epoch": l.epoch}
+
+
+def recorded(rank: int) -> dict[str, Any]:
+    torch.manual_seed(100 + rank)
+    l = learner(Net())
+    before = weights(l.model)
+    xbs, _, _ = l.record(1, 3)
+    return {
+        "batches": len(xbs),
+        "unchanged": all(torch.equal(v, before[k]) for k, v in weights(l.model).items()),
+    }
+
+
+def subset_sampler(rank: int) -> dict[str, Any]:
+    torch.manual_seed(1000 + rank)
+    l = learner(Net())
+    dataset_ = torch.utils.data.TensorDataset(*dataset())
+    sampler = torch.utils.data.SubsetRandomSampler(range(400))
+    l.data = k1lib.data.Data(torch.utils.data.DataLoader(dataset_, batch_size=40, sampler=sampler), [])
+    l.cbs.append(Seen())
+    l.run(1)
+    return {"xbs": l.Seen.xbs}
 
 
 def main() -> None:
@@ -264,6 +371,15 @@ def main() -> None:
         results["fetch_failure"] = fetch_failure(rank)
         results["uneven"] = uneven(rank)
         results["accumulated"] = accumulated(rank)
+        results["startBatch"] = before_forward(rank, "startBatch", k1lib.CancelBatchException("skip it"))
+        results["startPass"] = before_forward(rank, "startPass", ValueError("bad input"))
+        results["after_backward"] = after_backward(rank)
+        results["epoch_end"] = epoch_end(rank)
+        results["low_loss"] = low_loss(rank)
+        results["loss_by_batch"] = loss_by_batch(rank)
+        results["save_on_rank_0"] = save_on_rank_0(rank)
+        results["recorded"] = recorded(rank)
+        results["subset_sampler"] = subset_sampler(rank)
         sys.stdout = sys.__stdout__
     torch.save(results, "results.pt")
 

@@ -196,12 +196,14 @@ def test_ranks_out_of_step_both_raise_saying_where_each_was(ranks: list[dict[str
 def test_a_loader_failing_on_rank_1_stops_both_ranks(ranks: list[dict[str, Any]]) -> None:
     assert ranks[1]["fetch_failure"] == {"type": "OSError", "message": "cannot read shard 4"}
     assert ranks[0]["fetch_failure"]["type"] == "RuntimeError"
-    assert "rank 1 failed fetching a batch" in ranks[0]["fetch_failure"]["message"]
-    assert "OSError: cannot read shard 4" in ranks[0]["fetch_failure"]["message"]
+    assert ranks[0]["fetch_failure"]["message"] == (
+        "rank 1 failed fetching batch 2 of epoch 0 with OSError: cannot read shard 4; every rank stops"
+    )
 
 
 def test_a_rank_whose_loader_runs_out_first_ends_the_epoch_for_all(ranks: list[dict[str, Any]]) -> None:
-    # 480 samples, 240 a rank: rank 0 has 24 batches of 10, rank 1 has 23
+    # 480 samples, 240 a rank: rank 0 has 24 batches of 10, rank 1 has 23; rank 0 started its
+    # 24th (startBatch, startPass) and dropped it
     r0, r1 = ranks[0]["uneven"], ranks[1]["uneven"]
     assert r0["trained"] == r1["trained"] == 23
     for key, value in r0["final"].items():
@@ -227,3 +229,63 @@ def test_grad_accumulation_crosses_ranks_once_a_group_and_steps_like_one_process
         opt.zero_grad()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(r0["final"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_a_cancel_before_the_forward_pass_is_agreed_there(ranks: list[dict[str, Any]]) -> None:
+    # BatchNorm: DDP's forward broadcasts buffers, and rebuilds its buckets at batch 1: a rank
+    # skipping that forward alone would hang the others
+    r0, r1 = ranks[0]["startBatch"], ranks[1]["startBatch"]
+    assert r0["raised"] is None and r1["raised"] is None
+    assert len(r0["train"]) == len(r1["train"]) == 9  # 10 a rank, batch 1 cancelled on both
+    assert same_weights(r0["final"], r1["final"])
+    r0, r1 = ranks[0]["startPass"], ranks[1]["startPass"]
+    assert r1["raised"] == "ValueError: bad input"
+    assert r0["raised"] == (
+        "RuntimeError: rank 1 failed starting the batch (epoch 0, batch 1) with ValueError: bad input; "
+        "every rank stops"
+    )
+
+
+def test_a_cancel_in_startStep_comes_after_the_step_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["after_backward"], ranks[1]["after_backward"]
+    assert len(r0["train"]) == len(r1["train"]) == 4
+    assert same_weights(r0["final"], r1["final"])
+    assert "Run cancelled: stop after this step (on rank 1)." in ranks[0]["stdout"]
+
+
+def test_a_cancel_at_endEpoch_on_one_rank_still_lets_every_rank_average(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["epoch_end"], ranks[1]["epoch_end"]
+    assert r0 == r1
+    assert len(r0["valid"]) == 1 and r0["epoch"] == 0
+    assert "Run cancelled: enough epochs (on rank 1)." in ranks[0]["stdout"]
+
+
+def test_cancel_on_low_loss_in_epoch_mode_decides_on_the_mean_over_ranks(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["low_loss"], ranks[1]["low_loss"]
+    assert r0 == r1
+    assert r0["epochs"] < 20 and r0["valid"][-1] < 0.3 <= min(r0["valid"][:-1])
+
+
+def test_losses_are_averaged_batch_by_batch(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["loss_by_batch"], ranks[1]["loss_by_batch"]
+    assert r0["train"] == r1["train"]
+    assert len(r0["train"]) == 10  # batch 0 is rank 0's loss alone; none shifted
+
+
+def test_rank_0_can_save_alone_mid_run_and_every_rank_load_it(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[0]["save_on_rank_0"] == {"saved": 4, "epoch": 0}  # 2 training, 2 validation batches
+    assert ranks[1]["save_on_rank_0"] == {"saved": 0, "epoch": 0}
+
+
+def test_record_runs_each_rank_alone_and_changes_nothing(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        assert rank["recorded"] == {"batches": 6, "unchanged": True}  # 3 of each loader, not dealt
+
+
+def test_a_subset_random_sampler_gets_one_order_on_both_ranks(ranks: list[dict[str, Any]]) -> None:
+    both = torch.cat([torch.cat(rank["subset_sampler"]["xbs"]) for rank in ranks])
+    assert len(both) == len(both.unique()) == 400
