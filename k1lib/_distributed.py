@@ -17,13 +17,15 @@ process group of more than one process is there (or ``torchrun``'s environment a
   is raised on every rank at once, with the message of the rank that raised it. The points:
   each event outside batches (``startRun``, ``startEpoch``, ..., whose handlers then all run
   even after one raised, so an exchange inside one, as Loss averaging at ``endEpoch``, is
-  never skipped on one rank); just before each forward pass, after the batch is fetched and
-  ``startBatch`` / ``startPass`` ran (DDP's forward has collectives of its own: buffers,
-  bucket rebuilds), which also settles a failed fetch, a loader at its end and anything
-  raised after the previous batch's backward; and just before ``backward`` in training.
-  Two exchanges of four integers a training batch, one a validation batch, on a CPU
-  ``gloo`` group of their own: no device sync. The optimizer step must be the same on every
-  rank, so a cancel raised in ``startStep`` / ``startZeroGrad`` ends the batch after it.
+  never skipped on one rank); just before ``backward`` in training; and just before the
+  forward pass (after the batch is fetched and ``startBatch`` / ``startPass`` ran) when
+  DDP's forward has collectives of its own (buffers to broadcast, the bucket rebuild early
+  in a run, validation). Without those, a rank with something to settle (raised since the
+  last agreement, a failed fetch, a loader at its end) skips its forward and meets the others
+  before backward, who have run their forward and loss. One exchange of five integers a
+  batch (two with buffers), on a CPU ``gloo`` group of their own: no device sync. The
+  optimizer step must be the same on every rank, so a cancel raised in ``startStep`` /
+  ``startZeroGrad`` ends the batch after it.
 - Every exchange starts with the same header (what it is for), so ranks that are out of step
   (one at ``endRun``, one before ``backward``) see it and raise a clear error instead of
   pairing unrelated collectives or hanging; the session then makes no more collectives.
@@ -195,6 +197,7 @@ class Session:
         self.world = dist.get_world_size()
         self.group = _control_group()
         self.broken = False  # after an out-of-step error: no more collectives
+        self.backwards = 0  # backward passes of this run
         self._original: nn.Module | None = None
 
     @staticmethod
@@ -229,16 +232,32 @@ class Session:
             self.learner.model = self._original
             self._original = None
 
+    def quiet_forward(self) -> bool:
+        """Whether the next forward pass makes no collective, so that a training batch needs
+        no agreement before it (the one before backward is enough: a rank with a cancel
+        skips its forward). DDP's forward broadcasts buffers (BatchNorm's, unless
+        ``broadcast_buffers=False``), and rebuilds its buckets in the forward after the first
+        backward: those need one."""
+        model = self.learner.model
+        if not torch.is_grad_enabled() or self.backwards < 2:
+            return False
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return not (model.broadcast_buffers and any(True for _ in model.module.buffers()))
+        return True
+
     # ---- agreement ------------------------------------------------------------------------------
-    def _header(self, kind: int, level: int = 0, value: int = 0) -> tuple[int, int]:
-        """Exchange (level, value, kind) with every rank: the largest level and value; an
-        ``OutOfStepError`` when the ranks are at different kinds of exchange."""
-        t = torch.tensor([level, value, kind, -kind], dtype=torch.int64)
+    def _header(
+        self, kind: int, level: int = 0, value: int = 0, ended: bool = False
+    ) -> tuple[int, int, bool]:
+        """Exchange (level, value, ended, kind) with every rank: the largest level and value,
+        and whether any rank ended; an ``OutOfStepError`` when the ranks are at different
+        kinds of exchange."""
+        t = torch.tensor([level, value, int(ended), kind, -kind], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        top, most, high, negative_low = t.tolist()
+        top, most, any_ended, high, negative_low = t.tolist()
         if high != -negative_low:
             self._out_of_step(kind)
-        return int(top), int(most)
+        return int(top), int(most), bool(any_ended)
 
     def _out_of_step(self, kind: int) -> None:
         in_flight = sys.exc_info()[1]
@@ -259,22 +278,24 @@ class Session:
         learner = self.learner
         return f"epoch {learner.epoch}, batch {learner.batch}"
 
-    def settle(self, held: BaseException | None, at: str, value: bool = False, where: str = "") -> bool:
-        """Agree at ``at`` (an event) on what each rank ``held`` (raised since
-        the last agreement): raise the most serious on every rank, or return whether any
-        rank's ``value`` is set (``startBackward`` asking to skip ``backward``, ``startPass``
-        finding a loader at its end). ``where`` says where ``held`` was raised, for the others'
+    def settle(
+        self, held: BaseException | None, at: str, value: bool = False, ended: bool = False, where: str = ""
+    ) -> tuple[bool, bool]:
+        """Agree at ``at`` (an event) on what each rank ``held`` (raised since the last
+        agreement): raise the most serious on every rank, or return whether any rank's
+        ``value`` is set (``startBackward`` asking to skip ``backward``) and whether any
+        rank's loader ``ended``. ``where`` says where ``held`` was raised, for the others'
         message (default: before ``at``, in the current batch)."""
         if self.broken:
             if held is not None:
                 raise held
-            return value
+            return value, ended
         level = _level(held)
         if level == _ERROR and "find_unused_parameters" in str(held):
             held.add_note(_UNUSED_OURS if self._original is not None else _UNUSED_YOURS)  # type: ignore[union-attr]
-        top, most = self._header(_KINDS[at], level, int(value))
+        top, most, any_ended = self._header(_KINDS[at], level, int(value), ended)
         if top == 0:
-            return bool(most)
+            return bool(most), any_ended
         said: list[Any] = [None] * self.world
         where = where or f"{_PHRASES.get(at, f'in {at!r}')} ({self._position()})"
         dist.all_gather_object(said, (level, type(held).__name__, str(held), where), group=self.group)
@@ -351,7 +372,7 @@ class Session:
         without a key does not count in its mean (a batch cancelled there before its loss)."""
         if self.broken:
             return values[keys.argsort()]
-        _, size = self._header(_KINDS["average"], value=int(keys.max()) + 1 if len(keys) else 0)
+        _, size, _ = self._header(_KINDS["average"], value=int(keys.max()) + 1 if len(keys) else 0)
         both = torch.zeros(2, size, dtype=torch.float64)
         both[0, keys] = values.double()
         both[1, keys] = 1

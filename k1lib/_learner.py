@@ -205,7 +205,7 @@ class Learner:
             answer = self.cbs._dispatch(event, finish=True)
         except BaseException as e:  # agreed, then raised on every rank
             sync.settle(e, event)
-        return sync.settle(None, event, answer)
+        return sync.settle(None, event, answer)[0]
 
     def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
         """Freeze the parameters of modules whose props name ``frozen`` (explicitly: ``all``
@@ -259,9 +259,9 @@ class Learner:
 
     def _agreed_loader(self, sync: _distributed.Session, loader: Iterable[Any], limit: int | None) -> None:
         """``_loader`` for one rank of several (see ``_distributed``): its share of the
-        batches, each started with an agreement just before the forward pass (DDP's forward
-        has collectives of its own), where what any rank raised since the last agreement,
-        a failed fetch or a loader at its end is settled for all."""
+        batches. What any rank raised since the last agreement, a failed fetch or a loader at
+        its end is settled for all just before the forward pass (DDP's forward may have
+        collectives of its own) or, when the forward has none, just before backward."""
         batches = sync.batches(loader, self.epoch)
         count = 0
         carried: BaseException | None = None  # raised after the last agreement of a batch
@@ -287,49 +287,70 @@ class Learner:
                     self.cbs("startPass")
                 except BaseException as e:
                     held = e
-            try:
-                ended = sync.settle(held, "startPass", ended, where)
-            except CancelBatchException:
-                self.cbs("cancelBatch")
-                self.cbs("endBatch")
-                carried, where = None, ""
-                self.batch += 1
-                count += 1
-                continue
-            if ended:
-                if started:  # another rank's loader ran out: this one's batch is dropped
+            if not sync.quiet_forward():
+                try:
+                    ended = sync.settle(held, "startPass", ended=ended, where=where)[1]
+                except CancelBatchException:
                     self.cbs("cancelBatch")
                     self.cbs("endBatch")
+                    carried, where = None, ""
+                    self.batch += 1
+                    count += 1
+                    continue
+                held, where = None, ""
+            outcome = self._agreed_batch(sync, started, held, ended, where)
+            if outcome is None:  # a loader ran out
                 return
-            carried, where = self._agreed_batch(sync)
+            carried, where = outcome
             self.batch += 1
             count += 1
 
-    def _agreed_batch(self, sync: _distributed.Session) -> tuple[BaseException | None, str]:
-        """The rest of a batch that every rank has started: forward to ``endBatch``. Returns
-        what was raised after the last agreement in it (and where), which the next batch's
-        agreement settles. Under DDP every rank must take the same optimizer step: a cancel
-        raised in ``startStep`` or ``startZeroGrad`` ends the batch after the step."""
+    def _agreed_batch(
+        self, sync: _distributed.Session, started: bool, held: BaseException | None, ended: bool, where: str
+    ) -> tuple[BaseException | None, str] | None:
+        """The rest of a batch: forward to ``endBatch``, with what this rank ``held`` or
+        whether its loader ``ended`` still to agree on (when no agreement came before the
+        forward: then a rank with either skips its forward). Returns None when some rank's
+        loader ran out, else what was raised after the last agreement in the batch (and
+        where), which the next agreement settles. Under DDP every rank must take the same
+        optimizer step: a cancel raised in ``startStep`` or ``startZeroGrad`` ends the batch
+        after it."""
         assert self.model is not None and self.opt is not None and self.lossF is not None
         cbs = self.cbs
         training = torch.is_grad_enabled()  # validation (no autograd) has no backward to agree on
-        where = f"in batch {self.batch} of epoch {self.epoch}, after {'backward' if training else 'forward'}"
+        skip = False
+        local: BaseException | None = None
         try:
-            try:
+            if held is not None:
+                raise held
+            if not ended:
                 self.y = self.model(self.xb)
                 cbs("endPass")
                 cbs("startLoss")
                 self.loss = self.lossF(self.y, self.yb)
                 cbs("endLoss")
                 skip = cbs("startBackward")
-            except BaseException as e:
-                if training:
-                    sync.settle(e, "startBackward")  # raises what the ranks agree on
-                raise
-            if training:  # no rank goes into backward's all-reduce alone
-                skip = sync.settle(None, "startBackward", skip)
+        except BaseException as e:  # agreed below (training) or at the next batch
+            local = e
+        if training:  # no rank goes into backward's all-reduce alone
+            try:
+                skip, ended = sync.settle(local, "startBackward", skip, ended, where)
+            except CancelBatchException:  # any other agreed exception leaves the loader
+                cbs("cancelBatch")
+                return self._agreed_end_of_batch()
+        elif local is not None and not isinstance(local, CancelBatchException):
+            return local, f"in batch {self.batch} of epoch {self.epoch}, before backward"
+        if ended:  # some rank's loader ran out: this batch is dropped
+            if started:
+                cbs("cancelBatch")
+                cbs("endBatch")
+            return None
+        try:
+            if isinstance(local, CancelBatchException) and not training:
+                raise local  # validation: a batch cancelled on one rank only is harmless
             if not skip:
                 self.loss.backward()
+                sync.backwards += 1
             raised: BaseException | None = None
             try:
                 skip = cbs("startStep")
@@ -348,11 +369,14 @@ class Learner:
         except CancelBatchException:
             cbs("cancelBatch")
         except BaseException as e:
-            return e, where  # no endBatch, as in one process
+            return e, f"in batch {self.batch} of epoch {self.epoch}, after backward"  # no endBatch
+        return self._agreed_end_of_batch()
+
+    def _agreed_end_of_batch(self) -> tuple[BaseException | None, str]:
         try:
-            cbs("endBatch")
+            self.cbs("endBatch")
         except BaseException as e:
-            return e, where
+            return e, f"in batch {self.batch} of epoch {self.epoch}, in endBatch"
         return None, ""
 
     def _batch(self, batch: Any) -> None:

@@ -256,11 +256,12 @@ def accumulated(rank: int) -> dict[str, Any]:
     }
 
 
-def before_forward(rank: int, event: str, what: BaseException) -> dict[str, Any]:
-    """A cancel or error on rank 1 before its forward pass (DDP's forward has collectives)."""
+def before_forward(rank: int, event: str, what: BaseException, at: int = 1) -> dict[str, Any]:
+    """A cancel or error on rank 1 before its forward pass (DDP's forward has collectives:
+    the bucket rebuild at batch 1, BatchNorm's buffers at every batch)."""
     torch.manual_seed(0)
     l = learner(WithNorm())
-    l.cbs.append(Fail(event, 1, what))
+    l.cbs.append(Fail(event, at, what))
     raised = None
     try:
         l.run(1)
@@ -373,6 +374,9 @@ def main() -> None:
         results["accumulated"] = accumulated(rank)
         results["startBatch"] = before_forward(rank, "startBatch", k1lib.CancelBatchException("skip it"))
         results["startPass"] = before_forward(rank, "startPass", ValueError("bad input"))
+        results["startBatch_later"] = before_forward(
+            rank, "startBatch", k1lib.CancelBatchException("x"), at=6
+        )
         results["after_backward"] = after_backward(rank)
         results["epoch_end"] = epoch_end(rank)
         results["low_loss"] = low_loss(rank)

@@ -125,8 +125,10 @@ def test_a_cancel_on_rank_1_ends_the_run_on_both_ranks(ranks: list[dict[str, Any
     r0, r1 = ranks[0][f"cancel_{event}"], ranks[1][f"cancel_{event}"]
     # cancelled in the first epoch on both, with the same losses on both. At endLoss of batch
     # 3, rank 1 cancels before its Loss callback records, rank 0 has recorded: batch 3's
-    # loss is rank 0's alone. At endBatch of batch 5, both recorded 6 losses.
-    expected = 4 if event == "endLoss" else 6
+    # loss is rank 0's alone. At endBatch of batch 5, the cancel is agreed before the next
+    # backward (this model has no buffers: its forward needs no agreement): rank 0 has run
+    # batch 6's forward and loss by then, so 7 losses, the 7th rank 0's.
+    expected = 4 if event == "endLoss" else 7
     assert r0["train"] == r1["train"]
     assert len(r0["train"]) == len(r1["train"]) == expected
     for key, value in r0["final"].items():
@@ -202,10 +204,10 @@ def test_a_loader_failing_on_rank_1_stops_both_ranks(ranks: list[dict[str, Any]]
 
 
 def test_a_rank_whose_loader_runs_out_first_ends_the_epoch_for_all(ranks: list[dict[str, Any]]) -> None:
-    # 480 samples, 240 a rank: rank 0 has 24 batches of 10, rank 1 has 23; rank 0 started its
-    # 24th (startBatch, startPass) and dropped it
+    # 480 samples, 240 a rank: rank 0 has 24 batches of 10, rank 1 has 23
     r0, r1 = ranks[0]["uneven"], ranks[1]["uneven"]
-    assert r0["trained"] == r1["trained"] == 23
+    # the end is agreed before backward: rank 0's 24th forward and loss were run, not trained
+    assert r0["trained"] == r1["trained"] == 24
     for key, value in r0["final"].items():
         assert torch.equal(value, r1["final"][key]), key
 
@@ -242,6 +244,9 @@ def test_a_cancel_before_the_forward_pass_is_agreed_there(ranks: list[dict[str, 
     assert r0["raised"] is None and r1["raised"] is None
     assert len(r0["train"]) == len(r1["train"]) == 9  # 10 a rank, batch 1 cancelled on both
     assert same_weights(r0["final"], r1["final"])
+    r0, r1 = ranks[0]["startBatch_later"], ranks[1]["startBatch_later"]
+    assert len(r0["train"]) == len(r1["train"]) == 9  # batch 6 cancelled on both
+    assert same_weights(r0["final"], r1["final"])
     r0, r1 = ranks[0]["startPass"], ranks[1]["startPass"]
     assert r1["raised"] == "ValueError: bad input"
     assert r0["raised"] == (
@@ -252,7 +257,8 @@ def test_a_cancel_before_the_forward_pass_is_agreed_there(ranks: list[dict[str, 
 
 def test_a_cancel_in_startStep_comes_after_the_step_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     r0, r1 = ranks[0]["after_backward"], ranks[1]["after_backward"]
-    assert len(r0["train"]) == len(r1["train"]) == 4
+    # batches 0-3 trained (the 4th stepped), then the 5th's forward on rank 0 before the agreement
+    assert len(r0["train"]) == len(r1["train"]) == 5
     assert same_weights(r0["final"], r1["final"])
     assert "Run cancelled: stop after this step (on rank 1)." in ranks[0]["stdout"]
 
