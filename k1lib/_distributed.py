@@ -197,7 +197,7 @@ class Session:
         self.world = dist.get_world_size()
         self.group = _control_group()
         self.broken = False  # after an out-of-step error: no more collectives
-        self.backwards = 0  # backward passes of this run
+        self.backwards = 0  # backward passes of this run that all-reduced gradients
         self._original: nn.Module | None = None
 
     @staticmethod
@@ -232,12 +232,18 @@ class Session:
             self.learner.model = self._original
             self._original = None
 
+    def backward_done(self) -> None:
+        """Count a backward pass that all-reduced (not one under ``no_sync``: DDP rebuilds its
+        buckets in the forward after the first that did)."""
+        if getattr(self.learner.model, "require_backward_grad_sync", True):
+            self.backwards += 1
+
     def quiet_forward(self) -> bool:
         """Whether the next forward pass makes no collective, so that a training batch needs
         no agreement before it (the one before backward is enough: a rank with a cancel
         skips its forward). DDP's forward broadcasts buffers (BatchNorm's, unless
         ``broadcast_buffers=False``), and rebuilds its buckets in the forward after the first
-        backward: those need one."""
+        backward that all-reduced: those need one."""
         model = self.learner.model
         if not torch.is_grad_enabled() or self.backwards < 2:
             return False

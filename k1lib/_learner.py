@@ -350,7 +350,7 @@ class Learner:
                 raise local  # validation: a batch cancelled on one rank only is harmless
             if not skip:
                 self.loss.backward()
-                sync.backwards += 1
+                sync.backward_done()
             raised: BaseException | None = None
             try:
                 skip = cbs("startStep")

@@ -270,6 +270,17 @@ def before_forward(rank: int, event: str, what: BaseException, at: int = 1) -> d
     return {"raised": raised, "train": list(l.Loss.train), "final": weights(l.model)}
 
 
+def accumulating_cancel(rank: int) -> dict[str, Any]:
+    """GradAccumulation(2): batch 0's backward is under no_sync, so DDP rebuilds its buckets
+    (a collective) in batch 2's forward, not batch 1's; rank 1 cancels right before it."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.withGradAccumulation(2)
+    l.cbs.append(Fail("startBatch", 2, k1lib.CancelBatchException("not this one")))
+    l.run(1)
+    return {"train": list(l.Loss.train), "final": weights(l.model)}
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -378,6 +389,7 @@ def main() -> None:
             rank, "startBatch", k1lib.CancelBatchException("x"), at=6
         )
         results["after_backward"] = after_backward(rank)
+        results["accumulating_cancel"] = accumulating_cancel(rank)
         results["epoch_end"] = epoch_end(rank)
         results["low_loss"] = low_loss(rank)
         results["loss_by_batch"] = loss_by_batch(rank)

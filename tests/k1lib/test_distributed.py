@@ -295,3 +295,9 @@ def test_record_runs_each_rank_alone_and_changes_nothing(ranks: list[dict[str, A
 def test_a_subset_random_sampler_gets_one_order_on_both_ranks(ranks: list[dict[str, Any]]) -> None:
     both = torch.cat([torch.cat(rank["subset_sampler"]["xbs"]) for rank in ranks])
     assert len(both) == len(both.unique()) == 400
+
+
+def test_a_cancel_before_the_bucket_rebuild_under_no_sync_is_agreed(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["accumulating_cancel"], ranks[1]["accumulating_cancel"]
+    assert len(r0["train"]) == len(r1["train"]) == 9  # 10 a rank, batch 2 cancelled on both
+    assert same_weights(r0["final"], r1["final"])
