@@ -172,6 +172,8 @@ def _control_group() -> Any:
 def _level(error: BaseException | None) -> int:
     if error is None:
         return 0
+    if getattr(error, "_k1lib_escapes", False):
+        return _ERROR  # a batch cancel raised where no batch is left (endBatch): ends the run
     for i, kind in enumerate(_LEVELS):
         if isinstance(error, kind):
             return i + 1
@@ -197,7 +199,6 @@ class Session:
         self.world = dist.get_world_size()
         self.group = _control_group()
         self.broken = False  # after an out-of-step error: no more collectives
-        self.backwards = 0  # backward passes of this run that all-reduced gradients
         self._original: nn.Module | None = None
 
     @staticmethod
@@ -232,22 +233,23 @@ class Session:
             self.learner.model = self._original
             self._original = None
 
-    def backward_done(self) -> None:
-        """Count a backward pass that all-reduced (not one under ``no_sync``: DDP rebuilds its
-        buckets in the forward after the first that did)."""
-        if getattr(self.learner.model, "require_backward_grad_sync", True):
-            self.backwards += 1
-
     def quiet_forward(self) -> bool:
         """Whether the next forward pass makes no collective, so that a training batch needs
         no agreement before it (the one before backward is enough: a rank with a cancel
         skips its forward). DDP's forward broadcasts buffers (BatchNorm's, unless
-        ``broadcast_buffers=False``), and rebuilds its buckets in the forward after the first
-        backward that all-reduced: those need one."""
-        model = self.learner.model
-        if not torch.is_grad_enabled() or self.backwards < 2:
+        ``broadcast_buffers=False``) and rebuilds its buckets once, after the first backward
+        (the second with ``static_graph``): those need one. So does a callback that exchanges
+        with the other ranks inside batches (``Callback.exchanges_in_batches``: ParamFinder's
+        test), which every rank must reach."""
+        learner = self.learner
+        if not torch.is_grad_enabled():
             return False
+        if any(cb.exchanges_in_batches and not cb.suspended for cb in learner.cbs):
+            return False
+        model = learner.model
         if isinstance(model, nn.parallel.DistributedDataParallel):
+            if not getattr(model, "_has_rebuilt_buckets", False):
+                return False  # not rebuilt yet (or a torch without the flag: assume not)
             return not (model.broadcast_buffers and any(True for _ in model.module.buffers()))
         return True
 
@@ -300,7 +302,7 @@ class Session:
         if level == _ERROR and "find_unused_parameters" in str(held):
             held.add_note(_UNUSED_OURS if self._original is not None else _UNUSED_YOURS)  # type: ignore[union-attr]
         top, most, any_ended = self._header(_KINDS[at], level, int(value), ended)
-        if top == 0:
+        if top == 0 or (top == 1 and any_ended):  # a batch cancel of a batch dropped anyway
             return bool(most), any_ended
         said: list[Any] = [None] * self.world
         where = where or f"{_PHRASES.get(at, f'in {at!r}')} ({self._position()})"

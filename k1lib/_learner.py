@@ -290,10 +290,10 @@ class Learner:
             if not sync.quiet_forward():
                 try:
                     ended = sync.settle(held, "startPass", ended=ended, where=where)[1]
-                except CancelBatchException:
-                    self.cbs("cancelBatch")
-                    self.cbs("endBatch")
-                    carried, where = None, ""
+                except CancelBatchException as e:
+                    if _escapes(e):
+                        raise
+                    carried, where = self._agreed_close(cancelled=True)
                     self.batch += 1
                     count += 1
                     continue
@@ -314,7 +314,7 @@ class Learner:
         loader ran out, else what was raised after the last agreement in the batch (and
         where), which the next agreement settles. Under DDP every rank must take the same
         optimizer step: a cancel raised in ``startStep`` or ``startZeroGrad`` ends the batch
-        after it."""
+        after it, and every handler of those events runs."""
         assert self.model is not None and self.opt is not None and self.lossF is not None
         cbs = self.cbs
         training = torch.is_grad_enabled()  # validation (no autograd) has no backward to agree on
@@ -335,48 +335,52 @@ class Learner:
         if training:  # no rank goes into backward's all-reduce alone
             try:
                 skip, ended = sync.settle(local, "startBackward", skip, ended, where)
-            except CancelBatchException:  # any other agreed exception leaves the loader
-                cbs("cancelBatch")
-                return self._agreed_end_of_batch()
-        elif local is not None and not isinstance(local, CancelBatchException):
-            return local, f"in batch {self.batch} of epoch {self.epoch}, before backward"
+            except CancelBatchException as e:  # any other agreed exception leaves the loader
+                if _escapes(e):
+                    raise
+                return self._agreed_close(cancelled=True)
+        elif isinstance(local, CancelBatchException):
+            return self._agreed_close(cancelled=True)  # validation: cancelled on this rank alone
+        elif local is not None:
+            return local, f"in validation batch {self.batch} of epoch {self.epoch}"
         if ended:  # some rank's loader ran out: this batch is dropped
             if started:
                 cbs("cancelBatch")
                 cbs("endBatch")
             return None
         try:
-            if isinstance(local, CancelBatchException) and not training:
-                raise local  # validation: a batch cancelled on one rank only is harmless
             if not skip:
                 self.loss.backward()
-                sync.backward_done()
-            raised: BaseException | None = None
-            try:
-                skip = cbs("startStep")
-            except BaseException as e:
-                raised, skip = e, False
+            skip, raised = cbs._collect("startStep")
             if not skip:
                 self.opt.step()
-            try:
-                skip = cbs("startZeroGrad")
-            except BaseException as e:
-                raised, skip = raised or e, False
+            skip, also = cbs._collect("startZeroGrad")
             if not skip:
                 self.opt.zero_grad()
+            raised = raised or also
             if raised is not None:
                 raise raised
         except CancelBatchException:
-            cbs("cancelBatch")
+            return self._agreed_close(cancelled=True)
         except BaseException as e:
             return e, f"in batch {self.batch} of epoch {self.epoch}, after backward"  # no endBatch
-        return self._agreed_end_of_batch()
+        return self._agreed_close(cancelled=False)
 
-    def _agreed_end_of_batch(self) -> tuple[BaseException | None, str]:
+    def _agreed_close(self, cancelled: bool) -> tuple[BaseException | None, str]:
+        """``cancelBatch`` (when ``cancelled``) and ``endBatch``; what they raise is returned
+        for the next agreement. A CancelBatchException from them has no batch left to cancel:
+        it ends the run, as it does in one process."""
         try:
+            if cancelled:
+                self.cbs("cancelBatch")
             self.cbs("endBatch")
         except BaseException as e:
-            return e, f"in batch {self.batch} of epoch {self.epoch}, in endBatch"
+            if isinstance(e, CancelBatchException):
+                e._k1lib_escapes = True  # type: ignore[attr-defined]
+            return (
+                e,
+                f"in batch {self.batch} of epoch {self.epoch}, in {'cancelBatch or ' * cancelled}endBatch",
+            )
         return None, ""
 
     def _batch(self, batch: Any) -> None:
@@ -479,6 +483,11 @@ class Learner:
                 '- l.Loss: to get a specific callback, this case "Loss"',
             ]
         )
+
+
+def _escapes(error: BaseException) -> bool:
+    """Whether a CancelBatchException was raised where no batch is left to cancel."""
+    return bool(getattr(error, "_k1lib_escapes", False))
 
 
 class _Recorder(DontTrain):

@@ -76,6 +76,9 @@ class Callback:
     # makes batches, outputs or their precision what training sees (ModifyBatch, DType, Device,
     # ...): kept running when Learner.record, ParamFinder and LossLandscape suspend the others
     shapes_batch: ClassVar[bool] = False
+    # exchanges with the other ranks (torch.distributed collectives) inside batch events: under
+    # DDP every rank then runs every batch's events (ParamFinder's range test)
+    exchanges_in_batches: ClassVar[bool] = False
     # extra help lines for the repr (after "Callback `Name`, use...")
     doc: ClassVar[str] = ""
 

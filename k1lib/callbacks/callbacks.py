@@ -200,6 +200,15 @@ class Callbacks:
         """``self(event)``; with ``finish``, every handler runs even after one raised, and the
         first exception is raised after the last handler (``endRun`` always; the Learner
         under DDP for every event outside batches)."""
+        answer, failed = self._collect(event, finish)
+        if failed is not None:
+            raise failed
+        return answer
+
+    def _collect(self, event: str, finish: bool = True) -> tuple[bool, BaseException | None]:
+        """Fire ``event``; with ``finish`` every handler runs, and the answer comes back with
+        the first exception raised, not raised (the Learner under DDP, for ``startStep``:
+        whether to skip the step must not depend on a handler that raised before it)."""
         try:
             handlers = self._handlers[event]
         except KeyError:
@@ -235,9 +244,7 @@ class Callbacks:
                 failed = failed or e
             finally:
                 seconds[(cb.name, event)] += clock() - start
-        if failed is not None:
-            raise failed
-        return answer
+        return answer, failed
 
     def withCheckpoint(  # noqa: N802 - the README's name
         self, checkpoint: str, f: Callable[[Callback], Any], name: str | None = None

@@ -13,9 +13,10 @@ step goes through ``GradClipping`` and the ``Autocast`` scaler like the others; 
 callbacks' ``startStep`` handlers do not see it. A run that is cancelled mid-group drops the
 partial gradients (``zero_grad``), so the next run starts clean.
 
-Under DDP only the batch that completes a group all-reduces its gradients (DDP's
-``no_sync`` for the others, as ``require_backward_grad_sync``); a last incomplete group is
-all-reduced when it is stepped. No host syncs: the counting is in Python.
+Under DDP every batch all-reduces its gradients, as DDP does by default; its ``no_sync``
+would cross the ranks once a group instead, but a forward whose batch is then cancelled
+leaves DDP expecting a backward, and the next batch under ``no_sync`` would all-reduce on
+some ranks only (a hang). No host syncs: the counting is in Python.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from .callback import Callback
 
@@ -63,12 +62,6 @@ class GradAccumulation(Callback):
     def startRun(self) -> None:  # noqa: N802
         self.pending = 0
 
-    def startBatch(self) -> None:  # noqa: N802
-        model = self.learner.model
-        if isinstance(model, nn.parallel.DistributedDataParallel) and model.training:
-            # gradients cross the ranks once a group, with the batch that completes it
-            model.require_backward_grad_sync = self.pending + 1 >= self.n
-
     def startBackward(self) -> bool:  # noqa: N802
         loss = self.learner.loss
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
@@ -100,9 +93,6 @@ class GradAccumulation(Callback):
 
     def endRun(self) -> None:  # noqa: N802
         self._drop()
-        model = self.learner.model
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model.require_backward_grad_sync = True
 
     def _drop(self) -> None:
         if self.pending:
@@ -121,13 +111,6 @@ class GradAccumulation(Callback):
         learner = self.learner
         opt: torch.optim.Optimizer = learner.opt
         grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        model = learner.model
-        if isinstance(model, nn.parallel.DistributedDataParallel) and grads:
-            # these batches ran under no_sync: their gradients are averaged over ranks here
-            group = model.process_group
-            for grad in grads:
-                dist.all_reduce(grad, group=group)
-            torch._foreach_div_(grads, dist.get_world_size(group))
         if grads:
             torch._foreach_mul_(grads, self.n / k)
         self.pending = self.n  # the group is complete: clipping and the scaler act

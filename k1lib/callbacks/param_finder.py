@@ -151,6 +151,7 @@ class _RangeTest(Callback):
     lowest counted once the smoothing window is full, so early noise cannot stop the test)."""
 
     order = 0  # first, so that a batch past the schedule is cancelled before anything acts on it
+    exchanges_in_batches = True  # under DDP, each loss is averaged over the ranks
 
     def __init__(self, values: list[float], ratios: list[float], param: str) -> None:
         super().__init__()
@@ -166,14 +167,16 @@ class _RangeTest(Callback):
             raise CancelEpochException("range test done")
 
     def startBatch(self) -> None:  # noqa: N802
+        # the value is recorded with its loss (endLoss): a batch that never gets there (a
+        # cancel, or under DDP a batch another rank's loader had no match for) takes none
         if len(self.params) >= len(self.values):
             raise CancelEpochException("range test done")
         value = self.values[len(self.params)]
         for group, ratio in zip(self.learner.opt.param_groups, self.ratios, strict=True):
             group[self.param] = value * ratio
-        self.params.append(value)
 
     def endLoss(self) -> None:  # noqa: N802
+        self.params.append(self.values[len(self.params)])
         loss = float(self.learner.loss.detach().float().mean())
         sync = _distributed.session(self.learner)
         if sync is not None:  # every rank decides on the same loss: the mean over ranks

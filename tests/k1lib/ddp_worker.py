@@ -271,14 +271,46 @@ def before_forward(rank: int, event: str, what: BaseException, at: int = 1) -> d
 
 
 def accumulating_cancel(rank: int) -> dict[str, Any]:
-    """GradAccumulation(2): batch 0's backward is under no_sync, so DDP rebuilds its buckets
-    (a collective) in batch 2's forward, not batch 1's; rank 1 cancels right before it."""
+    """GradAccumulation(2), rank 1 cancelling batch 2 before its forward."""
     torch.manual_seed(0)
     l = learner(Net())
     l.cbs.withGradAccumulation(2)
     l.cbs.append(Fail("startBatch", 2, k1lib.CancelBatchException("not this one")))
     l.run(1)
     return {"train": list(l.Loss.train), "final": weights(l.model)}
+
+
+def static_graph(rank: int) -> dict[str, Any]:
+    """static_graph=True: DDP rebuilds its buckets in the third forward; rank 1 cancels
+    batch 2 right before it."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.ddpKwargs = {"static_graph": True}
+    l.cbs.append(Fail("startBatch", 2, k1lib.CancelBatchException("not this one")))
+    l.run(1)
+    return {"train": list(l.Loss.train), "final": weights(l.model)}
+
+
+def clipped_step_cancel(rank: int) -> dict[str, Any]:
+    """A cancel in startStep raised before GradClipping's handler: clipping still runs."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.withGradClipping(0.01)
+    l.cbs.append(Fail("startStep", 4, CancelRunException("stop")))
+    l.run(1)
+    return {"final": weights(l.model)}
+
+
+def end_batch_cancel(rank: int) -> dict[str, Any]:
+    """A CancelBatchException in endBatch has no batch to cancel: it ends the run."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(Fail("endBatch", 3, k1lib.CancelBatchException("too late")))
+    try:
+        l.run(1)
+    except Exception as e:
+        return {"type": type(e).__name__, "message": str(e)}
+    return {"type": None}
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -390,6 +422,9 @@ def main() -> None:
         )
         results["after_backward"] = after_backward(rank)
         results["accumulating_cancel"] = accumulating_cancel(rank)
+        results["static_graph"] = static_graph(rank)
+        results["clipped_step_cancel"] = clipped_step_cancel(rank)
+        results["end_batch_cancel"] = end_batch_cancel(rank)
         results["epoch_end"] = epoch_end(rank)
         results["low_loss"] = low_loss(rank)
         results["loss_by_batch"] = loss_by_batch(rank)

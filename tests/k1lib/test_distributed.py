@@ -212,7 +212,7 @@ def test_a_rank_whose_loader_runs_out_first_ends_the_epoch_for_all(ranks: list[d
         assert torch.equal(value, r1["final"][key]), key
 
 
-def test_grad_accumulation_crosses_ranks_once_a_group_and_steps_like_one_process(
+def test_grad_accumulation_steps_like_one_process(
     ranks: list[dict[str, Any]],
 ) -> None:
     r0, r1 = ranks[0]["accumulated"], ranks[1]["accumulated"]
@@ -297,7 +297,28 @@ def test_a_subset_random_sampler_gets_one_order_on_both_ranks(ranks: list[dict[s
     assert len(both) == len(both.unique()) == 400
 
 
-def test_a_cancel_before_the_bucket_rebuild_under_no_sync_is_agreed(ranks: list[dict[str, Any]]) -> None:
+def test_a_cancel_with_grad_accumulation_is_agreed(ranks: list[dict[str, Any]]) -> None:
     r0, r1 = ranks[0]["accumulating_cancel"], ranks[1]["accumulating_cancel"]
-    assert len(r0["train"]) == len(r1["train"]) == 9  # 10 a rank, batch 2 cancelled on both
+    # batch 2 cancelled on both; rank 0 ran its forward first (quiet after the rebuild in batch
+    # 1's forward), so batch 2's loss is rank 0's alone
+    assert len(r0["train"]) == len(r1["train"]) == 10
     assert same_weights(r0["final"], r1["final"])
+
+
+def test_a_cancel_before_a_static_graph_rebuild_is_agreed(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["static_graph"], ranks[1]["static_graph"]
+    assert len(r0["train"]) == len(r1["train"]) == 9
+    assert same_weights(r0["final"], r1["final"])
+
+
+def test_every_startStep_handler_runs_before_the_step_under_ddp(ranks: list[dict[str, Any]]) -> None:
+    assert same_weights(ranks[0]["clipped_step_cancel"]["final"], ranks[1]["clipped_step_cancel"]["final"])
+
+
+def test_a_batch_cancel_raised_in_endBatch_ends_the_run_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[1]["end_batch_cancel"] == {"type": "CancelBatchException", "message": "too late"}
+    assert ranks[0]["end_batch_cancel"]["type"] == "RuntimeError"
+    assert (
+        "rank 1 failed in batch 3 of epoch 0, in endBatch with CancelBatchException: too late"
+        in (ranks[0]["end_batch_cancel"]["message"])
+    )
