@@ -6,8 +6,9 @@ Launches itself with torchrun. Each rank trains its half of every epoch's batche
 loop is a ``DistributedDataParallel`` with forward, loss, backward, step and zero_grad on the
 same batches (made once, outside the timing), the Learner the same with its default
 callbacks minus HookModule, HookParam and Autosave (as ``bench_learner.py``). What the Learner
-adds is its per-run DDP wrap and the agreement on cancels: two all-reduces of four integers a
-batch on a gloo group, plus the Loss averaging once an epoch. Rank 0 prints the medians of
+adds is its per-run DDP wrap (5-14 ms for the MLP here) and the agreement on cancels: an
+all-reduce of five integers a batch (two for models with buffers, and in a run's first
+batches) on a gloo group, plus the Loss averaging once an epoch. Rank 0 prints the medians of
 alternated runs and their ratio; the goal is the single-process one (<= 1.05x on the README
 network, <= 1.02x on the MLP), which a 2-core machine running 2 processes makes noisy.
 """
