@@ -313,6 +313,37 @@ def end_batch_cancel(rank: int) -> dict[str, Any]:
     return {"type": None}
 
 
+class CancelBoth(Callback):
+    """Every rank cancels training batch 4 before backward; rank 1's cancelBatch then ends the run."""
+
+    def startBackward(self) -> None:
+        if self.learner.model.training and self.learner.batch == 4:
+            raise k1lib.CancelBatchException("both")
+
+    def cancelBatch(self) -> None:
+        if self.learner.rank == 1:
+            raise CancelRunException("from cancelBatch")
+
+
+def cancel_in_cancel_batch(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(CancelBoth())
+    l.run(1)
+    return {"train": list(l.Loss.train), "final": weights(l.model)}
+
+
+def param_finder_uneven(rank: int) -> dict[str, Any]:
+    """ParamFinder on loaders of 24 and 23 batches: the same test on both ranks."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    dataset_ = torch.utils.data.TensorDataset(*dataset())
+    sampler = Shorter(dataset_, shuffle=False)
+    l.data = k1lib.data.Data(torch.utils.data.DataLoader(dataset_, batch_size=10, sampler=sampler), [])
+    l.cbs.withParamFinder()
+    return {"suggestion": l.ParamFinder.run(samples=60), "params": list(l.ParamFinder.params)}
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -425,6 +456,8 @@ def main() -> None:
         results["static_graph"] = static_graph(rank)
         results["clipped_step_cancel"] = clipped_step_cancel(rank)
         results["end_batch_cancel"] = end_batch_cancel(rank)
+        results["cancel_in_cancel_batch"] = cancel_in_cancel_batch(rank)
+        results["param_finder_uneven"] = param_finder_uneven(rank)
         results["epoch_end"] = epoch_end(rank)
         results["low_loss"] = low_loss(rank)
         results["loss_by_batch"] = loss_by_batch(rank)

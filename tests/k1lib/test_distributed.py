@@ -322,3 +322,16 @@ def test_a_batch_cancel_raised_in_endBatch_ends_the_run_on_every_rank(ranks: lis
         "rank 1 failed in batch 3 of epoch 0, in endBatch with CancelBatchException: too late"
         in (ranks[0]["end_batch_cancel"]["message"])
     )
+
+
+def test_a_cancel_raised_in_cancelBatch_on_one_rank_is_agreed(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["cancel_in_cancel_batch"], ranks[1]["cancel_in_cancel_batch"]
+    # batches 0-4, and batch 5's forward on rank 0, which learns of the cancel before backward
+    assert r0["train"] == r1["train"] and len(r0["train"]) == 6
+    assert same_weights(r0["final"], r1["final"])
+    assert "Run cancelled: from cancelBatch (on rank 1)." in ranks[0]["stdout"]
+
+
+def test_param_finder_with_uneven_loaders_gives_one_suggestion(ranks: list[dict[str, Any]]) -> None:
+    r0, r1 = ranks[0]["param_finder_uneven"], ranks[1]["param_finder_uneven"]
+    assert r0 == r1 and len(r0["params"]) > 23  # the test crossed an epoch end
