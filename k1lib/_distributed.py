@@ -199,6 +199,7 @@ class Session:
         self.world = dist.get_world_size()
         self.group = _control_group()
         self.broken = False  # after an out-of-step error: no more collectives
+        self._buffers: bool | None = None  # whether the DDP model has buffers (found once)
         self._original: nn.Module | None = None
 
     @staticmethod
@@ -250,7 +251,9 @@ class Session:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             if not getattr(model, "_has_rebuilt_buckets", False):
                 return False  # not rebuilt yet (or a torch without the flag: assume not)
-            return not (model.broadcast_buffers and any(True for _ in model.module.buffers()))
+            if self._buffers is None:  # walks the module tree: once, not every batch
+                self._buffers = any(True for _ in model.module.buffers())
+            return not (model.broadcast_buffers and self._buffers)
         return True
 
     # ---- agreement ------------------------------------------------------------------------------
@@ -317,10 +320,6 @@ class Session:
         raise _LEVELS[top - 1](f"{text} (on rank {source})")
 
     # ---- data -----------------------------------------------------------------------------------
-    def length(self, loader: Any) -> int:
-        """Batches this rank runs from ``loader`` (raises TypeError when it has no length)."""
-        return batches_per_rank(loader)
-
     def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
         """This rank's share of ``loader``'s batches this epoch (see the module docstring)."""
         if _is_sharded(loader):
@@ -387,6 +386,13 @@ class Session:
         dist.all_reduce(both, group=self.group)
         found = both[1] > 0
         return (both[0][found] / both[1][found]).to(values.dtype)
+
+    def mean(self, value: float | None) -> float | None:
+        """The mean over ranks of one number (None where a rank has none; None when no rank
+        has one)."""
+        values = torch.tensor([] if value is None else [value], dtype=torch.float64)
+        averaged = self.average(values, torch.zeros(len(values), dtype=torch.long))
+        return float(averaged[0]) if len(averaged) else None
 
 
 class _End:

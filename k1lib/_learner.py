@@ -227,7 +227,7 @@ class Learner:
         total = 0
         for loader in (self.data.train, self.data.valid):
             try:
-                size = len(loader) if self._sync is None else self._sync.length(loader)
+                size = len(loader) if self._sync is None else _distributed.batches_per_rank(loader)
             except TypeError:
                 return 0
             total += size if limit is None else min(size, limit)

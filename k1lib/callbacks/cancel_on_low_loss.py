@@ -41,8 +41,6 @@ class CancelOnLowLoss(Callback):
         mean = None if self._sum is None else float(self._sum) / self._count
         sync = _distributed.session(self.learner)
         if sync is not None:  # the validation loss of all ranks' batches, the same on each rank
-            means = torch.tensor([] if mean is None else [mean], dtype=torch.float64)
-            averaged = sync.average(means, torch.zeros(len(means), dtype=torch.long))
-            mean = float(averaged[0]) if len(averaged) else None
+            mean = sync.mean(mean)
         if mean is not None and mean < self.loss:
             raise CancelRunException(f"Low loss {self.loss:g} achieved!")

@@ -180,9 +180,9 @@ class _RangeTest(Callback):
         loss = float(self.learner.loss.detach().float().mean())
         sync = _distributed.session(self.learner)
         if sync is not None:  # every rank decides on the same loss: the mean over ranks
-            loss = float(
-                sync.average(torch.tensor([loss], dtype=torch.float64), torch.zeros(1, dtype=torch.long))[0]
-            )
+            averaged = sync.mean(loss)
+            assert averaged is not None  # this rank has one
+            loss = averaged
         self.losses.append(loss)
         smoothed = self._smoother.add(loss)
         if len(self.losses) >= _WINDOW:
