@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_learner import alternate, learner_loop, loss_f, mlp_case, readme_case, report
+from benchmarks.bench_learner import alternate, learner_loop, mlp_case, raw_loop, readme_case, report
 from tests.k1lib.helpers import Batches
 
 
@@ -43,21 +43,9 @@ def shard(data: Batches, rank: int, world: int) -> Batches:
 
 
 def raw_ddp(model: nn.Module, data: Batches, opt: torch.optim.Optimizer) -> Callable[[], None]:
+    """bench_learner's raw loop, on the model wrapped in DDP."""
     ddp = nn.parallel.DistributedDataParallel(model)
-
-    def run() -> None:
-        ddp.train()
-        for xb, yb in data.train:
-            loss = loss_f(ddp(xb), yb)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        ddp.eval()
-        with torch.no_grad():
-            for xb, yb in data.valid:
-                loss_f(ddp(xb), yb)
-
-    return run
+    return lambda: raw_loop(ddp, data, opt)
 
 
 def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: float, repeats: int) -> bool:

@@ -218,6 +218,13 @@ def fetch_failure(rank: int) -> dict[str, Any]:
     return {"type": None}
 
 
+def uneven_data() -> Any:
+    """Batches of 10 through a ``Shorter`` sampler: 24 on rank 0, 23 on rank 1; no validation."""
+    dataset_ = torch.utils.data.TensorDataset(*dataset())
+    loader = torch.utils.data.DataLoader(dataset_, batch_size=10, sampler=Shorter(dataset_, shuffle=False))
+    return k1lib.data.Data(loader, [])
+
+
 class Shorter(torch.utils.data.distributed.DistributedSampler):  # type: ignore[type-arg]
     """A DistributedSampler that gives rank 1 one batch fewer than rank 0."""
 
@@ -229,9 +236,7 @@ class Shorter(torch.utils.data.distributed.DistributedSampler):  # type: ignore[
 def uneven(rank: int) -> dict[str, Any]:
     torch.manual_seed(0)
     l = learner(Net())
-    dataset_ = torch.utils.data.TensorDataset(*dataset())
-    sampler = Shorter(dataset_, shuffle=False)
-    l.data = k1lib.data.Data(torch.utils.data.DataLoader(dataset_, batch_size=10, sampler=sampler), [])
+    l.data = uneven_data()
     l.run(1)
     return {"trained": len(l.Loss.train), "final": {k: v.clone() for k, v in l.model.state_dict().items()}}
 
@@ -337,9 +342,7 @@ def param_finder_uneven(rank: int) -> dict[str, Any]:
     """ParamFinder on loaders of 24 and 23 batches: the same test on both ranks."""
     torch.manual_seed(0)
     l = learner(Net())
-    dataset_ = torch.utils.data.TensorDataset(*dataset())
-    sampler = Shorter(dataset_, shuffle=False)
-    l.data = k1lib.data.Data(torch.utils.data.DataLoader(dataset_, batch_size=10, sampler=sampler), [])
+    l.data = uneven_data()
     l.cbs.withParamFinder()
     return {"suggestion": l.ParamFinder.run(samples=60), "params": list(l.ParamFinder.params)}
 
