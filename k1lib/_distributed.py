@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._loop import Group
 from .callbacks.callback import (
     EVENTS,
     CancelBatchException,
@@ -58,14 +59,15 @@ from .callbacks.callback import (
 
 if TYPE_CHECKING:
     from ._learner import Learner
+    from .callbacks.callbacks import Callbacks
 
 __all__ = [
     "OutOfStepError",
     "Session",
     "batches_per_rank",
+    "group_for",
     "init_from_environment",
     "rank",
-    "session",
     "world_size",
 ]
 
@@ -112,11 +114,15 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def session(learner: Any) -> Session | None:
-    """The distributed session of ``learner``'s current run, None outside runs and in one
-    process."""
-    found = getattr(learner, "_sync", None)
-    return found if isinstance(found, Session) else None
+def group_for(learner: Learner, local: bool = False) -> Session | None:
+    """A session for a run when this process is one of several, else None (also when
+    ``local``: ``Learner.record`` trains nothing and runs each rank on its own)."""
+    if local:
+        return None
+    init_from_environment()
+    if not _initialized() or dist.get_world_size() == 1:
+        return None
+    return Session(learner)
 
 
 def batches_per_rank(loader: Any) -> int:
@@ -190,28 +196,22 @@ class OutOfStepError(RuntimeError):
     ParamFinder on rank 0 alone, ...)."""
 
 
-class Session:
-    """One run's distributed state (see the module docstring); made by ``Learner.run``."""
+class Session(Group):
+    """One run's distributed state (see the module docstring): the loop's ``Group`` when this
+    process is one of several."""
+
+    several = True
 
     def __init__(self, learner: Learner) -> None:
         self.learner = learner
+        self.held: BaseException | None = None
+        self._where = ""
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.group = _control_group()
         self.broken = False  # after an out-of-step error: no more collectives
         self._buffers: bool | None = None  # whether the DDP model has buffers (found once)
         self._original: nn.Module | None = None
-
-    @staticmethod
-    def begin(learner: Learner, local: bool = False) -> Session | None:
-        """A session when this process is one of several, else None (also when ``local``:
-        ``Learner.record`` trains nothing and runs each rank on its own)."""
-        if local:
-            return None
-        init_from_environment()
-        if not _initialized() or dist.get_world_size() == 1:
-            return None
-        return Session(learner)
 
     # ---- the model ------------------------------------------------------------------------------
     def wrap(self) -> None:
@@ -255,6 +255,45 @@ class Session:
                 self._buffers = any(True for _ in model.module.buffers())
             return not (model.broadcast_buffers and self._buffers)
         return True
+
+    # ---- the loop's agreement points (``Group``) ---------------------------------------------
+    def hold(self, error: BaseException, where: str = "") -> None:
+        """Keep ``error`` (raised on this rank) for the next agreement; the loop does nothing
+        more in this batch meanwhile."""
+        if self.held is None:
+            self.held, self._where = error, where
+
+    def _take(self) -> tuple[BaseException | None, str]:
+        held, where = self.held, self._where
+        self.held, self._where = None, ""
+        return held, where
+
+    def agree(self, at: str, value: bool = False, ended: bool = False) -> tuple[bool, bool]:
+        held, where = self._take()
+        return self.settle(held, at, value, ended, where)
+
+    def agrees_before_forward(self) -> bool:
+        return not self.quiet_forward()
+
+    def agree_before_backward(self, skip: bool, ended: bool) -> tuple[bool, bool]:
+        """Training (autograd on): no rank goes into backward's all-reduce alone. Validation:
+        a batch cancel held here is this rank's alone; anything else waits for the next
+        agreement (the next batch's start, or the next event)."""
+        if torch.is_grad_enabled():
+            return self.agree("startBackward", skip, ended)
+        if isinstance(self.held, CancelBatchException) and not getattr(self.held, "_k1lib_escapes", False):
+            raise self._take()[0]  # type: ignore[misc]
+        return skip, ended
+
+    def fire(self, cbs: Callbacks, event: str) -> None:
+        """Every handler runs (one may exchange with the other ranks), then what any rank
+        raised, here or held before, is agreed and raised on every rank."""
+        failed = cbs.collect(event)[1]
+        held, where = self._take()
+        self.settle(held or failed, event, where=where if held is not None else "")
+
+    def batches_in(self, loader: Any) -> int:
+        return batches_per_rank(loader)
 
     # ---- agreement ------------------------------------------------------------------------------
     def _header(

@@ -1,8 +1,9 @@
 """``Learner``: the training loop, driven by events that callbacks hook into.
 
-Set ``model``, ``data``, ``opt`` and ``lossF``, then ``run(epochs)``. During a run the state is
-on the learner for callbacks to read and change: ``epoch``, ``epochs``, ``batch``, ``batches``,
-``xb``, ``yb``, ``y``, ``loss``, ``progress``.
+Set ``model``, ``data``, ``opt`` and ``lossF``, then ``run(epochs)``; the loop itself is
+``k1lib/_loop.py``. During a run the state is on the learner for callbacks to read and change:
+``epoch``, ``epochs``, ``batch``, ``batches``, ``xb``, ``yb``, ``y``, ``loss``, ``progress``,
+and ``training`` (the phase: callbacks read it, never ``model.training``).
 
 Host syncs: the loop itself never reads a tensor on the host (``.item()``, ``.cpu()``,
 ``float()``) per batch. Built-in callbacks that do: CancelOnLowLoss (one per training batch
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,15 +31,18 @@ from torch import nn
 import modsel
 
 from . import _distributed
+from ._loop import Group, Loop
 from ._module_selector import ModuleSelector
 from ._unwrap import unwrap
-from .callbacks.callback import Callback, CancelBatchException, CancelEpochException, CancelRunException
+from .callbacks.callback import Callback
 from .callbacks.callbacks import Callbacks
 from .callbacks.dont_train import DontTrain
 
 __all__ = ["Learner"]
 
 _INDENT = "    "
+_FIELDS = ("epoch", "epochs", "batch", "batches", "xb", "yb", "y", "loss", "progress", "training")
+_ALONE = Group()  # the group outside runs and in one process
 
 
 def _default_callbacks() -> Callbacks:
@@ -65,8 +69,9 @@ class Learner:
         self.y: Any = None
         self.loss: Any = None
         self.progress = 0.0
+        self.training = False  # the phase: True in training batches (set by the loop)
         self.ddpKwargs: dict[str, Any] = {}
-        self._sync: _distributed.Session | None = None
+        self._loop: Loop | None = None
         self._recording = False
 
     # ---- configuration --------------------------------------------------------------------------
@@ -130,82 +135,60 @@ class Learner:
         """How many processes train together (1 without torch.distributed)."""
         return _distributed.world_size()
 
-    def _check_ready(self) -> None:
+    def check_ready(self) -> None:
+        """Raise naming what ``run`` needs and is not set (``lossF`` may stay None for a model
+        whose output carries its loss)."""
         missing = [
             (name, how)
             for name, how in (
                 ("model", "l.model = Network()"),
                 ("data", "l.data = k1lib.data.Data.fromDataset(dataset, batchSize=64)"),
                 ("opt", "l.opt = optim.Adam(l.model.parameters(), lr=1e-3)"),
-                ("lossF", "l.lossF = lambda y, yb: ((y - yb) ** 2).mean()"),
+                ("lossF", "l.lossF = lambda y, yb: ((y - yb) ** 2).mean()  # or a model that returns .loss"),
             )
             if getattr(self, name) is None
         ]
+        if [name for name, _ in missing] == ["lossF"]:
+            missing = []  # the output may carry its own loss: found out at the first batch
         if missing:
             lines = "\n".join(f"  {how}" for _, how in missing)
             names = ", ".join(name for name, _ in missing)
             raise RuntimeError(f"Learner.run: {names} not set; set them first, e.g.\n{lines}")
 
-    # ---- the loop -------------------------------------------------------------------------------
+    # ---- the loop (k1lib/_loop.py) ---------------------------------------------------------------
+    @property
+    def group(self) -> Group:
+        """The processes of the current run, for callbacks: ``several``, ``average``, ``mean``
+        agree across ranks under DDP and are identities in one process (and outside runs)."""
+        return self._loop.group if self._loop is not None else _ALONE
+
     def run(self, epochs: int, batches: int | None = None) -> Learner:
         """Train for ``epochs`` epochs (``batches``: at most this many batches an epoch).
 
         Afterwards the model's train/eval mode is as before; after an exception in a callback,
         ``endRun`` has run and the exception names the callback and the event."""
-        self._check_ready()
+        self.check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"Learner.run: epochs must be an int, 0 or more, got {epochs!r}")
         if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
             raise ValueError(f"Learner.run: batches must be an int, 0 or more, or None, got {batches!r}")
         assert self.model is not None
-        was_training = self.model.training
-        model = self.model
-        sync = _distributed.Session.begin(self, local=self._recording)
-        self._sync = sync
-        self.epochs = epochs
+        model, was_training = self.model, self.model.training
+        group = _distributed.group_for(self, local=self._recording) or _ALONE
+        outer, self._loop = self._loop, Loop(self, group)
         try:
-            self.batches = self._count_batches(batches)
-        except BaseException:
-            self._sync = None
-            raise
-        frozen = self._freeze_selected()  # last: from here on, the finally below gives them back
-        cancelled: CancelRunException | None = None
-        try:
+            self.epochs = epochs
+            self.batches = self._count_batches(batches, group)
+            frozen = self._freeze_selected()  # from here on, the finally below gives them back
             try:
-                self._fire("startRun")
-                if sync is not None:
-                    sync.wrap()
-                for self.epoch in range(epochs):
-                    self._epoch(batches)
-            except CancelRunException as e:
-                cancelled = e
-                self._fire("cancelRun")  # the progress bar writes its last line here
-                if self.rank == 0:
-                    print(f"Run cancelled: {cancelled}.")
+                self._loop.run(epochs, batches)
             finally:
-                self._fire("endRun")
+                for param, flag in frozen:
+                    param.requires_grad_(flag)
         finally:
-            if sync is not None:
-                sync.unwrap()
-            self._sync = None
+            self._loop = outer
             model.train(was_training)
-            for param, flag in frozen:
-                param.requires_grad_(flag)
         return self
-
-    def _fire(self, event: str) -> bool:
-        """``cbs(event)``; with several processes, agreed between them (see ``_distributed``),
-        and every handler runs even after one raised (as in ``endRun``): a handler that
-        exchanges with the other ranks (Loss averaging at ``endEpoch``) is never skipped on
-        one rank only."""
-        sync = self._sync
-        if sync is None:
-            return self.cbs(event)
-        try:
-            answer = self.cbs._dispatch(event, finish=True)
-        except BaseException as e:  # agreed, then raised on every rank
-            sync.settle(e, event)
-        return sync.settle(None, event, answer)[0]
 
     def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
         """Freeze the parameters of modules whose props name ``frozen`` (explicitly: ``all``
@@ -221,189 +204,17 @@ class Learner:
             param.requires_grad_(False)
         return list(saved.values())
 
-    def _count_batches(self, limit: int | None) -> int:
+    def _count_batches(self, limit: int | None, group: Group) -> int:
         """Batches an epoch (training and validation), with ``limit`` per loader; 0 when a
         loader has no length (a plain iterator)."""
         total = 0
         for loader in (self.data.train, self.data.valid):
             try:
-                size = len(loader) if self._sync is None else _distributed.batches_per_rank(loader)
+                size = group.batches_in(loader)
             except TypeError:
                 return 0
             total += size if limit is None else min(size, limit)
         return total
-
-    def _epoch(self, limit: int | None) -> None:
-        assert self.model is not None
-        self.batch = 0
-        try:
-            self._fire("startEpoch")
-            self.model.train()
-            self._loader(self.data.train, limit)
-            self.model.eval()
-            self._fire("startValidBatches")
-            self._loader(self.data.valid, limit)
-        except CancelEpochException:
-            self._fire("cancelEpoch")
-        self._fire("endEpoch")
-
-    def _loader(self, loader: Iterable[Any], limit: int | None) -> None:
-        if self._sync is not None:
-            self._agreed_loader(self._sync, loader, limit)
-            return
-        for i, batch in enumerate(loader):
-            if limit is not None and i >= limit:
-                break
-            self._batch(batch)
-            self.batch += 1
-
-    def _agreed_loader(self, sync: _distributed.Session, loader: Iterable[Any], limit: int | None) -> None:
-        """``_loader`` for one rank of several (see ``_distributed``): its share of the
-        batches. What any rank raised since the last agreement, a failed fetch or a loader at
-        its end is settled for all just before the forward pass (DDP's forward may have
-        collectives of its own) or, when the forward has none, just before backward."""
-        batches = sync.batches(loader, self.epoch)
-        count = 0
-        carried: BaseException | None = None  # raised after the last agreement of a batch
-        where = ""
-        while True:
-            batch: Any = None
-            ended, held = False, carried
-            if held is None:
-                if limit is not None and count >= limit:
-                    ended = True
-                else:
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        ended = True
-                    except BaseException as e:  # agreed below, then raised on every rank
-                        held, where = e, f"fetching batch {self.batch} of epoch {self.epoch}"
-            started = held is None and not ended
-            if started:
-                try:
-                    self.xb, self.yb = batch
-                    self.cbs("startBatch")
-                    self.cbs("startPass")
-                except BaseException as e:
-                    held = e
-            if not sync.quiet_forward():
-                try:
-                    ended = sync.settle(held, "startPass", ended=ended, where=where)[1]
-                except CancelBatchException as e:
-                    if _escapes(e):
-                        raise
-                    carried, where = self._agreed_close(cancelled=True)
-                    self.batch += 1
-                    count += 1
-                    continue
-                held, where = None, ""
-            outcome = self._agreed_batch(sync, started, held, ended, where)
-            if outcome is None:  # a loader ran out
-                return
-            carried, where = outcome
-            self.batch += 1
-            count += 1
-
-    def _agreed_batch(
-        self, sync: _distributed.Session, started: bool, held: BaseException | None, ended: bool, where: str
-    ) -> tuple[BaseException | None, str] | None:
-        """The rest of a batch: forward to ``endBatch``, with what this rank ``held`` or
-        whether its loader ``ended`` still to agree on (when no agreement came before the
-        forward: then a rank with either skips its forward). Returns None when some rank's
-        loader ran out, else what was raised after the last agreement in the batch (and
-        where), which the next agreement settles. Under DDP every rank must take the same
-        optimizer step: a cancel raised in ``startStep`` or ``startZeroGrad`` ends the batch
-        after it, and every handler of those events runs."""
-        assert self.model is not None and self.opt is not None and self.lossF is not None
-        cbs = self.cbs
-        training = torch.is_grad_enabled()  # validation (no autograd) has no backward to agree on
-        skip = False
-        local: BaseException | None = None
-        try:
-            if held is not None:
-                raise held
-            if not ended:
-                self.y = self.model(self.xb)
-                cbs("endPass")
-                cbs("startLoss")
-                self.loss = self.lossF(self.y, self.yb)
-                cbs("endLoss")
-                skip = cbs("startBackward")
-        except BaseException as e:  # agreed below (training) or at the next batch
-            local = e
-        if training:  # no rank goes into backward's all-reduce alone
-            try:
-                skip, ended = sync.settle(local, "startBackward", skip, ended, where)
-            except CancelBatchException as e:  # any other agreed exception leaves the loader
-                if _escapes(e):
-                    raise
-                return self._agreed_close(cancelled=True)
-        elif isinstance(local, CancelBatchException):
-            return self._agreed_close(cancelled=True)  # validation: cancelled on this rank alone
-        elif local is not None:
-            return local, f"in validation batch {self.batch} of epoch {self.epoch}"
-        if ended:  # some rank's loader ran out: this batch is dropped
-            if started:
-                cbs("cancelBatch")
-                cbs("endBatch")
-            return None
-        try:
-            if not skip:
-                self.loss.backward()
-            skip, raised = cbs._collect("startStep")
-            if not skip:
-                self.opt.step()
-            skip, also = cbs._collect("startZeroGrad")
-            if not skip:
-                self.opt.zero_grad()
-            raised = raised or also
-            if raised is not None:
-                raise raised
-        except CancelBatchException:
-            return self._agreed_close(cancelled=True)
-        except BaseException as e:
-            return e, f"in batch {self.batch} of epoch {self.epoch}, after backward"  # no endBatch
-        return self._agreed_close(cancelled=False)
-
-    def _agreed_close(self, cancelled: bool) -> tuple[BaseException | None, str]:
-        """``cancelBatch`` (when ``cancelled``) and ``endBatch``; what they raise is returned
-        for the next agreement. A CancelBatchException from them has no batch left to cancel:
-        it ends the run, as it does in one process."""
-        try:
-            if cancelled:
-                self.cbs("cancelBatch")
-            self.cbs("endBatch")
-        except BaseException as e:
-            if isinstance(e, CancelBatchException):
-                e._k1lib_escapes = True  # type: ignore[attr-defined]
-            return (
-                e,
-                f"in batch {self.batch} of epoch {self.epoch}, in {'cancelBatch or ' * cancelled}endBatch",
-            )
-        return None, ""
-
-    def _batch(self, batch: Any) -> None:
-        assert self.model is not None and self.opt is not None and self.lossF is not None
-        cbs = self.cbs
-        try:
-            self.xb, self.yb = batch
-            cbs("startBatch")
-            cbs("startPass")
-            self.y = self.model(self.xb)
-            cbs("endPass")
-            cbs("startLoss")
-            self.loss = self.lossF(self.y, self.yb)
-            cbs("endLoss")
-            if not cbs("startBackward"):
-                self.loss.backward()
-            if not cbs("startStep"):
-                self.opt.step()
-            if not cbs("startZeroGrad"):
-                self.opt.zero_grad()
-        except CancelBatchException:
-            cbs("cancelBatch")
-        cbs("endBatch")
 
     def record(self, epochs: int, batchesPerEpoch: int) -> tuple[list[Any], list[Any], list[Any]]:  # noqa: N803
         """Run without training and return the batches seen and the outputs: ``xbs, ybs, ys``.
@@ -413,7 +224,7 @@ class Learner:
         ys: list[Any] = []
         recorder = _Recorder(xbs, ybs, ys)
         quiet = [cb.name for cb in self.cbs if not cb.shapes_batch]
-        state = self._state()
+        state = self.fields()
         with self.cbs.suspend(quiet):
             self.cbs.append(recorder, "_Recorder")
             self._recording = True  # under DDP too, each rank runs all batches on its own
@@ -423,17 +234,17 @@ class Learner:
             finally:
                 self._recording = False
                 self.cbs.remove("_Recorder")
-                self._restore(state)
+                self.restore_fields(state)
         return xbs, ybs, ys
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in ("epoch", "epochs", "batch", "batches", "xb", "yb", "y", "loss", "progress")
-        }
+    def fields(self) -> dict[str, Any]:
+        """The run's fields (``epoch``, ``batch``, ``xb``, ``loss``, ``training``, ...), for a
+        callback that runs the learner itself (ParamFinder) to put them back afterwards."""
+        return {k: getattr(self, k) for k in _FIELDS}
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
+    def restore_fields(self, fields: dict[str, Any]) -> None:
+        """Put back what ``fields`` returned."""
+        for k, v in fields.items():
             setattr(self, k, v)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -485,11 +296,6 @@ class Learner:
         )
 
 
-def _escapes(error: BaseException) -> bool:
-    """Whether a CancelBatchException was raised where no batch is left to cancel."""
-    return bool(getattr(error, "_k1lib_escapes", False))
-
-
 class _Recorder(DontTrain):
     """Collects each batch and output for ``Learner.record``; as a DontTrain, it skips every
     training step."""
@@ -500,7 +306,7 @@ class _Recorder(DontTrain):
         super().__init__()
         self._lists = (xbs, ybs, ys)
 
-    def endPass(self) -> None:  # noqa: N802
+    def endPass(self) -> None:
         learner = self.learner
         xbs, ybs, ys = self._lists
         xbs.append(learner.xb)

@@ -7,14 +7,13 @@ and the step run outside it, as torch recommends), and also at ``cancelBatch``, 
 exception, autocast is as it was before. The device type is that of the model's parameters at
 ``startRun`` (after ``Device`` has moved them).
 
-With a scaler (the default for ``float16``), gradients are scaled without touching ``l.loss``:
-a hook on the loss multiplies the gradient that enters the backward pass by the scale, so
-``Loss`` and ``CancelOnExplosion`` see the loss as computed, and a callback that skips the
-backward pass skips the scaling with it. At ``startStep`` the scaler unscales the gradients,
-steps the optimizer unless a gradient is inf or NaN (a *skipped step*: counted in
-``cb.skipped``, the weights unchanged, the scale lowered; not an explosion, since the loss is
-finite) and updates its scale. ``GradClipping`` clips after the unscale; under
-``GradAccumulation`` the scaler steps only when the accumulated group does.
+With a scaler (the default for ``float16``), the loop's optimizer step (``k1lib/_step.py``)
+uses it: the gradient that enters the backward pass is multiplied by the scale (``l.loss`` is
+not touched, so ``Loss`` and ``CancelOnExplosion`` see the loss as computed), and at the step
+the scaler unscales the gradients, steps the optimizer unless a gradient is inf or NaN (a
+*skipped step*: counted in ``cb.skipped``, the weights unchanged, the scale lowered; not an
+explosion, since the loss is finite) and updates its scale. ``GradClipping`` clips after the
+unscale; under ``GradAccumulation`` the scaler steps only when the accumulated group does.
 
 Host syncs: none from this callback; torch's ``GradScaler.step`` reads one flag per step (is
 any gradient inf?) to decide whether to step. ``cb.skipped`` is kept on the device and read
@@ -23,12 +22,14 @@ when asked for.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .callback import Callback
-from .grad_accumulation import accumulating
+
+if TYPE_CHECKING:
+    from .._step import OptimizerStep
 
 __all__ = ["Autocast"]
 
@@ -38,7 +39,7 @@ class Autocast(Callback):
     ``scaler`` (``None``: one for float16, none otherwise; ``True``/``False``; or your own
     ``torch.amp.GradScaler``) the gradients are scaled (see the module docstring)."""
 
-    order = 70  # after GradClipping in startStep: it unscales, then clips, then this steps
+    order = 70
     shapes_batch = True
     doc = """
 - cb.dtype: the autocast dtype
@@ -65,16 +66,15 @@ class Autocast(Callback):
             scaler if isinstance(scaler, torch.amp.GradScaler) else None
         )
         self._context: Any = None
-        self._backwards = 0  # backward passes through a scaled loss since the last step
-        self._unscaled = False
         self._skipped = 0  # skipped steps before _skippedOnDevice was started (from a checkpoint)
         self._skippedOnDevice: torch.Tensor | None = None
         self._scalerState: dict[str, Any] | None = None  # loaded before the scaler exists
 
     # ---- the autocast context ---------------------------------------------------------------
-    def startRun(self) -> None:  # noqa: N802
-        learner = self.learner
-        param = next(iter(learner.model.parameters()), None)
+    def startRun(self) -> None:
+        model = self.learner.model
+        assert model is not None  # check_ready: set for every run
+        param = next(iter(model.parameters()), None)
         self.deviceType = "cpu" if param is None else param.device.type
         if not torch.amp.is_autocast_available(self.deviceType):
             raise RuntimeError(f"withAutocast: torch has no autocast for device type {self.deviceType!r}")
@@ -83,9 +83,8 @@ class Autocast(Callback):
         if self.scaler is not None and self._scalerState is not None:
             self.scaler.load_state_dict(self._scalerState)
             self._scalerState = None
-        self._backwards, self._unscaled = 0, False
 
-    def startPass(self) -> None:  # noqa: N802
+    def startPass(self) -> None:
         self._leave()
         self._context = torch.autocast(self.deviceType, dtype=self.dtype)
         self._context.__enter__()
@@ -95,57 +94,30 @@ class Autocast(Callback):
             context, self._context = self._context, None
             context.__exit__(None, None, None)
 
-    def endLoss(self) -> None:  # noqa: N802
+    def endLoss(self) -> None:
         self._leave()
 
-    def cancelBatch(self) -> None:  # noqa: N802
+    def cancelBatch(self) -> None:
         self._leave()
 
-    def cancelEpoch(self) -> None:  # noqa: N802
+    def cancelEpoch(self) -> None:
         self._leave()
 
-    def cancelRun(self) -> None:  # noqa: N802
+    def cancelRun(self) -> None:
         self._leave()
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         self._leave()
 
     # ---- the scaler -----------------------------------------------------------------------------
-    def startBackward(self) -> bool:  # noqa: N802
-        loss = self.learner.loss
-        if self.scaler is not None and isinstance(loss, torch.Tensor) and loss.requires_grad:
-            loss.register_hook(self._scale)  # type: ignore[no-untyped-call]
-        return False
+    def configure_step(self, step: OptimizerStep) -> None:
+        if self.scaler is not None:
+            step.scaling = self
 
-    def _scale(self, grad: torch.Tensor) -> torch.Tensor:
-        # runs only when the backward pass does: a skipped backward leaves nothing to step
-        assert self.scaler is not None
-        self._backwards += 1
-        scaled: torch.Tensor = self.scaler.scale(grad)
-        return scaled
-
-    def unscale(self) -> None:
-        """Divide the gradients by the scale (once per step; ``GradClipping`` calls this)."""
-        if self.scaler is not None and self._backwards and not self._unscaled:
-            self.scaler.unscale_(self.learner.opt)
-            self._unscaled = True
-
-    def step(self) -> bool:
-        """Step the optimizer through the scaler and update the scale; False (nothing done)
-        without a scaler or without a backward pass since the last step."""
-        if self.scaler is None or not self._backwards:
-            return False
-        opt = self.learner.opt
-        self.unscale()
-        self.scaler.step(opt)
-        self._count_skipped(opt)
-        self.scaler.update()
-        self._backwards, self._unscaled = 0, False
-        return True
-
-    def _count_skipped(self, opt: torch.optim.Optimizer) -> None:
-        # the flags the scaler found while unscaling (read by its step already: no new sync);
-        # the count stays on the device until cb.skipped is read
+    def count_skipped(self, opt: torch.optim.Optimizer) -> None:
+        """After the scaler's step: count it if it was skipped. The flags the scaler found while
+        unscaling were read by its step already (no new sync); the count stays on the device
+        until ``cb.skipped`` is read."""
         assert self.scaler is not None
         found = list(self.scaler._found_inf_per_device(opt).values())
         if not found:
@@ -153,11 +125,6 @@ class Autocast(Callback):
         flag = found[0] if len(found) == 1 else torch.stack([f.to(found[0].device) for f in found]).amax()
         flag = (flag > 0).to(torch.int64)
         self._skippedOnDevice = flag if self._skippedOnDevice is None else self._skippedOnDevice + flag
-
-    def startStep(self) -> bool:  # noqa: N802
-        # also in eval mode: when validation batches train (no DontTrainValid), their gradients
-        # are scaled too and must go through the scaler
-        return False if accumulating(self.learner) else self.step()
 
     @property
     def skipped(self) -> int:

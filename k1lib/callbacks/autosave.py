@@ -78,13 +78,13 @@ class Autosave(Callback):
         Path(self.directory).mkdir(parents=True, exist_ok=True)
         return write(checkpoint, self._path(self.keep - 1), before_replace=self._shift)
 
-    def startRun(self) -> None:  # noqa: N802
+    def startRun(self) -> None:
         self._running = True
         # an exception being handled already (run() called inside an except block) is not
         # this run's failure
         self._outer = sys.exc_info()[1]
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         # the Learner fires endRun in a finally: an exception in flight now is the run's own
         running, outer, self._running, self._outer = self._running, self._outer, False, None
         error = sys.exc_info()[1]

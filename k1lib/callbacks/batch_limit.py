@@ -18,10 +18,10 @@ class BatchLimit(Callback):
         self.limit = limit
         self._count = 0
 
-    def startEpoch(self) -> None:  # noqa: N802
+    def startEpoch(self) -> None:
         self._count = 0
 
-    def startBatch(self) -> None:  # noqa: N802
+    def startBatch(self) -> None:
         if self._count >= self.limit:
             raise CancelEpochException(f"batch limit {self.limit} reached")
         self._count += 1

@@ -1,9 +1,10 @@
 """The callback base class, the training events and the cancel exceptions.
 
-A ``Callback`` implements any of the events in ``EVENTS`` as methods without arguments; the
-``Learner`` fires them in loop order through its ``Callbacks``. Returning ``True`` from
-``startBackward``, ``startStep`` or ``startZeroGrad`` skips that step. Raising one of the cancel
-exceptions ends the batch, epoch or run early (control flow, not an error).
+A ``Callback`` implements any of the events in ``EVENTS`` as methods without arguments (the
+base class documents each as a no-op); the ``Learner``'s loop (``k1lib/_loop.py``) fires them
+in loop order through its ``Callbacks``. Returning ``True`` from ``startBackward``,
+``startStep`` or ``startZeroGrad`` skips that step. Raising one of the cancel exceptions ends
+the batch, epoch or run early (control flow, not an error).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from .._learner import Learner
+    from .._step import OptimizerStep
     from .callbacks import Callbacks
 
 __all__ = [
@@ -96,16 +99,77 @@ class Callback:
         self.suspended = False
 
     @property
-    def learner(self) -> Any:
+    def learner(self) -> Learner:
         """The Learner this callback's Callbacks belong to."""
         if self.cbs is None or self.cbs.learner is None:
             raise AttributeError(f"callback {self.name!r} is not attached to a Learner")
         return self.cbs.learner
 
     @property
-    def l(self) -> Any:  # noqa: E743 - the 2021 name, kept for callbacks written against it
+    def l(self) -> Learner:  # noqa: E743 - the 2021 name, kept for callbacks written against it
         """Short for ``learner``."""
         return self.learner
+
+    # ---- the events: no-ops here (the dispatcher skips them), overridden by subclasses --------
+    def startRun(self) -> None:
+        """Once, as ``l.run`` starts (before DDP wraps the model; ``l.epochs``, ``l.batches`` set)."""
+
+    def startEpoch(self) -> None:
+        """At each epoch's start (``l.epoch`` set, ``l.training`` True, before ``model.train()``)."""
+
+    def startBatch(self) -> None:
+        """A batch was fetched: ``l.xb``, ``l.yb`` hold it (training and validation batches)."""
+
+    def startPass(self) -> None:
+        """Just before the forward pass ``l.y = model(l.xb)``."""
+
+    def endPass(self) -> None:
+        """After the forward pass: ``l.y`` holds the output."""
+
+    def startLoss(self) -> None:
+        """Just before ``l.loss = l.lossF(l.y, l.yb)``."""
+
+    def endLoss(self) -> None:
+        """After the loss: ``l.loss`` holds it (as computed, never scaled)."""
+
+    def startBackward(self) -> bool:
+        """Before the backward pass; return True to skip it."""
+        return False
+
+    def startStep(self) -> bool:
+        """Before the optimizer step; return True to skip it. Every handler runs: a cancel
+        raised here ends the batch after the step."""
+        return False
+
+    def startZeroGrad(self) -> bool:
+        """Before ``zero_grad``; return True to keep the gradients. Every handler runs."""
+        return False
+
+    def endBatch(self) -> None:
+        """The batch is done (also after a cancelled one, after ``cancelBatch``)."""
+
+    def startValidBatches(self) -> None:
+        """The training batches are done; ``l.training`` is False from here, model in eval."""
+
+    def endEpoch(self) -> None:
+        """The epoch is done (also after a cancelled one, after ``cancelEpoch``)."""
+
+    def endRun(self) -> None:
+        """The run is done, however it ended (also after an exception): clean up here."""
+
+    def cancelBatch(self) -> None:
+        """A ``CancelBatchException`` ended the batch early."""
+
+    def cancelEpoch(self) -> None:
+        """A ``CancelEpochException`` ended the epoch early."""
+
+    def cancelRun(self) -> None:
+        """A ``CancelRunException`` ended the run early."""
+
+    def configure_step(self, step: OptimizerStep) -> None:
+        """Not an event: called as a run starts (after ``startRun``) and when the callbacks
+        change mid-run, for callbacks that take part in the optimizer step to register with
+        it (``GradAccumulation``, ``GradClipping``, ``Autocast``; see ``k1lib/_step.py``)."""
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: fall through to the learner (public names

@@ -19,6 +19,8 @@ from .callback import _EVENT_SET, EVENTS, Callback, CancelException
 if TYPE_CHECKING:
     import torch
 
+    from .._learner import Learner
+
 __all__ = ["Callbacks", "Timings"]
 
 
@@ -85,7 +87,10 @@ class Callbacks:
         self._suspensions: list[list[Callback]] = []
         self._handlers: dict[str, list[tuple[Callback, Callable[[], Any]]]] = {}
         self._seconds: dict[tuple[str, str], float] = defaultdict(float)
-        self.learner: Any = None
+        self.learner: Learner | None = None
+        # bumped whenever the handlers change (the loop then asks the callbacks again how to
+        # take the optimizer step)
+        self.version = 0
 
     # ---- membership -----------------------------------------------------------------------------
     def append(self, cb: Callback, name: str | None = None) -> Callbacks:
@@ -190,25 +195,26 @@ class Callbacks:
                     found.append((cb, getattr(cb, event)))
             handlers[event] = found
         self._handlers = handlers
+        self.version += 1
 
     def __call__(self, event: str) -> bool:
         """Fire ``event`` in every (non-suspended) callback, in order; True when any handler
-        returned True (which skips a step, for startBackward / startStep / startZeroGrad)."""
-        return self._dispatch(event, finish=event == "endRun")
-
-    def _dispatch(self, event: str, finish: bool) -> bool:
-        """``self(event)``; with ``finish``, every handler runs even after one raised, and the
-        first exception is raised after the last handler (``endRun`` always; the Learner
-        under DDP for every event outside batches)."""
-        answer, failed = self._collect(event, finish)
+        returned True (which skips a step, for startBackward / startStep / startZeroGrad).
+        A handler's exception is raised at once, except at ``endRun`` (see ``collect``)."""
+        answer, failed = self._fire(event, finish=event == "endRun")
         if failed is not None:
             raise failed
         return answer
 
-    def _collect(self, event: str, finish: bool = True) -> tuple[bool, BaseException | None]:
-        """Fire ``event``; with ``finish`` every handler runs, and the answer comes back with
-        the first exception raised, not raised (the Learner under DDP, for ``startStep``:
-        whether to skip the step must not depend on a handler that raised before it)."""
+    def collect(self, event: str) -> tuple[bool, BaseException | None]:
+        """Fire ``event`` in every handler, even after one raised; return the answer and the
+        first exception, not raised. The loop fires every event outside batches this way (an
+        exchange between ranks inside a handler, as Loss averaging at ``endEpoch``, is then
+        never skipped on one rank), and ``startStep`` / ``startZeroGrad`` (whether to skip the
+        step must not depend on a handler that raised before it)."""
+        return self._fire(event, finish=True)
+
+    def _fire(self, event: str, finish: bool) -> tuple[bool, BaseException | None]:
         try:
             handlers = self._handlers[event]
         except KeyError:

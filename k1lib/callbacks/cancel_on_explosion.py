@@ -46,9 +46,9 @@ class CancelOnExplosion(Callback):
         """Whether ``loss`` is read through a copy (CUDA), not directly."""
         return loss.device.type == "cuda"
 
-    def endLoss(self) -> None:  # noqa: N802
+    def endLoss(self) -> None:
         learner = self.learner
-        if not learner.model.training:
+        if not learner.training:
             return
         self._seen += 1
         if self._seen % self.every:
@@ -102,17 +102,17 @@ class CancelOnExplosion(Callback):
         self._free += [host for host, _ in self._copies]
         self._copies.clear()
 
-    def endEpoch(self) -> None:  # noqa: N802
+    def endEpoch(self) -> None:
         # one wait an epoch, so an explosion in its last batches is seen before it ends
         if self._worst is not None:
             self._send(self._worst)
             self._worst = None
         self._check_landed(wait=True)
 
-    def startRun(self) -> None:  # noqa: N802
+    def startRun(self) -> None:
         self._reset()
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         self._reset()
 
     def state_dict(self) -> dict[str, Any]:

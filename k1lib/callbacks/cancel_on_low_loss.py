@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import _distributed
 from .callback import Callback, CancelRunException
 
 __all__ = ["CancelOnLowLoss"]
@@ -22,25 +21,24 @@ class CancelOnLowLoss(Callback):
         self._sum: torch.Tensor | None = None
         self._count = 0
 
-    def startEpoch(self) -> None:  # noqa: N802
+    def startEpoch(self) -> None:
         self._sum, self._count = None, 0
 
-    def endLoss(self) -> None:  # noqa: N802
+    def endLoss(self) -> None:
         learner = self.learner
         loss = learner.loss.detach()
         if self.epochMode:
-            if not learner.model.training:
+            if not learner.training:
                 self._sum = loss.float() if self._sum is None else self._sum + loss.float()
                 self._count += 1
-        elif learner.model.training and float(loss) < self.loss:
+        elif learner.training and float(loss) < self.loss:
             raise CancelRunException(f"Low loss {self.loss:g} achieved!")
 
-    def endEpoch(self) -> None:  # noqa: N802
+    def endEpoch(self) -> None:
         if not self.epochMode:
             return
         mean = None if self._sum is None else float(self._sum) / self._count
-        sync = _distributed.session(self.learner)
-        if sync is not None:  # the validation loss of all ranks' batches, the same on each rank
-            mean = sync.mean(mean)
+        # several processes: the validation loss of all ranks' batches, the same on each rank
+        mean = self.learner.group.mean(mean)
         if mean is not None and mean < self.loss:
             raise CancelRunException(f"Low loss {self.loss:g} achieved!")

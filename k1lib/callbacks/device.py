@@ -15,12 +15,11 @@ there; a ``ModifyBatch`` that makes new tensors should make them on ``xb.device`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
+from .._batch import map_tensors
 from .callback import Callback
 
 __all__ = ["Device", "available_devices", "move"]
@@ -87,27 +86,16 @@ def _accelerator_type() -> str | None:
 
 def move(value: Any, device: torch.device) -> Any:
     """``value`` with every tensor in it on ``device``: tensors, tuples (named ones too),
-    lists and dicts, nested; other objects as they are. A tensor already there is returned
+    lists and mappings, nested; other objects as they are. A tensor already there is returned
     itself; a copy from pinned CPU memory to another device is ``non_blocking``."""
-    if isinstance(value, torch.Tensor):
-        if value.device == device:
-            return value
-        quick = device.type != "cpu" and value.device.type == "cpu" and value.is_pinned()
-        return value.to(device, non_blocking=quick)
-    if isinstance(value, tuple):
-        items = [move(v, device) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    if isinstance(value, list):
-        return [move(v, device) for v in value]
-    if isinstance(value, Mapping):
-        moved = {k: move(v, device) for k, v in value.items()}
-        if type(value) is dict:
-            return moved
-        try:
-            return type(value)(moved)  # type: ignore[call-arg]
-        except TypeError:  # a mapping class that cannot be built from a dict
-            return moved
-    return value
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        if t.device == device:
+            return t
+        quick = device.type != "cpu" and t.device.type == "cpu" and t.is_pinned()
+        return t.to(device, non_blocking=quick)
+
+    return map_tensors(value, to)
 
 
 def _move_optimizer_state(opt: torch.optim.Optimizer) -> bool:
@@ -136,15 +124,17 @@ class Device(Callback):
         super().__init__()
         self.device = _parse(device)
 
-    def startRun(self) -> None:  # noqa: N802
+    def startRun(self) -> None:
         self.device = _resolve(self.device)  # before anything moves
         learner = self.learner
-        model: nn.Module = learner.model
+        model = learner.model
+        assert model is not None  # check_ready: set for every run
         model.to(self.device)
         if learner.opt is not None:
             _move_optimizer_state(learner.opt)
 
-    def startBatch(self) -> None:  # noqa: N802
+    def startBatch(self) -> None:
         learner = self.learner
-        learner.xb = move(learner.xb, self.device)
-        learner.yb = move(learner.yb, self.device)
+        xb, yb = learner.xb, learner.yb
+        learner.xb = move(xb, self.device)
+        learner.yb = learner.xb if yb is xb else move(yb, self.device)  # one mapping: moved once

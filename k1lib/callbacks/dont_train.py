@@ -10,11 +10,11 @@ __all__ = ["DontTrain"]
 class DontTrain(Callback):
     """Skip backward, step and zero_grad on every batch: evaluate a model with the loop."""
 
-    def startBackward(self) -> bool:  # noqa: N802
+    def startBackward(self) -> bool:
         return True
 
-    def startStep(self) -> bool:  # noqa: N802
+    def startStep(self) -> bool:
         return True
 
-    def startZeroGrad(self) -> bool:  # noqa: N802
+    def startZeroGrad(self) -> bool:
         return True

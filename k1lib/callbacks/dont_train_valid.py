@@ -12,14 +12,14 @@ __all__ = ["DontTrainValid"]
 
 
 class DontTrainValid(Callback):
-    """During validation batches (the model in eval mode): no autograd graph, no backward,
+    """During validation batches (``l.training`` False): no autograd graph, no backward,
     no step. Gradients come back on when the validation part of the epoch ends."""
 
     def __init__(self) -> None:
         super().__init__()
         self._no_grad: Any = None
 
-    def startValidBatches(self) -> None:  # noqa: N802
+    def startValidBatches(self) -> None:
         self._no_grad = torch.no_grad()
         self._no_grad.__enter__()
 
@@ -28,17 +28,17 @@ class DontTrainValid(Callback):
             self._no_grad.__exit__(None, None, None)
             self._no_grad = None
 
-    def endEpoch(self) -> None:  # noqa: N802
+    def endEpoch(self) -> None:
         self._leave()
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         self._leave()
 
-    def startBackward(self) -> bool:  # noqa: N802
-        return not self.learner.model.training
+    def startBackward(self) -> bool:
+        return not self.learner.training
 
-    def startStep(self) -> bool:  # noqa: N802
-        return not self.learner.model.training
+    def startStep(self) -> bool:
+        return not self.learner.training
 
-    def startZeroGrad(self) -> bool:  # noqa: N802
-        return not self.learner.model.training
+    def startZeroGrad(self) -> bool:
+        return not self.learner.training

@@ -16,6 +16,6 @@ class EpochLimit(Callback):
             raise ValueError(f"EpochLimit: limit must be at least 1, got {limit}")
         self.limit = limit
 
-    def startEpoch(self) -> None:  # noqa: N802
+    def startEpoch(self) -> None:
         if self.learner.epoch >= self.limit:
             raise CancelRunException(f"Epoch limit {self.limit} reached")

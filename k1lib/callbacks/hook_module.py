@@ -274,8 +274,9 @@ class HookModule(Callback):
             self._running = False  # it may miss endRun: adding recorders is allowed again
 
     # ---- events -------------------------------------------------------------------------------------
-    def startRun(self) -> None:  # noqa: N802
+    def startRun(self) -> None:
         learner = self.learner
+        assert learner.model is not None  # check_ready: set for every run
         if self._fixed:
             model = unwrap(learner.model)
             found = [(path, model.get_submodule(path)) for path in self.names]
@@ -297,20 +298,20 @@ class HookModule(Callback):
         self._probing = True
         self._running = True
 
-    def startEpoch(self) -> None:  # noqa: N802
+    def startEpoch(self) -> None:
         if self._modules:
             self._install()
 
-    def startBatch(self) -> None:  # noqa: N802
-        if self._modules and not self._handles and self.learner.model.training:
+    def startBatch(self) -> None:
+        if self._modules and not self._handles and self.learner.training:
             self._install()  # restored from a suspension mid-epoch
         if self._handles:
             self._clear_batch(len(self._modules))
 
-    def startValidBatches(self) -> None:  # noqa: N802
+    def startValidBatches(self) -> None:
         self._uninstall()
 
-    def endBatch(self) -> None:  # noqa: N802
+    def endBatch(self) -> None:
         if not self._handles:
             return
         device = self._device or self._home
@@ -358,11 +359,11 @@ class HookModule(Callback):
             )
         torch.stack([v.float() for v in filled], out=rows.next(device))
 
-    def endEpoch(self) -> None:  # noqa: N802
+    def endEpoch(self) -> None:
         self._uninstall()
         self._flush()
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         self._uninstall()
         self._flush()
         self._modules = []

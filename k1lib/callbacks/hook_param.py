@@ -59,8 +59,9 @@ class HookParam(Callback):
         self._warnedFor: str | None = None
 
     # ---- recording --------------------------------------------------------------------------------
-    def startRun(self) -> None:  # noqa: N802
+    def startRun(self) -> None:
         learner = self.learner
+        assert learner.model is not None  # check_ready: set for every run
         if self._fixed:
             named = dict(unwrap(learner.model).named_parameters())
             missing = [n for n in self.names if n not in named]
@@ -78,7 +79,7 @@ class HookParam(Callback):
             self._rows = Rows((len(names), len(STATS)))
         self._params = [p for _, p in found]
 
-    def startEpoch(self) -> None:  # noqa: N802
+    def startEpoch(self) -> None:
         # plain tensors sharing each parameter's storage: cheaper to read than Parameters, and
         # made again each epoch in case a parameter's .data was replaced
         self._views = [p.detach() for p in self._params]
@@ -89,15 +90,15 @@ class HookParam(Callback):
                 return
             self._rows.reserve(expected, self._params[0].device)
 
-    def endBatch(self) -> None:  # noqa: N802
+    def endBatch(self) -> None:
         views = self._views
-        if views and self.learner.model.training:
+        if views and self.learner.training:
             self._reducer(views, into=self._rows.next(views[0].device))
 
-    def endEpoch(self) -> None:  # noqa: N802
+    def endEpoch(self) -> None:
         self._rows.flush()
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         self._rows.flush()
         self._params, self._views = [], []
 

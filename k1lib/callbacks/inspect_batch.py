@@ -17,5 +17,5 @@ class InspectBatch(Callback):
         super().__init__()
         self.f = f
 
-    def startBatch(self) -> None:  # noqa: N802
+    def startBatch(self) -> None:
         self.f(self.learner.xb, self.learner.yb)

@@ -17,5 +17,5 @@ class InspectLoss(Callback):
         super().__init__()
         self.f = f
 
-    def endLoss(self) -> None:  # noqa: N802
+    def endLoss(self) -> None:
         self.f(self.learner.loss)

@@ -17,5 +17,5 @@ class InspectOutput(Callback):
         super().__init__()
         self.f = f
 
-    def endPass(self) -> None:  # noqa: N802
+    def endPass(self) -> None:
         self.f(self.learner.y)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import _distributed
 from .callback import Callback
+
+if TYPE_CHECKING:
+    from .._loop import Group
 
 __all__ = ["Loss"]
 
@@ -45,12 +47,14 @@ class Loss(Callback):
         # losses not on the host yet, with their batch numbers (averaged by batch under DDP)
         self._pending: dict[bool, list[tuple[int, torch.Tensor]]] = {True: [], False: []}
 
-    def endLoss(self) -> None:  # noqa: N802
+    def endLoss(self) -> None:
         learner = self.learner
-        self._pending[learner.model.training].append((learner.batch, learner.loss.detach()))
+        self._pending[learner.training].append((learner.batch, learner.loss.detach()))
 
-    def _session(self) -> _distributed.Session | None:
-        return _distributed.session(self.cbs.learner if self.cbs is not None else None)
+    def _group(self) -> Group | None:
+        """The run's processes when there are several (averages are exchanges), else None."""
+        learner = self.cbs.learner if self.cbs is not None else None
+        return learner.group if learner is not None and learner.group.several else None
 
     @staticmethod
     def _host(pending: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
@@ -61,7 +65,7 @@ class Loss(Callback):
     def _flush(self) -> None:
         # with several processes, each loss becomes the mean over the ranks of that batch's
         # loss (every rank flushes at the same points, empty lists too: it is an exchange)
-        sync = self._session()
+        sync = self._group()
         for training, pending in self._pending.items():
             if not pending and sync is None:
                 continue
@@ -75,10 +79,10 @@ class Loss(Callback):
             (self.train if training else self.valid).extend(values)
             (self.epoch.train if training else self.epoch.valid).append(sum(values) / len(values))
 
-    def endEpoch(self) -> None:  # noqa: N802
+    def endEpoch(self) -> None:
         self._flush()
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         self._flush()
 
     def plot(self) -> Any:
@@ -110,7 +114,7 @@ class Loss(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        if self._session() is None:
+        if self._group() is None:
             self._flush()
             train, valid = self.train, self.valid
         else:

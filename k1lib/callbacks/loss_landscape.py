@@ -24,7 +24,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from .. import _distributed
+from .._batch import forward, loss_of, split
 from .._rng import RngSnapshot
 from .._unwrap import unwrap
 from .callback import Callback
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from .._learner import Learner
 
 __all__ = ["LossLandscape", "Surface", "directions"]
 
@@ -119,7 +122,7 @@ def _direction(p: Tensor, generator: torch.Generator, filterNorm: bool) -> Tenso
 # ---- the validation batch ------------------------------------------------------------------------
 
 
-def _validation_batch(learner: Any, samples: int | None) -> tuple[Any, Any]:
+def _validation_batch(learner: Learner, samples: int | None) -> tuple[Any, Any]:
     """The first ``samples`` validation samples (the first batch when None), each batch after
     the learner's batch-shaping callbacks (Device, ModifyBatch, DType: ``shapes_batch``), which
     alone see this ``startBatch``."""
@@ -132,7 +135,7 @@ def _validation_batch(learner: Any, samples: int | None) -> tuple[Any, Any]:
     try:
         with cbs.suspend(quiet):
             for batch in learner.data.valid:
-                learner.xb, learner.yb = batch
+                learner.xb, learner.yb = split(batch)
                 cbs("startBatch")
                 xbs.append(learner.xb)
                 ybs.append(learner.yb)
@@ -145,7 +148,10 @@ def _validation_batch(learner: Any, samples: int | None) -> tuple[Any, Any]:
         raise ValueError("LossLandscape: l.data.valid gave no batch; it needs at least one validation batch")
     if len(xbs) == 1 and (samples is None or count <= samples):
         return xbs[0], ybs[0]
-    return _take(_concat(xbs), samples), _take(_concat(ybs), samples)
+    xb = _take(_concat(xbs), samples)
+    if all(x is y for x, y in zip(xbs, ybs, strict=True)):  # one mapping a batch: both are it
+        return xb, xb
+    return xb, _take(_concat(ybs), samples)
 
 
 def _length(x: Any) -> int:
@@ -153,7 +159,7 @@ def _length(x: Any) -> int:
         return len(x) if x.dim() else 1
     if isinstance(x, tuple | list) and x:
         return _length(x[0])
-    if isinstance(x, dict) and x:
+    if isinstance(x, Mapping) and x:
         return _length(next(iter(x.values())))
     raise TypeError(f"LossLandscape: cannot count the samples of a batch of type {type(x).__name__}")
 
@@ -164,7 +170,7 @@ def _concat(parts: list[Any]) -> Any:
         return torch.cat(parts)
     if isinstance(first, tuple | list):
         return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
-    if isinstance(first, dict):
+    if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts]) for k in first}
     raise TypeError(f"LossLandscape: cannot join batches of type {type(first).__name__}; use batchSize=None")
 
@@ -176,7 +182,7 @@ def _take(x: Any, n: int | None) -> Any:
         return x[:n]
     if isinstance(x, tuple | list):
         return type(x)(_take(v, n) for v in x)
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return {k: _take(v, n) for k, v in x.items()}
     return x
 
@@ -290,7 +296,7 @@ class _Evaluator:
         self,
         model: nn.Module,
         params: list[tuple[str, nn.Parameter]],
-        learner: Any,
+        learner: Learner,
         samples: int | None,
         snapshot: _Snapshot,
     ) -> None:
@@ -313,7 +319,7 @@ class _Evaluator:
         handles = [m.register_forward_hook(hook) for m in model.modules()]
         began = time.perf_counter()
         try:
-            self.centre = float(self._loss(model(self.xb)))
+            self.centre = float(self._loss(forward(model, self.xb)))
         finally:
             for handle in handles:
                 handle.remove()
@@ -324,7 +330,7 @@ class _Evaluator:
     def _loss(self, y: Any) -> Tensor:
         for f in self.outputFs:
             y = f(y)
-        loss = self.lossF(y, self.yb)
+        loss = loss_of(self.lossF, y, self.yb)
         loss = loss if isinstance(loss, Tensor) else torch.as_tensor(loss)
         if loss.numel() != 1:
             raise ValueError(
@@ -344,7 +350,10 @@ class _Evaluator:
             params.update(group.stacked(coeffs))
 
         def point(ps: dict[str, Tensor]) -> Tensor:
-            return self._loss(functional_call(self.model, ps, (self.xb,)))
+            xb = self.xb  # a mapping of inputs goes in as keyword arguments
+            if isinstance(xb, Mapping):
+                return self._loss(functional_call(self.model, ps, (), dict(xb)))
+            return self._loss(functional_call(self.model, ps, (xb,)))
 
         try:
             losses: Tensor = vmap(point, randomness="error")(params)
@@ -358,7 +367,7 @@ class _Evaluator:
             for a, b in coeffs[:, 1:].tolist():
                 for group in self.groups:
                     group.install(a, b)
-                losses.append(self._loss(self.model(self.xb)))
+                losses.append(self._loss(forward(self.model, self.xb)))
                 self.snapshot.restore_buffers()  # each point sees the buffers as they were
         finally:
             self.snapshot.restore_params()
@@ -370,7 +379,7 @@ def _bytes(x: Any) -> int:
         return x.numel() * x.element_size()
     if isinstance(x, tuple | list):
         return sum(_bytes(v) for v in x)
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return sum(_bytes(v) for v in x.values())
     return 0
 
@@ -491,11 +500,12 @@ class LossLandscape(Callback):
         options are ``plot``'s (see the repr)."""
         radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory)
         learner = self.learner
-        for name in ("model", "data", "lossF"):
+        for name in ("model", "data"):  # no lossF: the model's output may carry its loss
             if getattr(learner, name) is None:
                 raise RuntimeError(f"LossLandscape needs l.{name}; set it first")
         # a compiled (or DDP) model is evaluated through its original module: vmap and
         # functional_call need plain modules, and the names are the original's
+        assert learner.model is not None  # checked just above
         model: nn.Module = unwrap(learner.model)
         params = _named_params(model)
         snapshot = _Snapshot(model, params)

@@ -19,6 +19,6 @@ class ModifyBatch(Callback):
         super().__init__()
         self.f = f
 
-    def startBatch(self) -> None:  # noqa: N802
+    def startBatch(self) -> None:
         learner = self.learner
         learner.xb, learner.yb = self.f(learner.xb, learner.yb)

@@ -19,5 +19,5 @@ class ModifyOutput(Callback):
         super().__init__()
         self.f = f
 
-    def endPass(self) -> None:  # noqa: N802
+    def endPass(self) -> None:
         self.learner.y = self.f(self.learner.y)

@@ -19,13 +19,16 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import _distributed
 from .._rng import RngSnapshot
 from .callback import Callback, CancelEpochException, CancelRunException
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["ParamFinder"]
 
@@ -101,7 +104,8 @@ class ParamFinder(Callback):
         """One training batch for each of ``values`` until the loss diverges, with the
         learner restored afterwards (also what the benchmark calls with other schedules)."""
         learner = self.learner
-        learner._check_ready()
+        learner.check_ready()
+        assert learner.opt is not None
         test = _RangeTest(values, _ratios(learner.opt.param_groups, param), param)
         with _restored(learner):
             quiet = [cb.name for cb in learner.cbs if not _kept(cb)]
@@ -162,27 +166,27 @@ class _RangeTest(Callback):
         self._smoother = _Smoother()
         self._best = math.inf
 
-    def startEpoch(self) -> None:  # noqa: N802
+    def startEpoch(self) -> None:
         if len(self.params) >= len(self.values):
             raise CancelEpochException("range test done")
 
-    def startBatch(self) -> None:  # noqa: N802
+    def startBatch(self) -> None:
         # the value is recorded with its loss (endLoss): a batch that never gets there (a
         # cancel, or under DDP a batch another rank's loader had no match for) takes none
         if len(self.params) >= len(self.values):
             raise CancelEpochException("range test done")
         value = self.values[len(self.params)]
-        for group, ratio in zip(self.learner.opt.param_groups, self.ratios, strict=True):
+        opt = self.learner.opt
+        assert opt is not None  # check_ready: set for every run
+        for group, ratio in zip(opt.param_groups, self.ratios, strict=True):
             group[self.param] = value * ratio
 
-    def endLoss(self) -> None:  # noqa: N802
+    def endLoss(self) -> None:
         self.params.append(self.values[len(self.params)])
         loss = float(self.learner.loss.detach().float().mean())
-        sync = _distributed.session(self.learner)
-        if sync is not None:  # every rank decides on the same loss: the mean over ranks
-            averaged = sync.mean(loss)
-            assert averaged is not None  # this rank has one
-            loss = averaged
+        averaged = self.learner.group.mean(loss)  # several processes: the same on every rank
+        assert averaged is not None  # this rank has one
+        loss = averaged
         self.losses.append(loss)
         smoothed = self._smoother.add(loss)
         if len(self.losses) >= _WINDOW:
@@ -191,7 +195,7 @@ class _RangeTest(Callback):
             self.diverged = True
             raise CancelRunException("Loss increases significantly")
 
-    def startValidBatches(self) -> None:  # noqa: N802
+    def startValidBatches(self) -> None:
         raise CancelEpochException("range test skips validation")
 
 
@@ -299,14 +303,14 @@ def _restored(learner: Any) -> Iterator[None]:
     model = _ModelSnapshot(learner.model)
     opt = _OptimizerSnapshot(learner.opt)
     rng = RngSnapshot(learner.data)
-    fields = learner._state()
+    fields = learner.fields()
     try:
         yield
     finally:
         model.restore()
         opt.restore()
         rng.restore()
-        learner._restore(fields)
+        learner.restore_fields(fields)
 
 
 class _ModelSnapshot:

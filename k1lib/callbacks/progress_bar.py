@@ -32,7 +32,7 @@ class ProgressBar(Callback):
     def _out(self) -> TextIO:
         return self.stream if self.stream is not None else sys.stdout
 
-    def startRun(self) -> None:  # noqa: N802
+    def startRun(self) -> None:
         self._start = self._last = time.perf_counter()
         self._done = self.learner.rank != 0  # other ranks print nothing
         out = self._out()
@@ -50,7 +50,7 @@ class ProgressBar(Callback):
             f"batch: {learner.batch:3}/{learner.batches}, elapsed: {elapsed:6.1f}s  "
         )
 
-    def endBatch(self) -> None:  # noqa: N802
+    def endBatch(self) -> None:
         if self._done:
             return
         now = time.perf_counter()
@@ -68,12 +68,12 @@ class ProgressBar(Callback):
             out.write(self.line().rstrip() + "\n")
         out.flush()
 
-    def cancelRun(self) -> None:  # noqa: N802
+    def cancelRun(self) -> None:
         # the last line comes before the learner's "Run cancelled: ..." message
         if not self._done:
             self._write()
         self._done = True
 
-    def endRun(self) -> None:  # noqa: N802
+    def endRun(self) -> None:
         if not self._done:
             self._write()

@@ -1,0 +1,261 @@
+"""The training loop, written once: one routine for a run, an epoch and a batch, in one process
+and in several.
+
+What differs between one process and several sits behind ``Group``: this class is one process
+(nothing to agree on: what a callback raises is raised at once), ``_distributed.Session`` is
+a rank of several, where what a rank raises is *held* until the next agreement point and
+then raised on every rank (see ``_distributed``). The loop calls ``hold`` where a callback or
+the user's code may raise and ``agree`` at the agreement points; both are no-ops here.
+
+One behaviour for both (see the README's event list):
+- events outside batches (``startRun``, ``startEpoch``, ``startValidBatches``, ``endEpoch``,
+  ``endRun``, ``cancelEpoch``, ``cancelRun``) run every handler, then raise the first
+  exception;
+- inside a batch, the first exception ends the batch: a ``CancelBatchException`` fires
+  ``cancelBatch`` and ``endBatch``, anything else leaves the batch (no ``endBatch``);
+- ``startStep`` and ``startZeroGrad`` run every handler; the step is taken unless one returned
+  True, and what they raised comes after it (a cancel then ends the batch after the step).
+
+The phase is the learner's: ``l.training`` is True from ``startEpoch`` to the end of the
+training batches, False for validation. ``model.train()`` / ``model.eval()`` are called at
+each change, but a callback may switch the model's mode inside a batch without changing what
+the loop does. The optimizer step is ``k1lib/_step.py``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._batch import forward, loss_of, split
+from ._step import OptimizerStep
+from .callbacks.callback import CancelBatchException, CancelEpochException, CancelRunException
+
+if TYPE_CHECKING:
+    from ._learner import Learner
+    from .callbacks.callbacks import Callbacks
+
+__all__ = ["Group", "Loop"]
+
+
+class Group:
+    """The processes of a run: here one (``_distributed.Session`` is the DDP one). Callbacks
+    reach it as ``l.group``: ``several``, ``average``, ``mean``."""
+
+    several = False
+    held: BaseException | None = None  # raised on this rank, not agreed yet (never here)
+
+    def hold(self, error: BaseException, where: str = "") -> None:
+        """What ``error`` becomes until the next agreement: here, raised at once."""
+        raise error
+
+    def agree(self, at: str, value: bool = False, ended: bool = False) -> tuple[bool, bool]:
+        """Agree at ``at`` on what was held; returns whether any rank's ``value`` is set
+        (skip backward) and whether any rank's loader ``ended``."""
+        return value, ended
+
+    def agrees_before_forward(self) -> bool:
+        return False
+
+    def agree_before_backward(self, skip: bool, ended: bool) -> tuple[bool, bool]:
+        return skip, ended
+
+    def fire(self, cbs: Callbacks, event: str) -> None:
+        """An event outside batches: every handler runs, then the first exception is raised."""
+        failed = cbs.collect(event)[1]
+        if failed is not None:
+            raise failed
+
+    def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
+        """This process's batches of ``loader`` in ``epoch``."""
+        return iter(loader)
+
+    def batches_in(self, loader: Any) -> int:
+        """How many batches ``batches`` gives an epoch (TypeError without a length)."""
+        return len(loader)
+
+    def average(self, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of ``values`` by ``keys`` (batch numbers), in key order."""
+        return values[keys.argsort()]
+
+    def mean(self, value: float | None) -> float | None:
+        """The mean over ranks of one number."""
+        return value
+
+    def wrap(self) -> None:
+        """Prepare the model for the run (DDP wraps it)."""
+
+    def unwrap(self) -> None:
+        """Undo ``wrap``."""
+
+
+class Loop:
+    """One run of ``learner`` (``Learner.run`` makes one); ``l.loop`` during the run."""
+
+    def __init__(self, learner: Learner, group: Group) -> None:
+        assert learner.model is not None and learner.opt is not None
+        self.learner = learner
+        self.group = group
+        self.step = OptimizerStep(learner.opt)
+        self._version = -1  # of the callbacks the step was configured from
+
+    def run(self, epochs: int, limit: int | None) -> None:
+        learner, group = self.learner, self.group
+        try:
+            try:
+                group.fire(learner.cbs, "startRun")
+                group.wrap()
+                for learner.epoch in range(epochs):
+                    self._epoch(limit)
+            except CancelRunException as cancelled:
+                self.step.drop()
+                group.fire(learner.cbs, "cancelRun")  # the progress bar writes its last line here
+                if learner.rank == 0:
+                    print(f"Run cancelled: {cancelled}.")
+            finally:
+                self.step.drop()
+                group.fire(learner.cbs, "endRun")
+        finally:
+            group.unwrap()
+
+    def _configure(self) -> None:
+        """Ask the callbacks how to take the optimizer step (again when they changed)."""
+        cbs = self.learner.cbs
+        step = self.step
+        step.accumulation = step.clipping = step.scaling = None
+        for cb in cbs:
+            if not cb.suspended:
+                cb.configure_step(step)
+        self._version = cbs.version
+
+    def _epoch(self, limit: int | None) -> None:
+        learner, group = self.learner, self.group
+        assert learner.model is not None
+        learner.batch = 0
+        try:
+            learner.training = True
+            group.fire(learner.cbs, "startEpoch")
+            learner.model.train()
+            self._batches(learner.data.train, limit)
+            self._flush()
+            learner.training = False
+            learner.model.eval()
+            group.fire(learner.cbs, "startValidBatches")
+            self._batches(learner.data.valid, limit)
+        except CancelEpochException:
+            group.fire(learner.cbs, "cancelEpoch")
+        learner.training = False
+        self._flush()
+        group.fire(learner.cbs, "endEpoch")
+
+    def _flush(self) -> None:
+        if self._version != self.learner.cbs.version:
+            self._configure()
+        self.step.flush()
+
+    def _batches(self, loader: Iterable[Any], limit: int | None) -> None:
+        learner, group = self.learner, self.group
+        source = group.batches(loader, learner.epoch)
+        count = 0
+        while True:
+            batch: Any = None
+            ended = False
+            if group.held is None:  # else: something to agree on first (several processes)
+                if limit is not None and count >= limit:
+                    ended = True
+                else:
+                    try:
+                        batch = next(source)
+                    except StopIteration:
+                        ended = True
+                    except BaseException as e:
+                        group.hold(e, f"fetching batch {learner.batch} of epoch {learner.epoch}")
+            if not self._batch(batch, ended):
+                return
+            learner.batch += 1
+            count += 1
+
+    def _batch(self, batch: Any, ended: bool) -> bool:
+        """One batch, or (``ended``) this rank's turn of one that some rank has no data for;
+        False when the loader ended (on any rank)."""
+        learner, group, cbs = self.learner, self.group, self.learner.cbs
+        started = not ended and group.held is None
+        skip = False
+        try:
+            if started:
+                try:
+                    learner.xb, learner.yb = split(batch)
+                    cbs("startBatch")
+                    cbs("startPass")
+                except BaseException as e:
+                    group.hold(e)
+            if group.agrees_before_forward():
+                ended = group.agree("startPass", ended=ended)[1]
+            if started and not ended and group.held is None:
+                try:
+                    skip = self._forward()
+                except BaseException as e:
+                    group.hold(e)
+            skip, ended = group.agree_before_backward(skip, ended)
+            if ended:  # some rank's loader ran out: this batch is dropped
+                if started:
+                    self._close(cancelled=True)
+                return False
+            if group.held is None:
+                self._step(skip)
+            if group.held is not None:  # held for the next agreement: no endBatch
+                return True
+        except CancelBatchException as e:
+            if getattr(e, "_k1lib_escapes", False):
+                raise
+            self._close(cancelled=True)
+            return True
+        self._close(cancelled=False)
+        return True
+
+    def _forward(self) -> bool:
+        """Forward pass and loss; returns whether to skip the backward pass."""
+        learner, cbs = self.learner, self.learner.cbs
+        assert learner.model is not None
+        learner.y = forward(learner.model, learner.xb)
+        cbs("endPass")
+        cbs("startLoss")
+        learner.loss = loss_of(learner.lossF, learner.y, learner.yb)
+        cbs("endLoss")
+        return cbs("startBackward")
+
+    def _step(self, skip_backward: bool) -> None:
+        learner, cbs, step = self.learner, self.learner.cbs, self.step
+        try:
+            if self._version != cbs.version:
+                self._configure()
+            if not skip_backward:
+                step.backward(learner.loss)
+            skip, raised = cbs.collect("startStep")
+            if not skip:
+                step.step()
+            skip, also = cbs.collect("startZeroGrad")
+            step.zero_grad(not skip)
+            if raised or also:
+                raise raised or also  # type: ignore[misc]
+        except CancelBatchException:
+            raise  # the step was taken on every rank: the cancel needs no agreement
+        except BaseException as e:
+            self.group.hold(e, f"in batch {learner.batch} of epoch {learner.epoch}, after backward")
+
+    def _close(self, cancelled: bool) -> None:
+        """``cancelBatch`` (when ``cancelled``) and ``endBatch``. A CancelBatchException from
+        them has no batch left to cancel: it ends the run."""
+        cbs = self.learner.cbs
+        try:
+            if cancelled:
+                cbs("cancelBatch")
+            cbs("endBatch")
+        except BaseException as e:
+            if isinstance(e, CancelBatchException):
+                e._k1lib_escapes = True  # type: ignore[attr-defined]
+            learner = self.learner
+            where = "cancelBatch or endBatch" if cancelled else "endBatch"
+            self.group.hold(e, f"in batch {learner.batch} of epoch {learner.epoch}, in {where}")

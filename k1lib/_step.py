@@ -1,0 +1,131 @@
+"""The optimizer step of a run, in one place: backward -> accumulate -> unscale -> clip -> step ->
+scaler update -> zero_grad.
+
+The loop owns one ``OptimizerStep`` per run. The callbacks that shape the step do not act on
+it themselves: they register with it (``Callback.configure_step``) and it calls them in this
+order. ``GradAccumulation`` gives how many batches make one step, ``GradClipping`` clips the
+unscaled gradients, ``Autocast`` (float16) gives the ``GradScaler`` and counts the steps it
+skipped. None of them knows about the others.
+
+- ``backward(loss)``: the gradient entering the backward pass is divided by the group size
+  and multiplied by the scaler's scale; ``l.loss`` itself is not changed (Loss and
+  CancelOnExplosion see the loss as computed).
+- ``step()``: when the group is complete (always, without accumulation): unscale (when
+  clipping), clip, step through the scaler (or the optimizer alone) and update the scale.
+- ``zero_grad(wanted)``: ends a complete group, zeroing the gradients unless a callback asked
+  not to.
+- ``flush()``: a last incomplete group of ``k < n`` batches (the epoch's training batches ran
+  out) is rescaled to its mean (``n / k``) and goes through the same ``step``.
+- ``drop()``: a run that ends mid-group forgets the partial gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+__all__ = ["Accumulating", "Clipping", "OptimizerStep", "Scaling"]
+
+
+class Accumulating(Protocol):
+    """What ``GradAccumulation`` gives: ``n`` batches a step, ``pending`` of them done."""
+
+    n: int
+    pending: int
+
+
+class Clipping(Protocol):
+    """What ``GradClipping`` gives: clips the (unscaled) gradients of ``params``."""
+
+    def clip(self, params: list[torch.Tensor]) -> torch.Tensor: ...
+
+
+class Scaling(Protocol):
+    """What ``Autocast`` with a scaler gives: the scaler, and where to count a skipped step."""
+
+    scaler: torch.amp.GradScaler | None
+
+    def count_skipped(self, opt: torch.optim.Optimizer) -> None: ...
+
+
+class OptimizerStep:
+    """One run's optimizer step (see the module docstring)."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+        self.accumulation: Accumulating | None = None
+        self.clipping: Clipping | None = None
+        self.scaling: Scaling | None = None
+        self.backwards = 0  # backward passes since the last step
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return None if self.scaling is None else self.scaling.scaler
+
+    @property
+    def complete(self) -> bool:
+        """Whether this batch ends a group (without accumulation: every batch)."""
+        acc = self.accumulation
+        return acc is None or acc.pending >= acc.n
+
+    def backward(self, loss: torch.Tensor) -> None:
+        acc, scaler = self.accumulation, self.scaler
+        if acc is not None and acc.n > 1:
+            loss = loss / acc.n
+        if scaler is not None:
+            loss = scaler.scale(loss)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.backwards += 1
+        if acc is not None:
+            acc.pending += 1
+
+    def step(self) -> None:
+        if self.complete:
+            self._step()
+
+    def _step(self) -> None:
+        opt = self.opt
+        scaler = self.scaler if self.backwards else None  # nothing scaled since the last step
+        if self.clipping is not None:
+            if scaler is not None:
+                scaler.unscale_(opt)
+            params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            self.clipping.clip(params)
+        if scaler is not None:
+            assert self.scaling is not None
+            scaler.step(opt)
+            self.scaling.count_skipped(opt)
+            scaler.update()
+        else:
+            opt.step()
+        self.backwards = 0
+
+    def zero_grad(self, wanted: bool) -> None:
+        if not self.complete:
+            return
+        if wanted:
+            self.opt.zero_grad()
+        if self.accumulation is not None:
+            self.accumulation.pending = 0
+
+    def flush(self) -> None:
+        acc = self.accumulation
+        if acc is None or not 0 < acc.pending < acc.n:
+            return
+        grads = [p.grad for group in self.opt.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, acc.n / acc.pending)
+        try:
+            with torch.no_grad():
+                self._step()
+                self.opt.zero_grad()
+        finally:
+            acc.pending = 0
+
+    def drop(self) -> None:
+        acc = self.accumulation
+        if acc is not None and acc.pending:
+            self.opt.zero_grad()
+            acc.pending = 0
+        self.backwards = 0
