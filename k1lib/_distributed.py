@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._loop import Group
+from ._group import Group
 from .callbacks.callback import (
     EVENTS,
     CancelBatchException,
@@ -59,6 +59,7 @@ from .callbacks.callback import (
 
 if TYPE_CHECKING:
     from ._learner import Learner
+    from ._step import OptimizerStep
     from .callbacks.callbacks import Callbacks
 
 __all__ = [
@@ -208,10 +209,11 @@ class Session(Group):
         self._where = ""
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
-        self.group = _control_group()
+        self.control = _control_group()
         self.broken = False  # after an out-of-step error: no more collectives
         self._buffers: bool | None = None  # whether the DDP model has buffers (found once)
         self._original: nn.Module | None = None
+        self.steps: OptimizerStep | None = None
 
     # ---- the model ------------------------------------------------------------------------------
     def wrap(self) -> None:
@@ -295,18 +297,29 @@ class Session(Group):
     def batches_in(self, loader: Any) -> int:
         return batches_per_rank(loader)
 
+    def watch(self, steps: OptimizerStep) -> None:
+        self.steps = steps
+
     # ---- agreement ------------------------------------------------------------------------------
     def _header(
         self, kind: int, level: int = 0, value: int = 0, ended: bool = False
     ) -> tuple[int, int, bool]:
-        """Exchange (level, value, ended, kind) with every rank: the largest level and value,
-        and whether any rank ended; an ``OutOfStepError`` when the ranks are at different
-        kinds of exchange."""
-        t = torch.tensor([level, value, int(ended), kind, -kind], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        top, most, any_ended, high, negative_low = t.tolist()
+        """Exchange (level, value, ended, kind, optimizer steps) with every rank: the largest
+        level and value, and whether any rank ended; an ``OutOfStepError`` when the ranks are
+        at different kinds of exchange or have taken different optimizer steps."""
+        taken = self.steps.taken if self.steps is not None else 0
+        t = torch.tensor([level, value, int(ended), kind, -kind, taken, -taken], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        top, most, any_ended, high, negative_low, most_taken, negative_fewest = t.tolist()
         if high != -negative_low:
             self._out_of_step(kind)
+        if most_taken != -negative_fewest:
+            self.broken = True
+            raise OutOfStepError(
+                f"the ranks took different optimizer steps ({-negative_fewest} to {most_taken} steps "
+                "and zero_grads on some rank): a startStep or startZeroGrad handler returned True on "
+                "some ranks only, so their models no longer match; under DDP, skip on every rank or none"
+            )
         return int(top), int(most), bool(any_ended)
 
     def _out_of_step(self, kind: int) -> None:
@@ -315,7 +328,7 @@ class Session(Group):
         if in_flight is not None:
             where += f" after {_describe(in_flight)}"
         seen: list[Any] = [None] * self.world
-        dist.all_gather_object(seen, where, group=self.group)
+        dist.all_gather_object(seen, where, group=self.control)
         self.broken = True
         lines = "\n".join(f"  rank {r}: at {w}" for r, w in enumerate(seen))
         raise OutOfStepError(
@@ -348,7 +361,7 @@ class Session(Group):
             return bool(most), any_ended
         said: list[Any] = [None] * self.world
         where = where or f"{_PHRASES.get(at, f'in {at!r}')} ({self._position()})"
-        dist.all_gather_object(said, (level, type(held).__name__, str(held), where), group=self.group)
+        dist.all_gather_object(said, (level, type(held).__name__, str(held), where), group=self.control)
         if held is not None and level == top:
             raise held
         source = min(r for r, (lv, *_) in enumerate(said) if lv == top)
@@ -408,7 +421,7 @@ class Session(Group):
             return drawn
         self._header(_KINDS["seed"])
         t = torch.tensor([drawn], dtype=torch.int64)
-        dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
+        dist.broadcast(t, src=dist.get_global_rank(self.control, 0), group=self.control)
         return int(t)
 
     # ---- results --------------------------------------------------------------------------------
@@ -422,7 +435,7 @@ class Session(Group):
         both = torch.zeros(2, size, dtype=torch.float64)
         both[0, keys] = values.double()
         both[1, keys] = 1
-        dist.all_reduce(both, group=self.group)
+        dist.all_reduce(both, group=self.control)
         found = both[1] > 0
         return (both[0][found] / both[1][found]).to(values.dtype)
 

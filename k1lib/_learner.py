@@ -31,12 +31,13 @@ from torch import nn
 import modsel
 
 from . import _distributed
-from ._loop import Group, Loop
+from ._group import Group
+from ._loop import Loop
 from ._module_selector import ModuleSelector
+from ._record import record
 from ._unwrap import unwrap
 from .callbacks.callback import Callback
 from .callbacks.callbacks import Callbacks
-from .callbacks.dont_train import DontTrain
 
 __all__ = ["Learner"]
 
@@ -72,7 +73,6 @@ class Learner:
         self.training = False  # the phase: True in training batches (set by the loop)
         self.ddpKwargs: dict[str, Any] = {}
         self._loop: Loop | None = None
-        self._recording = False
 
     # ---- configuration --------------------------------------------------------------------------
     @property
@@ -167,6 +167,9 @@ class Learner:
 
         Afterwards the model's train/eval mode is as before; after an exception in a callback,
         ``endRun`` has run and the exception names the callback and the event."""
+        return self._run(epochs, batches, local=False)
+
+    def _run(self, epochs: int, batches: int | None, local: bool) -> Learner:
         self.check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"Learner.run: epochs must be an int, 0 or more, got {epochs!r}")
@@ -174,7 +177,7 @@ class Learner:
             raise ValueError(f"Learner.run: batches must be an int, 0 or more, or None, got {batches!r}")
         assert self.model is not None
         model, was_training = self.model, self.model.training
-        group = _distributed.group_for(self, local=self._recording) or _ALONE
+        group = _distributed.group_for(self, local=local) or _ALONE
         outer, self._loop = self._loop, Loop(self, group)
         try:
             self.epochs = epochs
@@ -218,24 +221,9 @@ class Learner:
 
     def record(self, epochs: int, batchesPerEpoch: int) -> tuple[list[Any], list[Any], list[Any]]:  # noqa: N803
         """Run without training and return the batches seen and the outputs: ``xbs, ybs, ys``.
-        Callbacks that record (Loss, ...) are suspended; the learner is as before afterwards."""
-        xbs: list[Any] = []
-        ybs: list[Any] = []
-        ys: list[Any] = []
-        recorder = _Recorder(xbs, ybs, ys)
-        quiet = [cb.name for cb in self.cbs if not cb.shapes_batch]
-        state = self.fields()
-        with self.cbs.suspend(quiet):
-            self.cbs.append(recorder, "_Recorder")
-            self._recording = True  # under DDP too, each rank runs all batches on its own
-            try:
-                with torch.no_grad():
-                    self.run(epochs, batchesPerEpoch)
-            finally:
-                self._recording = False
-                self.cbs.remove("_Recorder")
-                self.restore_fields(state)
-        return xbs, ybs, ys
+        Callbacks that record (Loss, ...) are suspended; the learner is as before afterwards.
+        Under DDP too, each rank runs all batches on its own."""
+        return record(self, lambda: self._run(epochs, batchesPerEpoch, local=True))
 
     def fields(self) -> dict[str, Any]:
         """The run's fields (``epoch``, ``batch``, ``xb``, ``loss``, ``training``, ...), for a
@@ -294,21 +282,3 @@ class Learner:
                 '- l.Loss: to get a specific callback, this case "Loss"',
             ]
         )
-
-
-class _Recorder(DontTrain):
-    """Collects each batch and output for ``Learner.record``; as a DontTrain, it skips every
-    training step."""
-
-    order = 100
-
-    def __init__(self, xbs: list[Any], ybs: list[Any], ys: list[Any]) -> None:
-        super().__init__()
-        self._lists = (xbs, ybs, ys)
-
-    def endPass(self) -> None:
-        learner = self.learner
-        xbs, ybs, ys = self._lists
-        xbs.append(learner.xb)
-        ybs.append(learner.yb)
-        ys.append(learner.y)

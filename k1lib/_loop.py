@@ -1,11 +1,12 @@
 """The training loop, written once: one routine for a run, an epoch and a batch, in one process
 and in several.
 
-What differs between one process and several sits behind ``Group``: this class is one process
-(nothing to agree on: what a callback raises is raised at once), ``_distributed.Session`` is
-a rank of several, where what a rank raises is *held* until the next agreement point and
-then raised on every rank (see ``_distributed``). The loop calls ``hold`` where a callback or
-the user's code may raise and ``agree`` at the agreement points; both are no-ops here.
+What differs between one process and several sits behind ``Group`` (``k1lib/_group.py``):
+one process, where nothing needs agreeing (what a callback raises is raised at once), or
+``_distributed.Session``, a rank of several, where what a rank raises is *held* until the
+next agreement point and then raised on every rank. The loop calls ``hold`` where a callback
+or the user's code may raise and ``agree`` at the agreement points; in one process both are
+no-ops.
 
 One behaviour for both (see the README's event list):
 - events outside batches (``startRun``, ``startEpoch``, ``startValidBatches``, ``endEpoch``,
@@ -24,71 +25,18 @@ the loop does. The optimizer step is ``k1lib/_step.py``'s.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ._batch import forward, loss_of, split
+from ._group import Group
 from ._step import OptimizerStep
 from .callbacks.callback import CancelBatchException, CancelEpochException, CancelRunException
 
 if TYPE_CHECKING:
     from ._learner import Learner
-    from .callbacks.callbacks import Callbacks
 
-__all__ = ["Group", "Loop"]
-
-
-class Group:
-    """The processes of a run: here one (``_distributed.Session`` is the DDP one). Callbacks
-    reach it as ``l.group``: ``several``, ``average``, ``mean``."""
-
-    several = False
-    held: BaseException | None = None  # raised on this rank, not agreed yet (never here)
-
-    def hold(self, error: BaseException, where: str = "") -> None:
-        """What ``error`` becomes until the next agreement: here, raised at once."""
-        raise error
-
-    def agree(self, at: str, value: bool = False, ended: bool = False) -> tuple[bool, bool]:
-        """Agree at ``at`` on what was held; returns whether any rank's ``value`` is set
-        (skip backward) and whether any rank's loader ``ended``."""
-        return value, ended
-
-    def agrees_before_forward(self) -> bool:
-        return False
-
-    def agree_before_backward(self, skip: bool, ended: bool) -> tuple[bool, bool]:
-        return skip, ended
-
-    def fire(self, cbs: Callbacks, event: str) -> None:
-        """An event outside batches: every handler runs, then the first exception is raised."""
-        failed = cbs.collect(event)[1]
-        if failed is not None:
-            raise failed
-
-    def batches(self, loader: Iterable[Any], epoch: int) -> Iterator[Any]:
-        """This process's batches of ``loader`` in ``epoch``."""
-        return iter(loader)
-
-    def batches_in(self, loader: Any) -> int:
-        """How many batches ``batches`` gives an epoch (TypeError without a length)."""
-        return len(loader)
-
-    def average(self, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """The mean over ranks of ``values`` by ``keys`` (batch numbers), in key order."""
-        return values[keys.argsort()]
-
-    def mean(self, value: float | None) -> float | None:
-        """The mean over ranks of one number."""
-        return value
-
-    def wrap(self) -> None:
-        """Prepare the model for the run (DDP wraps it)."""
-
-    def unwrap(self) -> None:
-        """Undo ``wrap``."""
+__all__ = ["Loop"]
 
 
 class Loop:
@@ -99,6 +47,7 @@ class Loop:
         self.learner = learner
         self.group = group
         self.step = OptimizerStep(learner.opt)
+        group.watch(self.step)
         self._version = -1  # of the callbacks the step was configured from
 
     def run(self, epochs: int, limit: int | None) -> None:
@@ -174,8 +123,9 @@ class Loop:
                         group.hold(e, f"fetching batch {learner.batch} of epoch {learner.epoch}")
             if not self._batch(batch, ended):
                 return
-            learner.batch += 1
-            count += 1
+            if group.held is None:  # else the next turn agrees on it, in this batch's place
+                learner.batch += 1
+                count += 1
 
     def _batch(self, batch: Any, ended: bool) -> bool:
         """One batch, or (``ended``) this rank's turn of one that some rank has no data for;

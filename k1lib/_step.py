@@ -58,6 +58,7 @@ class OptimizerStep:
         self.clipping: Clipping | None = None
         self.scaling: Scaling | None = None
         self.backwards = 0  # backward passes since the last step
+        self.taken = 0  # optimizer steps and zero_grads taken (ranks compare it under DDP)
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
@@ -100,12 +101,14 @@ class OptimizerStep:
         else:
             opt.step()
         self.backwards = 0
+        self.taken += 1
 
     def zero_grad(self, wanted: bool) -> None:
         if not self.complete:
             return
         if wanted:
             self.opt.zero_grad()
+            self.taken += 1
         if self.accumulation is not None:
             self.accumulation.pending = 0
 

@@ -9,7 +9,7 @@ import torch
 from .callback import Callback
 
 if TYPE_CHECKING:
-    from .._loop import Group
+    from .._group import Group
 
 __all__ = ["Loss"]
 

@@ -427,6 +427,111 @@ def subset_sampler(rank: int) -> dict[str, Any]:
     return {"xbs": l.Seen.xbs}
 
 
+# ---- the event trace: one process and each rank of two run the same loop ---------------------------
+
+IN_BATCH = (
+    "startBatch",
+    "startPass",
+    "endPass",
+    "startLoss",
+    "endLoss",
+    "startBackward",
+    "startStep",
+    "startZeroGrad",
+    "endBatch",
+)
+OUTSIDE = ("startRun", "startEpoch", "startValidBatches", "endEpoch")
+RAISES = {
+    "batch": k1lib.CancelBatchException,
+    "epoch": k1lib.CancelEpochException,
+    "run": CancelRunException,
+    "error": ValueError,
+}
+
+
+def trace_cases() -> list[tuple[str, str, str]]:
+    """(event, what, phase): raise ``what`` (or return True: ``skip``) at ``event`` of the
+    second training batch or the first validation batch of epoch 0, or the first time an event
+    outside batches fires."""
+    cases = [(e, what, "train") for e in IN_BATCH for what in RAISES]
+    cases += [(e, what, "valid") for e in IN_BATCH for what in ("batch", "epoch", "error")]
+    cases += [(e, what, "") for e in OUTSIDE for what in RAISES]
+    cases += [(e, "skip", "train") for e in ("startBackward", "startStep", "startZeroGrad")]
+    cases.append(("endRun", "error", ""))
+    return cases
+
+
+class Tracer(Callback):
+    """Records every event with the epoch, batch and phase, and every optimizer step."""
+
+    order = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trace: list[tuple[Any, ...]] = []
+        for event in k1lib.callbacks.EVENTS:
+            setattr(self, event, self._recorder(event))
+
+    def _recorder(self, event: str) -> Any:
+        def record() -> None:
+            learner = self.learner
+            self.trace.append((event, learner.epoch, learner.batch, learner.training))
+
+        return record
+
+
+class Raiser(Callback):
+    """On rank ``target``: raise (or skip) once, as ``trace_cases`` says."""
+
+    order = 50
+
+    def __init__(self, event: str, what: str, phase: str, target: int) -> None:
+        super().__init__()
+        self.what, self.phase, self.target, self.done = what, phase, target, False
+        setattr(self, event, self._maybe)
+
+    def _maybe(self) -> bool:
+        learner = self.learner
+        if self.done or learner.rank != self.target or (self.phase and learner.epoch != 0):
+            return False
+        if self.phase == "train" and not (learner.training and learner.batch == 1):
+            return False
+        if self.phase == "valid" and learner.training:
+            return False
+        self.done = True
+        if self.what == "skip":
+            return True
+        raise RAISES[self.what](f"raised by the test ({self.what})")
+
+
+def traced_run(event: str, what: str, phase: str, target: int) -> dict[str, Any]:
+    """A run of 2 epochs (4 training and 2 validation batches a rank) with ``Raiser``;
+    returns the trace and how the run ended."""
+    world = k1lib.Learner().worldSize
+    torch.manual_seed(0)
+    x = torch.linspace(-2, 2, 8 * 6 * world)
+    pairs = list(zip(x.split(8), torch.sin(x).split(8), strict=True))
+    l = learner(Net())
+    l.data = k1lib.data.Data(pairs[: 4 * world], pairs[4 * world :][: 2 * world])
+    for name in ("ProgressBar", "Autosave"):
+        l.cbs.remove(name)
+    tracer = Tracer()
+    l.cbs.append(tracer)
+    l.cbs.append(Raiser(event, what, phase, target))
+    assert l.opt is not None
+    l.opt.register_step_post_hook(lambda *_: tracer.trace.append(("step",)))
+    outcome = ""
+    try:
+        l.run(2)
+    except BaseException as e:
+        outcome = f"{type(e).__name__}: {e}"
+    return {"trace": tracer.trace, "outcome": outcome}
+
+
+def traces(rank: int) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {case: traced_run(*case, target=1) for case in trace_cases()}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     rank = int(os.environ["RANK"])
@@ -467,6 +572,7 @@ def main() -> None:
         results["save_on_rank_0"] = save_on_rank_0(rank)
         results["recorded"] = recorded(rank)
         results["subset_sampler"] = subset_sampler(rank)
+        results["traces"] = traces(rank)
         sys.stdout = sys.__stdout__
     torch.save(results, "results.pt")
 

@@ -335,3 +335,55 @@ def test_a_cancel_raised_in_cancelBatch_on_one_rank_is_agreed(ranks: list[dict[s
 def test_param_finder_with_uneven_loaders_gives_one_suggestion(ranks: list[dict[str, Any]]) -> None:
     r0, r1 = ranks[0]["param_finder_uneven"], ranks[1]["param_finder_uneven"]
     assert r0 == r1 and len(r0["params"]) > 23  # the test crossed an epoch end
+
+
+# ---- one loop: the same events in one process and on each rank ---------------------------------
+
+OUTSIDE_BATCHES = {
+    "startRun",
+    "startEpoch",
+    "startValidBatches",
+    "endEpoch",
+    "endRun",
+    "cancelEpoch",
+    "cancelRun",
+}
+
+
+def _flow(trace: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The events outside batches (with their epoch and phase, not the batch: a rank that did
+    not raise meets the others at the next agreement point, which may be in the next batch)
+    and the optimizer steps: what every rank must agree on."""
+    return [
+        (t[0], t[1], t[3]) if len(t) > 1 else t for t in trace if t[0] == "step" or t[0] in OUTSIDE_BATCHES
+    ]
+
+
+@pytest.mark.parametrize("case", ddp_worker.trace_cases(), ids="-".join)
+def test_one_process_and_each_rank_run_the_same_events(
+    ranks: list[dict[str, Any]], case: tuple[str, str, str]
+) -> None:
+    alone = ddp_worker.traced_run(*case, target=0)  # this process: rank 0 of 1
+    r0, r1 = ranks[0]["traces"][case], ranks[1]["traces"][case]
+    event, what, _ = case
+    if what == "skip" and event in ("startStep", "startZeroGrad"):
+        # skipping the step on one rank only would split the models: both ranks stop at the
+        # next exchange, saying why
+        for r in (r0, r1):
+            assert r["outcome"].startswith("OutOfStepError: the ranks took different optimizer steps")
+        assert alone["outcome"] == ""
+        return
+    # the rank that raised sees exactly what one process sees, and ends the same way
+    assert r1["trace"] == alone["trace"]
+    assert r1["outcome"] == alone["outcome"]
+    # the other rank takes the same steps, epochs and run ends (it may have run a few batch
+    # events more before the agreement point, and a cancel after the step or in validation is
+    # the raising rank's alone); an error is named with the rank that raised it
+    assert _flow(r0["trace"]) == _flow(alone["trace"])
+    if what == "error" or (what, event) == ("batch", "endBatch"):  # no batch left to cancel: an error
+        assert r0["outcome"].startswith("RuntimeError: rank 1 failed")
+        assert r1["outcome"].split(":")[0] in r0["outcome"]
+    elif alone["outcome"]:  # a cancel that leaves the run (a batch cancel outside a batch)
+        assert r0["outcome"] == alone["outcome"] + " (on rank 1)"
+    else:
+        assert r0["outcome"] == ""
