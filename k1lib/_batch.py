@@ -25,6 +25,13 @@ __all__ = ["forward", "loss_of", "map_tensors", "split"]
 
 def split(batch: Any) -> tuple[Any, Any]:
     """``(xb, yb)`` of a batch (see the module docstring)."""
+    if type(batch) is tuple and len(batch) == 2:  # the common case first: no ABC check
+        return batch
+    if isinstance(batch, torch.Tensor):  # would unpack along its first dimension
+        raise TypeError(
+            "a batch must be a pair (xb, yb) or a mapping of the model's keyword arguments; the "
+            f"loader gave {_describe(batch)}"
+        )
     if isinstance(batch, Mapping):
         return batch, batch
     try:
@@ -39,7 +46,7 @@ def split(batch: Any) -> tuple[Any, Any]:
 
 def forward(model: nn.Module, xb: Any) -> Any:
     """``model(**xb)`` for a mapping of inputs, else ``model(xb)``."""
-    if isinstance(xb, Mapping):
+    if not isinstance(xb, torch.Tensor) and isinstance(xb, Mapping):
         return model(**xb)
     return model(xb)
 

@@ -35,6 +35,7 @@ from .callbacks.callback import CancelBatchException, CancelEpochException, Canc
 
 if TYPE_CHECKING:
     from ._learner import Learner
+    from .callbacks.callbacks import Callbacks
 
 __all__ = ["Loop"]
 
@@ -145,39 +146,40 @@ class Loop:
                 ended = group.agree("startPass", ended=ended)[1]
             if started and not ended and group.held is None:
                 try:
-                    skip = self._forward()
+                    skip = self._forward(cbs)
                 except BaseException as e:
                     group.hold(e)
             skip, ended = group.agree_before_backward(skip, ended)
             if ended:  # some rank's loader ran out: this batch is dropped
                 if started:
-                    self._close(cancelled=True)
+                    self._close(cbs, cancelled=True)
                 return False
             if group.held is None:
-                self._step(skip)
+                self._step(cbs, skip)
             if group.held is not None:  # held for the next agreement: no endBatch
                 return True
         except CancelBatchException as e:
             if getattr(e, "_k1lib_escapes", False):
                 raise
-            self._close(cancelled=True)
+            self._close(cbs, cancelled=True)
             return True
-        self._close(cancelled=False)
+        self._close(cbs, cancelled=False)
         return True
 
-    def _forward(self) -> bool:
+    def _forward(self, cbs: Callbacks) -> bool:
         """Forward pass and loss; returns whether to skip the backward pass."""
-        learner, cbs = self.learner, self.learner.cbs
+        learner = self.learner
         assert learner.model is not None
         learner.y = forward(learner.model, learner.xb)
         cbs("endPass")
         cbs("startLoss")
-        learner.loss = loss_of(learner.lossF, learner.y, learner.yb)
+        lossF = learner.lossF  # noqa: N806
+        learner.loss = lossF(learner.y, learner.yb) if lossF else loss_of(None, learner.y, learner.yb)
         cbs("endLoss")
         return cbs("startBackward")
 
-    def _step(self, skip_backward: bool) -> None:
-        learner, cbs, step = self.learner, self.learner.cbs, self.step
+    def _step(self, cbs: Callbacks, skip_backward: bool) -> None:
+        learner, step = self.learner, self.step
         try:
             if self._version != cbs.version:
                 self._configure()
@@ -195,10 +197,9 @@ class Loop:
         except BaseException as e:
             self.group.hold(e, f"in batch {learner.batch} of epoch {learner.epoch}, after backward")
 
-    def _close(self, cancelled: bool) -> None:
+    def _close(self, cbs: Callbacks, cancelled: bool) -> None:
         """``cancelBatch`` (when ``cancelled``) and ``endBatch``. A CancelBatchException from
         them has no batch left to cancel: it ends the run."""
-        cbs = self.learner.cbs
         try:
             if cancelled:
                 cbs("cancelBatch")

@@ -64,25 +64,20 @@ class OptimizerStep:
     def scaler(self) -> torch.amp.GradScaler | None:
         return None if self.scaling is None else self.scaling.scaler
 
-    @property
-    def complete(self) -> bool:
-        """Whether this batch ends a group (without accumulation: every batch)."""
-        acc = self.accumulation
-        return acc is None or acc.pending >= acc.n
-
     def backward(self, loss: torch.Tensor) -> None:
-        acc, scaler = self.accumulation, self.scaler
+        acc, scaling = self.accumulation, self.scaling
         if acc is not None and acc.n > 1:
             loss = loss / acc.n
-        if scaler is not None:
-            loss = scaler.scale(loss)
+        if scaling is not None and scaling.scaler is not None:
+            loss = scaling.scaler.scale(loss)
         loss.backward()  # type: ignore[no-untyped-call]
         self.backwards += 1
         if acc is not None:
             acc.pending += 1
 
     def step(self) -> None:
-        if self.complete:
+        acc = self.accumulation
+        if acc is None or acc.pending >= acc.n:
             self._step()
 
     def _step(self) -> None:
@@ -104,13 +99,14 @@ class OptimizerStep:
         self.taken += 1
 
     def zero_grad(self, wanted: bool) -> None:
-        if not self.complete:
+        acc = self.accumulation
+        if acc is not None and acc.pending < acc.n:
             return
         if wanted:
             self.opt.zero_grad()
             self.taken += 1
-        if self.accumulation is not None:
-            self.accumulation.pending = 0
+        if acc is not None:
+            acc.pending = 0
 
     def flush(self) -> None:
         acc = self.accumulation

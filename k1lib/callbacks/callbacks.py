@@ -201,6 +201,8 @@ class Callbacks:
         """Fire ``event`` in every (non-suspended) callback, in order; True when any handler
         returned True (which skips a step, for startBackward / startStep / startZeroGrad).
         A handler's exception is raised at once, except at ``endRun`` (see ``collect``)."""
+        if self._handlers.get(event) == []:  # nothing handles it: the common case, made cheap
+            return False
         answer, failed = self._fire(event, finish=event == "endRun")
         if failed is not None:
             raise failed
@@ -212,6 +214,8 @@ class Callbacks:
         exchange between ranks inside a handler, as Loss averaging at ``endEpoch``, is then
         never skipped on one rank), and ``startStep`` / ``startZeroGrad`` (whether to skip the
         step must not depend on a handler that raised before it)."""
+        if self._handlers.get(event) == []:
+            return False, None
         return self._fire(event, finish=True)
 
     def _fire(self, event: str, finish: bool) -> tuple[bool, BaseException | None]:

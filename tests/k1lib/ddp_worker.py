@@ -10,6 +10,7 @@ reference itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import k1lib
 from k1lib import Callback, CancelRunException
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hf_models
 
 
 class Net(nn.Module):
@@ -573,6 +577,8 @@ def main() -> None:
         results["recorded"] = recorded(rank)
         results["subset_sampler"] = subset_sampler(rank)
         results["traces"] = traces(rank)
+        if importlib.util.find_spec("transformers") is not None:
+            results["hf"] = hf_models.hf_ddp_scenario(rank)
         sys.stdout = sys.__stdout__
     torch.save(results, "results.pt")
 

@@ -27,6 +27,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 sys.path.insert(0, str(WORKER.parent))
 
 import ddp_worker  # noqa: E402
+import hf_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -387,3 +388,41 @@ def test_one_process_and_each_rank_run_the_same_events(
         assert r0["outcome"] == alone["outcome"] + " (on rank 1)"
     else:
         assert r0["outcome"] == ""
+
+
+def test_a_hugging_face_lm_on_mapping_batches_trains_like_one_process(ranks: list[dict[str, Any]]) -> None:
+    if "hf" not in ranks[0]:
+        pytest.skip("needs transformers")
+    r0, r1 = ranks[0]["hf"], ranks[1]["hf"]
+    steps = hf_models.DDP_TRAIN // 2
+    assert r0["model_type"] == r1["model_type"] == "LlamaForCausalLM"  # unwrapped after the run
+    # rank 1 started from other weights: DDP sent rank 0's
+    assert not torch.equal(r0["initial"]["lm_head.weight"], r1["initial"]["lm_head.weight"])
+    # rank r ran the r-th of every 2 mapping batches, as the loader gave them
+    batches = hf_models.lm_data(hf_models.DDP_TRAIN, hf_models.DDP_VALID).train
+    for rank, r in enumerate((r0, r1)):
+        assert r["batches"] == steps + hf_models.DDP_VALID // 2
+        assert len(r["seen"]) == steps
+        for seen, batch in zip(r["seen"], batches[rank::2], strict=True):
+            assert seen.keys() == batch.keys()
+            assert all(torch.equal(seen[k], batch[k]) for k in batch)
+    # the same weights on both ranks: those of one process on the global batches
+    ref = hf_models.hf_ddp_reference(r0, r1)
+    for key, value in r0["final"].items():
+        assert torch.equal(value, r1["final"][key]), key
+        assert not torch.equal(value, r0["initial"][key]), key  # it trained
+        torch.testing.assert_close(value, ref["final"][key], rtol=1e-4, atol=1e-6)
+    # each step's loss (the output's own, no lossF) is the mean over ranks: the global batch's
+    assert r0["train"] == r1["train"]
+    torch.testing.assert_close(torch.tensor(r0["train"]), torch.tensor(ref["train"]), rtol=1e-5, atol=1e-6)
+    assert r0["valid"] == r1["valid"]
+    assert r0["valid"] == pytest.approx([ref["valid"]], rel=1e-5)
+    # HookModule: the decoder layers by the plain model's paths, one row per batch of the rank's
+    # own, equal to plain hooks on the rank's half of the global batch
+    for rank, r in enumerate((r0, r1)):
+        assert r["hook_names"] == hf_models.LAYER_PATHS
+        assert r["hook_types"] == [hf_models.LAYER] * len(hf_models.LAYER_PATHS)
+        for layer, means in enumerate(r["hook_forward_means"]):
+            assert r["hook_backward_means"][layer].shape == means.shape == (steps,)
+            expected = torch.tensor(ref["forward_means"][rank][layer], dtype=means.dtype)
+            torch.testing.assert_close(means, expected, rtol=1e-4, atol=1e-7)
