@@ -23,12 +23,14 @@ process group of more than one process is there (or ``torchrun``'s environment a
   in a run, validation). Without those, a rank with something to settle (raised since the
   last agreement, a failed fetch, a loader at its end) skips its forward and meets the others
   before backward, who have run their forward and loss. One exchange of five integers a
-  batch (two with buffers), on a CPU ``gloo`` group of their own: no device sync. The
-  optimizer step must be the same on every rank, so a cancel raised in ``startStep`` /
-  ``startZeroGrad`` ends the batch after it.
-- Every exchange starts with the same header (what it is for), so ranks that are out of step
-  (one at ``endRun``, one before ``backward``) see it and raise a clear error instead of
-  pairing unrelated collectives or hanging; the session then makes no more collectives.
+  batch (two with buffers), on a CPU ``gloo`` group of their own: no device sync. This class
+  is the loop's ``Group`` (``k1lib/_group.py``): the loop (``k1lib/_loop.py``) is the same
+  code in one process, where holding raises at once and agreeing does nothing.
+- Every exchange starts with the same header (what it is for, and how many optimizer steps
+  and ``zero_grad``s this rank took), so ranks that are out of step (one at ``endRun``, one
+  before ``backward``; one that skipped a step the others took) see it and raise a clear error
+  instead of pairing unrelated collectives, hanging or drifting apart; the session then makes
+  no more collectives.
 
 What cannot be agreed: a failure inside a collective itself (an out-of-memory error in
 ``backward`` on one rank) leaves the other ranks in DDP's all-reduce until its timeout;
