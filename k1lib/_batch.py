@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["forward", "loss_of", "map_tensors", "split"]
+__all__ = ["check_backward", "forward", "loss_of", "map_tensors", "split"]
 
 
 def split(batch: Any) -> tuple[Any, Any]:
@@ -47,6 +47,13 @@ def split(batch: Any) -> tuple[Any, Any]:
 def forward(model: nn.Module, xb: Any) -> Any:
     """``model(**xb)`` for a mapping of inputs, else ``model(xb)``."""
     if not isinstance(xb, torch.Tensor) and isinstance(xb, Mapping):
+        odd = next((k for k in xb if not isinstance(k, str)), None)
+        if odd is not None:
+            raise TypeError(
+                f"a mapping of inputs is passed as keyword arguments, so its keys must be strings; "
+                f"this one has the key {odd!r}. For a model that takes the dict itself, give it a "
+                "model that unpacks it (forward(self, **inputs)) or name its entries"
+            )
         return model(**xb)
     return model(xb)
 
@@ -55,10 +62,15 @@ def loss_of(lossF: Callable[[Any, Any], Any] | None, y: Any, yb: Any) -> Any:  #
     """``lossF(y, yb)``, or the output's own ``loss`` when there is no ``lossF``."""
     if lossF is not None:
         return lossF(y, yb)
-    loss = getattr(y, "loss", None)
+    loss = getattr(y, "loss", None)  # a ModelOutput: also a mapping, without its None entries
+    if loss is None and isinstance(y, Mapping):
+        loss = y.get("loss")
     if isinstance(loss, torch.Tensor):
         return loss
-    has = "a loss of None (give it labels)" if hasattr(y, "loss") else "no .loss"
+    if hasattr(y, "loss") or (isinstance(y, Mapping) and "loss" in y):
+        has = "a loss of None (give it labels)"
+    else:
+        has = "no 'loss' entry" if isinstance(y, Mapping) else "no .loss"
     raise RuntimeError(
         f"l.lossF is not set and the model's output ({type(y).__name__}) has {has}; set "
         "l.lossF = lambda y, yb: ..., or pass labels in the batch for a model that computes its loss"
@@ -87,9 +99,25 @@ def map_tensors(value: Any, f: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return value
 
 
+def check_backward(loss: Any) -> None:
+    """Raise, naming the problem, when ``loss`` cannot go through a backward pass."""
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        return
+    what = (
+        f"a tensor without a gradient (requires_grad=False, shape {tuple(loss.shape)})"
+        if isinstance(loss, torch.Tensor)
+        else f"a {type(loss).__name__}"
+    )
+    raise RuntimeError(
+        f"l.loss is {what}, so there is no backward pass to take: is it detached from the "
+        "model's output, computed under torch.no_grad(), or is every parameter frozen? (A callback "
+        "that means to skip backward returns True from startBackward.)"
+    )
+
+
 def _describe(batch: Any) -> str:
     if isinstance(batch, tuple | list):
-        return f"a {type(batch).__name__} of {len(batch)} items"
+        return f"a {type(batch).__name__} of {len(batch)} item{'s' * (len(batch) != 1)}"
     if isinstance(batch, torch.Tensor):
         return f"a tensor of shape {tuple(batch.shape)}"
     return f"a {type(batch).__name__}"

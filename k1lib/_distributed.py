@@ -315,7 +315,7 @@ class Session(Group):
         top, most, any_ended, high, negative_low, most_taken, negative_fewest = t.tolist()
         if high != -negative_low:
             self._out_of_step(kind)
-        if most_taken != -negative_fewest:
+        if most_taken != -negative_fewest and top < _ERROR:  # an error says more: it goes first
             self.broken = True
             raise OutOfStepError(
                 f"the ranks took different optimizer steps ({-negative_fewest} to {most_taken} steps "
@@ -359,6 +359,8 @@ class Session(Group):
         if level == _ERROR and "find_unused_parameters" in str(held):
             held.add_note(_UNUSED_OURS if self._original is not None else _UNUSED_YOURS)  # type: ignore[union-attr]
         top, most, any_ended = self._header(_KINDS[at], level, int(value), ended)
+        if top == _ERROR:  # the run ends: a step it broke off (on some rank) is not a divergence
+            self.steps = None
         if top == 0 or (top == 1 and any_ended):  # a batch cancel of a batch dropped anyway
             return bool(most), any_ended
         said: list[Any] = [None] * self.world

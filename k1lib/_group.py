@@ -57,6 +57,18 @@ class Group:
         """How many batches ``batches`` gives an epoch (TypeError without a length)."""
         return len(loader)
 
+    def batches_an_epoch(self, data: Any, limit: int | None) -> int:
+        """Batches an epoch (training and validation), with ``limit`` per loader; 0 when a
+        loader has no length (a plain iterator)."""
+        total = 0
+        for loader in (data.train, data.valid):
+            try:
+                size = self.batches_in(loader)
+            except TypeError:
+                return 0
+            total += size if limit is None else min(size, limit)
+        return total
+
     def average(self, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """The mean over ranks of ``values`` by ``keys`` (batch numbers), in key order."""
         return values[keys.argsort()]

@@ -176,12 +176,12 @@ class Learner:
         if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
             raise ValueError(f"Learner.run: batches must be an int, 0 or more, or None, got {batches!r}")
         assert self.model is not None
-        model, was_training = self.model, self.model.training
+        model, was_training, phase = self.model, self.model.training, self.training
         group = _distributed.group_for(self, local=local) or _ALONE
         outer, self._loop = self._loop, Loop(self, group)
         try:
             self.epochs = epochs
-            self.batches = self._count_batches(batches, group)
+            self.batches = group.batches_an_epoch(self.data, batches)
             frozen = self._freeze_selected()  # from here on, the finally below gives them back
             try:
                 self._loop.run(epochs, batches)
@@ -190,6 +190,7 @@ class Learner:
                     param.requires_grad_(flag)
         finally:
             self._loop = outer
+            self.training = phase
             model.train(was_training)
         return self
 
@@ -206,18 +207,6 @@ class Learner:
         for param, _ in saved.values():
             param.requires_grad_(False)
         return list(saved.values())
-
-    def _count_batches(self, limit: int | None, group: Group) -> int:
-        """Batches an epoch (training and validation), with ``limit`` per loader; 0 when a
-        loader has no length (a plain iterator)."""
-        total = 0
-        for loader in (self.data.train, self.data.valid):
-            try:
-                size = group.batches_in(loader)
-            except TypeError:
-                return 0
-            total += size if limit is None else min(size, limit)
-        return total
 
     def record(self, epochs: int, batchesPerEpoch: int) -> tuple[list[Any], list[Any], list[Any]]:  # noqa: N803
         """Run without training and return the batches seen and the outputs: ``xbs, ybs, ys``.

@@ -28,7 +28,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._batch import forward, loss_of, split
+import torch
+
+from ._batch import check_backward, forward, loss_of, split
 from ._group import Group
 from ._step import OptimizerStep
 from .callbacks.callback import CancelBatchException, CancelEpochException, CancelRunException
@@ -60,10 +62,12 @@ class Loop:
                 for learner.epoch in range(epochs):
                     self._epoch(limit)
             except CancelRunException as cancelled:
-                self.step.drop()
                 group.fire(learner.cbs, "cancelRun")  # the progress bar writes its last line here
                 if learner.rank == 0:
                     print(f"Run cancelled: {cancelled}.")
+            except BaseException:
+                self.step.drop(failed=True)
+                raise
             finally:
                 self.step.drop()
                 group.fire(learner.cbs, "endRun")
@@ -101,9 +105,13 @@ class Loop:
         group.fire(learner.cbs, "endEpoch")
 
     def _flush(self) -> None:
-        if self._version != self.learner.cbs.version:
-            self._configure()
-        self.step.flush()
+        """Step a last incomplete accumulation group (an error is held: the next event agrees)."""
+        try:
+            if self._version != self.learner.cbs.version:
+                self._configure()
+            self.step.flush()
+        except BaseException as e:
+            self.group.hold(e, f"stepping the last accumulation group of epoch {self.learner.epoch}")
 
     def _batches(self, loader: Iterable[Any], limit: int | None) -> None:
         learner, group = self.learner, self.group
@@ -176,7 +184,10 @@ class Loop:
         lossF = learner.lossF  # noqa: N806
         learner.loss = lossF(learner.y, learner.yb) if lossF else loss_of(None, learner.y, learner.yb)
         cbs("endLoss")
-        return cbs("startBackward")
+        skip = cbs("startBackward")
+        if not skip and torch.is_grad_enabled():
+            check_backward(learner.loss)  # before the ranks agree: a rank alone in backward hangs
+        return skip
 
     def _step(self, cbs: Callbacks, skip_backward: bool) -> None:
         learner, step = self.learner, self.step

@@ -88,6 +88,7 @@ class OptimizerStep:
                 scaler.unscale_(opt)
             params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
             self.clipping.clip(params)
+        self.taken += 1  # counted before trying: a step that fails on one rank is that rank's error
         if scaler is not None:
             assert self.scaling is not None
             scaler.step(opt)
@@ -96,15 +97,14 @@ class OptimizerStep:
         else:
             opt.step()
         self.backwards = 0
-        self.taken += 1
 
     def zero_grad(self, wanted: bool) -> None:
         acc = self.accumulation
         if acc is not None and acc.pending < acc.n:
             return
         if wanted:
-            self.opt.zero_grad()
             self.taken += 1
+            self.opt.zero_grad()
         if acc is not None:
             acc.pending = 0
 
@@ -122,9 +122,16 @@ class OptimizerStep:
         finally:
             acc.pending = 0
 
-    def drop(self) -> None:
+    def drop(self, failed: bool = False) -> None:
+        """At the end of a run: forget a partial accumulation group; after a run that ``failed``
+        (an exception), also gradients of a backward pass never stepped, and the scaler's
+        half-done step (``unscale_`` without ``update``), so the next run starts clean."""
         acc = self.accumulation
-        if acc is not None and acc.pending:
+        if (acc is not None and acc.pending) or (failed and self.backwards):
             self.opt.zero_grad()
+        if acc is not None:
             acc.pending = 0
+        scaler = self.scaler
+        if failed and scaler is not None and hasattr(scaler, "_per_optimizer_states"):
+            scaler._per_optimizer_states.pop(id(self.opt), None)  # what update() would reset
         self.backwards = 0

@@ -109,6 +109,10 @@ class Autocast(Callback):
     def endRun(self) -> None:
         self._leave()
 
+    def suspendChanged(self) -> None:  # noqa: N802
+        if self.suspended:  # suspended mid-pass: no endLoss will come to leave the context
+            self._leave()
+
     # ---- the scaler -----------------------------------------------------------------------------
     def configure_step(self, step: OptimizerStep) -> None:
         if self.scaler is not None:

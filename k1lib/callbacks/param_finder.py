@@ -28,7 +28,7 @@ from .._rng import RngSnapshot
 from .callback import Callback, CancelEpochException, CancelRunException
 
 if TYPE_CHECKING:
-    pass
+    from .._learner import Learner
 
 __all__ = ["ParamFinder"]
 
@@ -296,10 +296,11 @@ def _fraction_bounds(sl: slice, n: int) -> tuple[int, int]:
 
 
 @contextmanager
-def _restored(learner: Any) -> Iterator[None]:
+def _restored(learner: Learner) -> Iterator[None]:
     """Run the block, then put back the model's tensors (and their grads), the optimizer's state
     and hyperparameters, the random number generators and the learner's fields, even when the
     block raises."""
+    assert learner.model is not None and learner.opt is not None  # check_ready ran
     model = _ModelSnapshot(learner.model)
     opt = _OptimizerSnapshot(learner.opt)
     rng = RngSnapshot(learner.data)

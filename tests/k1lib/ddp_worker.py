@@ -431,6 +431,48 @@ def subset_sampler(rank: int) -> dict[str, Any]:
     return {"xbs": l.Seen.xbs}
 
 
+# ---- failures inside the loop's own work on one rank ---------------------------------------------
+
+
+class StepFails(torch.optim.SGD):
+    """Fails at its ``fail_at``-th step on rank 1 (out of memory, say)."""
+
+    def __init__(self, params: Any, fail_at: int) -> None:
+        super().__init__(params, lr=0.05)
+        self.fail_at, self.calls = fail_at, 0
+
+    def step(self, closure: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at and int(os.environ["RANK"]) == 1:
+            raise RuntimeError("out of memory on rank 1")
+        return super().step(closure)
+
+
+class DetachOnRank1(Net):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y.detach() if int(os.environ["RANK"]) == 1 else y
+
+
+def loop_failures(rank: int) -> dict[str, dict[str, Any]]:
+    """An optimizer step that fails, the last partial accumulation group's step that fails,
+    and a loss without a gradient, each on rank 1 only."""
+    out = {}
+    for name in ("step", "flush", "no_grad"):
+        torch.manual_seed(0)
+        l = learner(DetachOnRank1() if name == "no_grad" else Net())
+        # 20 training batches: 10 a rank; accumulating 3, the last group is 1 batch (flushed)
+        l.opt = StepFails(l.model.parameters(), fail_at=3 if name == "step" else 4)
+        if name == "flush":
+            l.cbs.withGradAccumulation(3)
+        try:
+            l.run(1)
+            out[name] = {"type": None}
+        except Exception as e:
+            out[name] = {"type": type(e).__name__, "message": str(e)}
+    return out
+
+
 # ---- the event trace: one process and each rank of two run the same loop ---------------------------
 
 IN_BATCH = (
@@ -577,6 +619,7 @@ def main() -> None:
         results["recorded"] = recorded(rank)
         results["subset_sampler"] = subset_sampler(rank)
         results["traces"] = traces(rank)
+        results["loop_failures"] = loop_failures(rank)
         if importlib.util.find_spec("transformers") is not None:
             results["hf"] = hf_models.hf_ddp_scenario(rank)
         sys.stdout = sys.__stdout__

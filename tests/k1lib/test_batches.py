@@ -344,7 +344,7 @@ def test_a_hugging_face_output_without_labels_says_to_give_labels(hf: None) -> N
     ("batch", "described"),
     [
         pytest.param((torch.ones(4, 3), torch.ones(4, 1), torch.ones(4)), "a tuple of 3 items", id="triple"),
-        pytest.param([torch.ones(4, 3)], "a list of 1 items", id="list-of-one"),
+        pytest.param([torch.ones(4, 3)], "a list of 1 item", id="list-of-one"),
         pytest.param(torch.ones(4, 3), r"a tensor of shape \(4, 3\)", id="tensor"),
         # a bare tensor of 2 samples is no pair either: it must not become xb = row 0, yb = row 1
         pytest.param(torch.ones(2, 3), r"a tensor of shape \(2, 3\)", id="tensor-of-2-rows"),

@@ -338,6 +338,21 @@ def test_param_finder_with_uneven_loaders_gives_one_suggestion(ranks: list[dict[
     assert r0 == r1 and len(r0["params"]) > 23  # the test crossed an epoch end
 
 
+@pytest.mark.parametrize("name", ["step", "flush", "no_grad"])
+def test_a_failure_in_the_loops_own_work_on_one_rank_stops_both_naming_it(
+    ranks: list[dict[str, Any]], name: str
+) -> None:
+    r0, r1 = ranks[0]["loop_failures"][name], ranks[1]["loop_failures"][name]
+    if name == "no_grad":  # found before backward, where rank 0 would wait in the all-reduce
+        assert r1["type"] == "RuntimeError" and "l.loss is a tensor without a gradient" in r1["message"]
+    else:  # the step's own error, not a step count that differs because of it
+        assert r1 == {"type": "RuntimeError", "message": "out of memory on rank 1"}
+    assert r0["type"] == "RuntimeError"
+    assert r0["message"].startswith("rank 1 failed") and r1["message"] in r0["message"]
+    if name == "flush":
+        assert "stepping the last accumulation group of epoch 0" in r0["message"]
+
+
 # ---- one loop: the same events in one process and on each rank ---------------------------------
 
 OUTSIDE_BATCHES = {

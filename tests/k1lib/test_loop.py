@@ -208,3 +208,91 @@ def test_a_batch_that_is_neither_a_pair_nor_a_mapping_is_refused_naming_it() -> 
         l.run(1)
     for k, v in l.model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+# ---- runs that end early leave nothing behind ------------------------------------------------------
+
+
+def test_the_phase_is_as_before_after_a_run_cancelled_in_training() -> None:
+    l = learner(train=3, valid=1)
+    l.cbs.withCancelOnLowLoss(1e9)  # cancels in the first training batch
+    l.run(1)
+    assert l.training is False
+
+
+class FailsOnce(torch.optim.SGD):
+    """An optimizer whose second step fails (out of memory, say)."""
+
+    calls = 0
+
+    def step(self, closure: Any = None) -> Any:
+        FailsOnce.calls += 1
+        if FailsOnce.calls == 2:
+            raise RuntimeError("out of memory (the test)")
+        return super().step(closure)
+
+
+def test_a_run_that_fails_in_the_step_leaves_no_gradients_nor_a_half_done_scaler() -> None:
+    l = learner(train=3, valid=0)
+    FailsOnce.calls = 0
+    l.opt = FailsOnce(l.model.parameters(), lr=0.1)
+    l.cbs.withAutocast(torch.float16).withGradClipping(1.0)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        l.run(1)
+    assert all(p.grad is None for p in l.model.parameters())
+    before = [p.detach().clone() for p in l.model.parameters()]
+    l.run(1)  # the scaler was unscaled and never updated: the next unscale_ failed
+    assert FailsOnce.calls > 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, l.model.parameters(), strict=True))
+
+
+def test_autocast_suspended_in_the_middle_of_a_pass_is_left() -> None:
+    l = learner(train=2, valid=0)
+    l.cbs.withAutocast(torch.bfloat16)
+    l.cbs.withCheckpoint("endPass", lambda cb: cb.learner.cbs.suspend(["Autocast"]))
+    l.run(1)
+    l.cbs.restore()
+    assert not torch.is_autocast_enabled("cpu")
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x).detach()
+
+
+def test_a_loss_without_a_gradient_is_named_before_backward() -> None:
+    l = learner(train=2, valid=0)
+    l.model = Detached()
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match=r"l\.loss is a tensor without a gradient"):
+        l.run(1)
+
+
+def test_an_output_mapping_with_a_loss_entry_needs_no_lossF() -> None:
+    class Scored(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = self.a(x)
+            return {"out": out, "loss": ((out - y) ** 2).mean()}
+
+    l = learner(train=3, valid=0)
+    l.model = Scored()
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
+    l.lossF = None
+    l.data = Batches([{"x": xb, "y": yb} for xb, yb in l.data.train], [])  # type: ignore[misc]
+    l.run(1)
+    assert len(l.Loss.train) == 3
+
+
+def test_a_mapping_of_inputs_with_keys_that_are_not_names_is_refused() -> None:
+    l = learner(train=1, valid=0)
+    l.data = Batches([({0: torch.zeros(4, 2)}, torch.zeros(4, 1))], [])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"keys must be strings; this one has the key 0"):
+        l.run(1)
