@@ -475,17 +475,8 @@ def loop_failures(rank: int) -> dict[str, dict[str, Any]]:
 
 # ---- the event trace: one process and each rank of two run the same loop ---------------------------
 
-IN_BATCH = (
-    "startBatch",
-    "startPass",
-    "endPass",
-    "startLoss",
-    "endLoss",
-    "startBackward",
-    "startStep",
-    "startZeroGrad",
-    "endBatch",
-)
+EVENTS = k1lib.callbacks.EVENTS
+IN_BATCH = EVENTS[EVENTS.index("startBatch") : EVENTS.index("endBatch") + 1]
 OUTSIDE = ("startRun", "startEpoch", "startValidBatches", "endEpoch")
 RAISES = {
     "batch": k1lib.CancelBatchException,

@@ -42,3 +42,20 @@ def learner(train: int = 3, valid: int = 2, quiet: bool = True) -> Any:
     if quiet:
         l.cbs.remove("ProgressBar")
     return l
+
+
+def assert_same(before: Any, after: Any, where: str = "state") -> None:
+    """Bitwise equal, nested (tensors with their dtype, dicts, lists, tuples)."""
+    if isinstance(before, torch.Tensor):
+        assert isinstance(after, torch.Tensor), where
+        assert before.dtype == after.dtype and torch.equal(before, after), where
+    elif isinstance(before, dict):
+        assert before.keys() == after.keys(), where
+        for k in before:
+            assert_same(before[k], after[k], f"{where}[{k!r}]")
+    elif isinstance(before, list | tuple):
+        assert len(before) == len(after), where
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            assert_same(b, a, f"{where}[{i}]")
+    else:
+        assert before is after or before == after, where

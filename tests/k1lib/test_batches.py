@@ -10,7 +10,7 @@ Device, DType, ParamFinder, LossLandscape, checkpoints, ``record``) are checked 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,38 +22,14 @@ from torch.nn.functional import cross_entropy
 
 import k1lib
 
+from .helpers import assert_same
 from .hf_models import CSS, LAYER, LAYER_PATHS, lm_learner, tiny_lm, weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
 def hf() -> None:
     """The tests of real Hugging Face models need transformers (the dev extra has it)."""
     pytest.importorskip("transformers")
-
-
-def assert_same(before: Any, after: Any, where: str = "state") -> None:
-    """Bitwise equal, nested."""
-    if isinstance(before, Tensor):
-        assert isinstance(after, Tensor), where
-        assert before.dtype == after.dtype and torch.equal(before, after), where
-    elif isinstance(before, dict):
-        assert before.keys() == after.keys(), where
-        for k in before:
-            assert_same(before[k], after[k], f"{where}[{k!r}]")
-    elif isinstance(before, list | tuple):
-        assert len(before) == len(after), where
-        for i, (b, a) in enumerate(zip(before, after, strict=True)):
-            assert_same(b, a, f"{where}[{i}]")
-    else:
-        assert before == after, where
 
 
 def shifted_ce(y: Any, b: Any) -> Tensor:

@@ -19,7 +19,7 @@ from k1lib.callbacks import EVENTS
 from k1lib.callbacks.param_finder import ParamFinder
 from tests.modsel.models import Network
 
-from .helpers import learner
+from .helpers import assert_same, learner
 
 matplotlib.use("Agg")
 
@@ -106,22 +106,6 @@ def snapshot(l: Any) -> dict[str, Any]:
         "fields": {k: getattr(l, k) for k in FIELDS},
         "files": sorted(os.listdir()),
     }
-
-
-def assert_same(before: Any, after: Any, where: str = "state") -> None:
-    if isinstance(before, torch.Tensor):
-        assert isinstance(after, torch.Tensor), where
-        assert before.dtype == after.dtype and torch.equal(before, after), where
-    elif isinstance(before, dict):
-        assert before.keys() == after.keys(), where
-        for k in before:
-            assert_same(before[k], after[k], f"{where}[{k!r}]")
-    elif isinstance(before, list | tuple):
-        assert len(before) == len(after), where
-        for i, (b, a) in enumerate(zip(before, after, strict=True)):
-            assert_same(b, a, f"{where}[{i}]")
-    else:
-        assert before is after or before == after, where
 
 
 def test_restores_everything_after_a_test_that_diverges(capsys: pytest.CaptureFixture[str]) -> None:
