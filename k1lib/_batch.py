@@ -67,7 +67,9 @@ def loss_of(lossF: Callable[[Any, Any], Any] | None, y: Any, yb: Any) -> Any:  #
         loss = y.get("loss")
     if isinstance(loss, torch.Tensor):
         return loss
-    if hasattr(y, "loss") or (isinstance(y, Mapping) and "loss" in y):
+    if loss is not None:
+        has = f"a loss of type {type(loss).__name__}, not a tensor"
+    elif hasattr(y, "loss") or (isinstance(y, Mapping) and "loss" in y):
         has = "a loss of None (give it labels)"
     else:
         has = "no 'loss' entry" if isinstance(y, Mapping) else "no .loss"
@@ -108,6 +110,8 @@ def check_backward(loss: Any) -> None:
         if isinstance(loss, torch.Tensor)
         else f"a {type(loss).__name__}"
     )
+    if not torch.is_grad_enabled():
+        what += " (gradients are off here: torch.no_grad)"
     raise RuntimeError(
         f"l.loss is {what}, so there is no backward pass to take: is it detached from the "
         "model's output, computed under torch.no_grad(), or is every parameter frozen? (A callback "

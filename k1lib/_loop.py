@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ._batch import check_backward, forward, loss_of, split
 from ._group import Group
 from ._step import OptimizerStep
@@ -185,7 +183,7 @@ class Loop:
         learner.loss = lossF(learner.y, learner.yb) if lossF else loss_of(None, learner.y, learner.yb)
         cbs("endLoss")
         skip = cbs("startBackward")
-        if not skip and torch.is_grad_enabled():
+        if not skip:
             check_backward(learner.loss)  # before the ranks agree: a rank alone in backward hangs
         return skip
 

@@ -70,8 +70,8 @@ class OptimizerStep:
             loss = loss / acc.n
         if scaling is not None and scaling.scaler is not None:
             loss = scaling.scaler.scale(loss)
+        self.backwards += 1  # before: a backward stopped halfway (Ctrl-C) left gradients too
         loss.backward()  # type: ignore[no-untyped-call]
-        self.backwards += 1
         if acc is not None:
             acc.pending += 1
 

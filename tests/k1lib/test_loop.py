@@ -296,3 +296,42 @@ def test_a_mapping_of_inputs_with_keys_that_are_not_names_is_refused() -> None:
     l.data = Batches([({0: torch.zeros(4, 2)}, torch.zeros(4, 1))], [])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"keys must be strings; this one has the key 0"):
         l.run(1)
+
+
+class StopInBackward(nn.Module):
+    """Ctrl-C in the middle of a backward pass: after the last layer's gradients are written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 4), nn.Linear(4, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if h.requires_grad:
+            h.register_hook(self._stop)
+        return self.b(torch.relu(h))  # type: ignore[no-any-return]
+
+    def _stop(self, grad: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+
+
+def test_a_run_stopped_inside_backward_leaves_no_gradients() -> None:
+    l = learner(train=3, valid=0)
+    l.model = StopInBackward()
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        l.run(1)
+    assert all(p.grad is None for p in l.model.parameters())
+
+
+def test_a_loss_entry_that_is_not_a_tensor_is_named_by_its_type() -> None:
+    l = learner(train=1, valid=0)
+    l.lossF = None
+    l.model = nn.Sequential(nn.Linear(2, 1))
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
+    l.cbs.withModifyOutput(lambda y: {"out": y, "loss": 1.0})
+    with pytest.raises(RuntimeError, match=r"has a loss of type float, not a tensor"):
+        l.run(1)
