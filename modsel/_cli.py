@@ -23,7 +23,7 @@ from torch.nn import Module
 from ._document import ModuleSelector
 from ._errors import SelectorSyntaxError, TargetError
 from ._match import first_of_each_module
-from ._render import render_text
+from ._render import printable, render_text
 from ._select import select
 
 __all__ = ["load_target", "main"]
@@ -85,7 +85,7 @@ def main(
     selected = _selected(root)
     if args.paths:
         for node in selected:
-            print(node.path, file=out)
+            print(printable(node.path), file=out)
     elif args.json:
         rows = [{"path": n.path, "type": n.tag, "props": list(n.props)} for n in selected]
         print(json.dumps(rows, indent=2), file=out)

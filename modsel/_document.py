@@ -322,12 +322,16 @@ def class_names_of(node: ModuleSelector) -> frozenset[str]:
 def attributes_of(module: Module) -> dict[str, str]:
     """A module's public ``__dict__`` entries that are bool/int/float/str (or tuples/lists of
     them) as strings, and for each registered parameter slot ``"true"``/``"false"`` for whether
-    it holds a parameter (``Linear[bias=false]``)."""
+    it holds a parameter (``Linear[bias=false]``). A value that cannot be written as text is
+    left out: one odd attribute must not break matching on the whole tree."""
     attrs: dict[str, str] = {}
     for key, value in vars(module).items():
         if key.startswith("_"):
             continue
-        text = _attr_text(value)
+        try:
+            text = _attr_text(value)
+        except Exception:  # a value whose __str__ raises (or an int too long to print): as absent
+            continue
         if text is not None:
             attrs[key] = text
     for key, param in module._parameters.items():

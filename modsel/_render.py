@@ -13,11 +13,19 @@ from dataclasses import dataclass
 
 from ._document import ModuleSelector, preorder
 
-__all__ = ["render_html", "render_text"]
+__all__ = ["printable", "render_html", "render_text"]
 
 INDENT = "    "
 MAX_LABEL_COLUMN = 72  # the props column never starts further right than this
 FOLD = 5  # fold runs of more than this many identical siblings
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, ANSI escapes, ...)
+    written as its Python escape, so that a module name cannot forge lines of a tree."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 @dataclass(frozen=True)
@@ -150,22 +158,24 @@ def _layout(
     while stack:
         node, depth, run = stack.pop()
         if run is not None:
-            label = f"{run[0].name}…{run[-1].name}: {node._tag} ×{len(run)} (same as {node.name})"
+            first, last, name = printable(run[0].name), printable(run[-1].name), printable(node.name)
+            label = f"{first}…{last}: {printable(node._tag)} ×{len(run)} (same as {name})"
             total = (
                 (sum(counts[id(n)][0] for n in run), sum(counts[id(n)][1] for n in run)) if params else None
             )
-            lines.append(_Line(depth, label, total, ", ".join(node.props)))
+            lines.append(_Line(depth, label, total, printable(", ".join(node.props))))
             continue
         kids = node._kids
         if keep is not None:
             kids = [kid for kid in kids if id(kid) in keep]
-        label = f"{node.name}: {node._tag}"
+        label = f"{printable(node.name)}: {printable(node._tag)}"
         hidden = max_depth is not None and depth >= max_depth and kids
         if hidden:
             below = _count_below(node)
             label += f" (+{below} module{'' if below == 1 else 's'})"
             kids = []
-        lines.append(_Line(depth, label, counts.get(id(node)) if params else None, ", ".join(node.props)))
+        props = printable(", ".join(node.props))
+        lines.append(_Line(depth, label, counts.get(id(node)) if params else None, props))
         pending: list[tuple[ModuleSelector, int, list[ModuleSelector] | None]] = []
         i = 0
         while i < len(kids):

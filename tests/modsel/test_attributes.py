@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+import modsel
+
 from .models import Network
 from .util import assert_selector
 
@@ -365,3 +367,18 @@ def test_path_is_present_on_every_module(net: Network) -> None:
 )
 def test_several_attributes_in_one_compound(model: AttrNet, css: str, expected: list[str]) -> None:
     assert_selector(model, css, expected)
+
+
+class Unprintable(str):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_an_attribute_that_cannot_be_written_as_text_is_absent_not_fatal() -> None:
+    odd = torch.nn.Linear(1, 1)
+    odd.tag = Unprintable("x")  # type: ignore[assignment]
+    odd.huge = 10**5000  # str() refuses ints this long
+    model = torch.nn.Sequential(odd, torch.nn.Linear(1, 1))
+    found = [path for path, _ in modsel.match(model, "Linear[in_features=1]")]
+    assert found == ["0", "1"]
+    assert modsel.match(model, "[tag]") == [] and modsel.match(model, "[huge]") == []

@@ -352,3 +352,12 @@ def test_python_dash_m_modsel() -> None:
     assert lines[0] == "encoder.layers.0.norm1"
     assert lines[-1] == "decoder.norm"
     assert "encoder.norm" in lines
+
+
+FORGED = nn.ModuleDict({"a\nb": nn.Linear(1, 1)})
+
+
+def test_paths_with_control_characters_are_escaped() -> None:
+    code, out, _ = run("tests.modsel.test_cli:FORGED", "Linear", "--paths")
+    assert code == 0
+    assert out == "a\\nb\n"

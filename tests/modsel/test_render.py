@@ -472,3 +472,23 @@ def test_siblings_that_differ_in_trainability_do_not_fold_together() -> None:
     for p in model[4].parameters():
         p.requires_grad_(True)
     assert "1…7: Linear ×7 (same as 0)" in modsel.select(model, "").tree()
+
+
+# ---- names that could forge lines --------------------------------------------------------------------
+
+
+FORGED = nn.ModuleDict({"a\nroot: Evil": nn.Linear(1, 1), "b\x1b[31m": nn.ReLU()})
+
+
+def test_control_characters_in_names_are_escaped_in_text_and_html() -> None:
+    tree = modsel.select(FORGED, "Linear: x")
+    text = tree.tree()
+    assert text.splitlines() == [
+        "ModuleSelector:",
+        "root: ModuleDict",
+        "    a\\nroot: Evil: Linear    x",
+        "    b\\x1b[31m: ReLU",
+    ]
+    assert "\x1b" not in text
+    shown = html.unescape(re.sub(r"<[^>]+>", "", modsel.render_html(tree)))
+    assert shown.count("\n") == text.count("\n") and "a\\nroot: Evil: Linear" in shown
