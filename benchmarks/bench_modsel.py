@@ -57,6 +57,11 @@ GOAL_SELECT = 3.0  # modsel.select, caches warm, <= 3 x list(named_modules())
 GOAL_SOUPSIEVE = 5.0  # soupsieve / modsel >= 5
 GOAL_PARSE_S = 0.100  # 1,000-rule stylesheet parses in < 100 ms
 GOAL_WIDE = 3.0  # 14k / 7k children: ~2 is linear, ~4 quadratic; fail above 3
+# a failing descendant chain "#nope * * ... *" on a chain of nested modules, twice as deep with
+# twice the combinators: ~4 is linear in modules x combinators (the first step walks the
+# ancestors: a little more); exponential matching took 5 s at 25/12 and never ended at 30/14
+DEEP_CASES = ((25, 12), (50, 24))
+GOAL_DEEP = 8.0
 
 DEFAULT_BLOCKS = 7_700  # x 13 modules + 2 = 100,102 modules
 
@@ -347,6 +352,30 @@ def bench_wide(reps: Repeats, goals: dict[str, Goal]) -> None:
         goals["wide"].check(f"match {selector!r} [wide {big_n // 1000}k]", t_big, t_big / t_small, note, call)
 
 
+def chain(depth: int) -> nn.Module:
+    """``depth`` modules, each the only child of the one above."""
+    model: nn.Module = nn.Identity()
+    for _ in range(depth - 1):
+        model = nn.Sequential(model)
+    return model
+
+
+def bench_deep(reps: Repeats, goals: dict[str, Goal]) -> None:
+    (small_d, small_k), (big_d, big_k) = DEEP_CASES
+    section(f"deep chains: '#nope' + ' *' x {small_k} on {small_d} nested modules vs x {big_k} on {big_d}")
+    small, big = chain(small_d), chain(big_d)
+    small_css, big_css = "#nope" + " *" * small_k, "#nope" + " *" * big_k
+    assert modsel.match(small, small_css) == modsel.match(big, big_css) == []  # also compiles
+    t_small, t_big = paired(
+        partial(modsel.match, small, small_css), partial(modsel.match, big, big_css), reps.wide
+    )
+    call: Call = partial(modsel.match, big, big_css)
+    note = f"{small_d}/{small_k}: {t_small * 1e3:.2f} ms"
+    goals["deep"].check(
+        f"match '#nope * ... *' [{big_d} deep, {big_k} steps]", t_big, t_big / t_small, note, call
+    )
+
+
 # ---- main -----------------------------------------------------------------------------------
 def summary(goals: dict[str, Goal]) -> bool:
     print("\n== summary")
@@ -405,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "wide": Goal(
             "wide ModuleList time ratio (~2 linear, ~4 quadratic)", GOAL_WIDE, f"x {big_k}k/{small_k}k"
         ),
+        "deep": Goal("deep failing descendant chain time ratio (~4 linear)", GOAL_DEEP, "x 50/25"),
     }
     began = time.perf_counter()
     mode = "quick" if args.quick else "full"
@@ -437,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     bench_parse(reps, goals)
     bench_wide(reps, goals)
+    bench_deep(reps, goals)
 
     ok = summary(goals)
     if args.profile:

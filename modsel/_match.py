@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch.nn import Module
 
@@ -343,9 +344,9 @@ def _descendant_of_type(tag: str, test: Pred) -> Pred:
     return descendant_of_type
 
 
-def _descendant_step(prev: Pred, test: Pred) -> Pred:
-    """``prev test`` (descendant combinator): walk up the ancestors. (A per-node memo of "some
-    ancestor passes prev" measured no faster on transformer-shaped trees, which are shallow.)"""
+def _descendant_walk(prev: Pred, test: Pred) -> Pred:
+    """``prev test`` where ``prev`` walks no ancestors itself: walk up the ancestors (cheap
+    tests; a memo measured slower on transformer-shaped trees, which are shallow)."""
 
     def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
         if test is not _always and not test(node):
@@ -360,14 +361,58 @@ def _descendant_step(prev: Pred, test: Pred) -> Pred:
     return descendant
 
 
-def _step(comb: str, prev: Pred, test: Pred, expensive: bool, prev_tag: str | None) -> Pred:
+def _descendant_step(prev: Pred, test: Pred) -> Pred:
+    """``prev test`` where ``prev`` walks ancestors too (``A B C``, ``#x * * *``): walking
+    again for each ancestor is exponential in the combinators on deep chains. Instead, per
+    document, each node remembers whether it or an ancestor passes ``prev``: every (node,
+    step) is tested once, found from the nearest remembered ancestor without recursion. A
+    test against a ``:has()`` anchor is not remembered (it depends on the anchor)."""
+    key = object()
+    last: list[Any] = [None, None]  # (a document's memo, this step's table in it)
+
+    def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+        if test is not _always and not test(node):
+            return False
+        parent = node.parent
+        if anchor is not None:
+            while parent is not None:
+                if prev(parent, anchor):
+                    return True
+                parent = parent.parent
+            return False
+        memo = node._memo  # the document's memo (see ModuleSelector.memo)
+        if memo is last[0]:  # the same document as the last call: its table at hand
+            known = last[1]
+        else:
+            known = memo.get(key)  # id(node) -> "it or an ancestor passes prev"
+            if known is None:
+                known = memo[key] = {}
+            last[0], last[1] = memo, known
+        found = known.get(id(parent))
+        if found is not None:  # the parent is known (a sibling asked): the common case
+            return found  # type: ignore[no-any-return]
+        unknown = []
+        while parent is not None and id(parent) not in known:
+            unknown.append(parent)
+            parent = parent.parent
+        passes: bool = known[id(parent)] if parent is not None else False
+        for above in reversed(unknown):  # top down: each from the one above it
+            passes = passes or prev(above, None)
+            known[id(above)] = passes
+        return passes
+
+    return descendant
+
+
+def _step(comb: str, prev: Pred, test: Pred, expensive: bool, prev_tag: str | None, walks: bool) -> Pred:
     """The test for ``prev comb test``: ``test`` holds for the node and ``prev`` for the node
     the combinator leads to. ``expensive``: check the (one) related node before ``test``.
-    ``prev_tag``: ``prev`` is just "the tag is prev_tag", with no context of its own."""
+    ``prev_tag``: ``prev`` is just "the tag is prev_tag", with no context of its own.
+    ``walks``: ``prev`` walks ancestors or siblings itself (a descendant or ``~`` before)."""
     if comb == " ":
         if prev_tag is not None:
             return _descendant_of_type(prev_tag, test)
-        return _descendant_step(prev, test)
+        return _descendant_step(prev, test) if walks else _descendant_walk(prev, test)
     if comb == ">" and prev_tag is not None:
         if test is _always:
             return lambda node, anchor=None, /: node.parent is not None and node.parent._tag == prev_tag
@@ -441,9 +486,11 @@ def compile_complex(cx: Complex, anchored: str | None = None) -> Pred:
     lead = cx.compounds[0].selectors
     if anchored is None and len(lead) == 1 and isinstance(lead[0], TypeSelector):
         first_tag = lead[0].name
+    walks = anchored is not None  # a relative selector's first test walks to its anchor
     for i, (comb, test, compound) in enumerate(zip(cx.combinators, tests[1:], cx.compounds[1:], strict=True)):
         prev_tag = first_tag if i == 0 else None
-        chain = _step(comb, chain, test, _cost(compound) >= _EXPENSIVE, prev_tag)
+        chain = _step(comb, chain, test, _cost(compound) >= _EXPENSIVE, prev_tag, walks)
+        walks = walks or comb in " ~"
     return chain
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from torch import nn
+
+import modsel
 
 from .conftest import WIDE
 from .models import Network, network
@@ -253,3 +257,40 @@ def test_wide_has_a_later_sibling(big: nn.ModuleList) -> None:
     assert_selector(big, ":has(~ #6999)", [str(i) for i in range(WIDE - 1)])
     assert_selector(big, ":has(+ #6999)", ["6998"])
     assert_selector(big, ":has(~ #0)", [])
+
+
+# ---- matching stays linear on deep chains ---------------------------------------------------------
+
+
+def chain(depth: int) -> nn.Module:
+    """``depth`` modules, each the only child of the one above."""
+    model: nn.Module = nn.Identity()
+    for _ in range(depth - 1):
+        model = nn.Sequential(model)
+    return model
+
+
+def test_failing_descendant_chains_test_each_node_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modsel import _match
+
+    calls = 0
+    real = _match._id_test
+
+    def counted(name: str) -> _match.Pred:
+        test = real(name)
+
+        def counting(node: Any, anchor: Any = None, /) -> bool:
+            nonlocal calls
+            calls += 1
+            return test(node)
+
+        return counting
+
+    monkeypatch.setattr(_match, "_id_test", counted)
+    depth, steps = 24, 10  # walking every ancestor at every step: C(24, 10) ~ 2 million tests
+    css = "#nope" + " *" * steps
+    assert modsel.match(chain(depth), css) == []
+    # the first step walks the ancestors (quadratic in the depth), every later one is remembered
+    assert calls <= depth * (depth + 1) // 2
+    # and a match found through the chain is the same as before
+    assert [p for p, _ in modsel.match(chain(6), "Sequential * * Identity")] == ["0.0.0.0.0"]
