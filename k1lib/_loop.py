@@ -41,7 +41,8 @@ __all__ = ["Loop"]
 
 
 class Loop:
-    """One run of ``learner`` (``Learner.run`` makes one); ``l.loop`` during the run."""
+    """One run of ``learner`` (``Learner.run`` makes one; callbacks reach its ``Group`` as
+    ``l.group``)."""
 
     def __init__(self, learner: Learner, group: Group) -> None:
         assert learner.model is not None and learner.opt is not None
@@ -73,8 +74,11 @@ class Loop:
             group.unwrap()
 
     def _configure(self) -> None:
-        """Ask the callbacks how to take the optimizer step (again when they changed)."""
+        """Ask the callbacks how to take the optimizer step: at the first step, and again
+        whenever they changed (``Callbacks.version``)."""
         cbs = self.learner.cbs
+        if self._version == cbs.version:
+            return
         step = self.step
         step.accumulation = step.clipping = step.scaling = None
         for cb in cbs:
@@ -105,8 +109,7 @@ class Loop:
     def _flush(self) -> None:
         """Step a last incomplete accumulation group (an error is held: the next event agrees)."""
         try:
-            if self._version != self.learner.cbs.version:
-                self._configure()
+            self._configure()
             self.step.flush()
         except BaseException as e:
             self.group.hold(e, f"stepping the last accumulation group of epoch {self.learner.epoch}")
@@ -190,8 +193,7 @@ class Loop:
     def _step(self, cbs: Callbacks, skip_backward: bool) -> None:
         learner, step = self.learner, self.step
         try:
-            if self._version != cbs.version:
-                self._configure()
+            self._configure()
             if not skip_backward:
                 step.backward(learner.loss)
             skip, raised = cbs.collect("startStep")
