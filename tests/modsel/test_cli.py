@@ -7,6 +7,8 @@ import io
 import json
 import subprocess
 import sys
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +33,36 @@ def dict_factory() -> dict[str, int]:
     return {"a": 1}
 
 
+def exiting_factory() -> nn.Module:
+    raise SystemExit(0)  # would read as "selected" if it reached the interpreter
+
+
+def interrupting_factory() -> nn.Module:
+    raise KeyboardInterrupt
+
+
+class NotAnException(BaseException):
+    pass
+
+
+def odd_factory() -> nn.Module:
+    raise NotAnException("raised by the factory")
+
+
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(code: int, out: str, err: str, *said: str) -> None:
+    """Exit status 2, nothing on stdout, and one line on stderr (no traceback) that says ``said``."""
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("modsel: ")
+    for text in said:
+        assert text in err
 
 
 # ---- exit status ---------------------------------------------------------------------------------
@@ -82,6 +110,15 @@ def test_negative_depth_exits_2() -> None:
     assert code == 2
     assert out == ""
     assert "--depth" in err
+
+
+def test_help_lists_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run("--help")
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for said in ("0 when some module was selected", "1 when none was", "cannot be loaded", "130"):
+        assert said in text
 
 
 # ---- bad targets ---------------------------------------------------------------------------------
@@ -268,6 +305,7 @@ def test_stylesheet_file_with_error_reports_line(tmp_path: Path) -> None:
     code, _, err = run(NETWORK, f"@{css}")
     assert code == 2
     assert "at line 3, column 5" in err
+    assert "bad.css" in err  # which file
 
 
 def test_missing_stylesheet_file(tmp_path: Path) -> None:
@@ -275,6 +313,12 @@ def test_missing_stylesheet_file(tmp_path: Path) -> None:
     assert code == 2
     assert out == ""
     assert "nope.css" in err
+
+
+def test_binary_stylesheet_file(tmp_path: Path) -> None:
+    css = tmp_path / "notepad.css"
+    css.write_bytes("Linear".encode("utf-16"))  # starts with the byte order mark ff fe
+    assert_one_line_error(*run(NETWORK, f"@{css}"), "notepad.css", "not UTF-8", "UnicodeDecodeError")
 
 
 # ---- model files ---------------------------------------------------------------------------------
@@ -335,6 +379,116 @@ def test_damaged_file_is_not_called_a_pickled_model(tmp_path: Path, content: byt
     assert "holds a pickled model" not in err  # it holds no model at all: --trust would not help
 
 
+def rewrite_zip(src: Path, dst: Path, change: Callable[[str, bytes], bytes], extra: str = "") -> None:
+    with zipfile.ZipFile(src) as z:
+        members = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(dst, "w") as out:
+        for info, data in members:
+            out.writestr(info, change(info.filename, data))
+        if extra:
+            out.writestr(f"{members[0][0].filename.split('/')[0]}/{extra}", b"")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.parametrize("damage", ["garbage code", "name not UTF-8"])
+def test_damaged_torchscript_file(tmp_path: Path, damage: str) -> None:
+    good, path = tmp_path / "scripted.pt", tmp_path / "damaged.pt"
+    torch.jit.script(network()).save(str(good))
+    if damage == "garbage code":  # torch's message runs over many lines with the source
+        rewrite_zip(good, path, lambda name, data: b"def (:\n" if name.endswith(".py") else data)
+    else:  # zipfile raises UnicodeDecodeError reading the names
+        marker = "\u00e9" * 4
+        rewrite_zip(good, path, lambda _, data: data, extra=marker)
+        raw = path.read_bytes()
+        assert raw.count(marker.encode()) == 2  # the local header and the central directory
+        path.write_bytes(raw.replace(marker.encode(), b"\xff" * 8))
+    assert_one_line_error(*run(str(path), "Linear"), "damaged.pt")
+
+
+class ExitsWhenUnpickled:
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return sys.exit, (0,)
+
+
+def test_trusted_pickle_that_exits(tmp_path: Path) -> None:
+    path = tmp_path / "exits.pt"
+    torch.save(ExitsWhenUnpickled(), path)
+    assert_one_line_error(*run(str(path), "Linear", "--trust"), "exits.pt", "SystemExit: 0")
+
+
+# ---- the target's own code fails: exit 2 and one line, never a traceback or 0 --------------------
+
+HELPER = "modsel_cli_test_helper"  # prefix of the modules the tests below write to tmp_path
+
+
+@pytest.fixture
+def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], str]]:
+    """Writes a module that only this test can import; returns its name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{HELPER}_{name}.py").write_text(source, encoding="utf-8")
+        return f"{HELPER}_{name}"
+
+    yield write
+    for name in [n for n in sys.modules if n.startswith(HELPER)]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("raise RuntimeError('kaboom on import\\nsecond line')\n", "RuntimeError: kaboom on import"),
+        ("def f(:\n", "SyntaxError"),
+        ("import sys\nsys.exit(0)\n", "SystemExit: 0"),
+    ],
+    ids=["raises", "syntax error", "exits 0"],
+)
+def test_target_module_that_raises_on_import(
+    write_module: Callable[[str, str], str], source: str, said: str
+) -> None:
+    name = write_module("raises_on_import", source)
+    code, out, err = run(f"{name}:model", "Linear")
+    assert_one_line_error(code, out, err, "cannot import", repr(name), said)
+
+
+def test_attribute_lookup_that_raises(write_module: Callable[[str, str], str]) -> None:
+    name = write_module("lookup", "def __getattr__(name):\n    return {}[name]\n")
+    code, out, err = run(f"{name}:model", "Linear")
+    assert_one_line_error(code, out, err, "looking up 'model'", f"{name}:model", "KeyError: 'model'")
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("tests.modsel.test_cli:exiting_factory", "SystemExit: 0"),
+        ("sys:exit", "SystemExit"),
+        ("tests.modsel.test_cli:odd_factory", "NotAnException: raised by the factory"),
+    ],
+)
+def test_factory_that_exits_is_a_load_failure(target: str, said: str) -> None:
+    assert_one_line_error(*run(target, "Linear"), f"calling {target!r}", said)
+
+
+def test_interrupt_while_loading_exits_130() -> None:
+    try:
+        result = run("tests.modsel.test_cli:interrupting_factory", "Linear")
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert result == (130, "", "modsel: interrupted\n")
+
+
+def long_message_factory() -> nn.Module:
+    raise ValueError("x" * 10_000)
+
+
+def test_a_long_message_is_cut() -> None:
+    code, _, err = run("tests.modsel.test_cli:long_message_factory", "Linear")
+    assert code == 2
+    assert len(err) < 400
+    assert err.rstrip("\n").endswith("x…")
+
+
 # ---- the real entry point ------------------------------------------------------------------------
 
 
@@ -352,6 +506,22 @@ def test_python_dash_m_modsel() -> None:
     assert lines[0] == "encoder.layers.0.norm1"
     assert lines[-1] == "decoder.norm"
     assert "encoder.norm" in lines
+
+
+@pytest.mark.parametrize(
+    ("target", "status"), [("sys:exit", 2), ("tests.modsel.test_cli:interrupting_factory", 130)]
+)
+def test_real_exit_status_when_the_target_exits(target: str, status: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modsel", target, "Linear"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == status
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 FORGED = nn.ModuleDict({"a\nb": nn.Linear(1, 1)})
