@@ -9,13 +9,17 @@ learner that loads is built the same way as the one that saved, then ``load`` pu
 back. Python's ``random`` and NumPy's generators are not saved.
 
 Files are written by ``torch.save`` to a temporary file in the target's directory, flushed
-to disk, then renamed over the target (``os.replace``): a crash mid-save leaves the previous
-file whole. They are read with ``torch.load(weights_only=True)``, so loading never runs code
-from the file; ``save`` therefore refuses state that such a load could not read back. Each
-part's CRC32 in the file's zip archive is checked before loading (torch.load does not): a
-flipped bit is an error, not a silently wrong weight.
+to disk, then renamed over the target (``_files``): a crash mid-save leaves the previous file
+whole. They are read with ``torch.load(weights_only=True)``, so loading never runs code from
+the file; ``save`` therefore refuses state that such a load could not read back. Each file is
+sealed with a digest of what it holds (format version 2), checked on what ``torch.load``
+returned: the zip's own CRCs miss damage to its directory (a flag, a compression method) that
+makes torch read wrong bytes, and cover less (the digest covers every value, the structure
+and each tensor's dtype and shape). Files of version 1 have no digest: their CRCs are checked.
 
-``load`` checks the whole file against the learner before it changes anything.
+``load`` checks the whole file against the learner before it changes anything, the optimizer
+state included (``_opt_state``); if loading still fails, the callbacks and the optimizer are
+put back, and so is the model, loaded last, where its own loading code could fail halfway.
 
 The model's state is that of the original module when ``l.model`` is wrapped by
 ``torch.compile`` or DDP (keys ``bulk.0.weight``, not ``_orig_mod.bulk.0.weight``), so a
@@ -27,31 +31,43 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 import pickle
 import re
-import secrets
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 import modsel
 
+from . import _files, _opt_state
 from ._rng import loader_generators
 from ._unwrap import strip_wrapper_prefixes, unwrap
 
 if TYPE_CHECKING:
     from ._learner import Learner
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "checkpoint_of", "load", "read", "write"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "checkpoint_of",
+    "digest_of",
+    "finish_rotations",
+    "load",
+    "read",
+    "write",
+    "write_rotated",
+]
 
 FORMAT = "k1lib.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: sealed with a digest of what it holds
 _COUNTERS = ("epoch", "epochs", "batch", "batches", "progress")
 # what torch.load(weights_only=True) reads back (tuple and None: optimizers' param_groups use them)
 _LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device)
@@ -111,51 +127,102 @@ def _check_loadable(value: Any, where: str) -> None:
         )
 
 
-def write(
-    checkpoint: Mapping[str, Any],
-    path: str | os.PathLike[str],
-    before_replace: Callable[[], None] | None = None,
-) -> Path:
-    """``torch.save`` ``checkpoint`` to ``path`` atomically: into a temporary file beside it,
-    flushed to disk, then renamed over ``path``. ``before_replace()`` runs between the two
-    (``Autosave`` rotates its files there). On any failure the temporary file is removed and
-    ``path`` is as before."""
+def write(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` ``checkpoint``, sealed with its digest, to ``path`` atomically: into a
+    temporary file beside it, flushed to disk, then renamed over ``path``. On any failure the
+    temporary file is removed and ``path`` is as before. Half-done rotations in the folder are
+    finished and temporaries that killed writers left there are removed (``_files``)."""
     target = Path(path)
-    directory = target.parent
-    if not directory.is_dir():
+    _check_folder(target)
+    return _files.replace(_files.write_temporary(target, _serialiser(checkpoint)), target)
+
+
+def write_rotated(checkpoint: Mapping[str, Any], slots: Sequence[Path], stem: str) -> Path:
+    """Write ``checkpoint`` as the newest of ``slots`` (oldest first, ``{stem}-{i}.pth`` in
+    one folder), shifting the others (``Autosave``). The new file is complete on disk before
+    any file is renamed; a kill at any point is finished by the next save or load in the
+    folder (``_files.rotate``)."""
+    _check_folder(slots[-1])
+    return _files.rotate(slots, _files.write_temporary(slots[-1], _serialiser(checkpoint)), stem)
+
+
+def _check_folder(target: Path) -> None:
+    if not target.parent.is_dir():
         raise FileNotFoundError(
-            f"cannot save to {str(target)!r}: directory {str(directory)!r} does not exist"
+            f"cannot save to {str(target)!r}: directory {str(target.parent)!r} does not exist"
         )
-    temporary = directory / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    # os.open, not mkstemp: the file gets the usual permissions (umask), not 0600
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
-    return target
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _serialiser(checkpoint: Mapping[str, Any]) -> Callable[[IO[bytes]], None]:
+    sealed = {**checkpoint, "digest": digest_of(checkpoint)}
+    return lambda f: torch.save(sealed, f)
+
+
+def digest_of(checkpoint: Mapping[str, Any]) -> str:
+    """SHA-256 of everything in ``checkpoint`` but its ``"digest"``: the structure, each value's
+    type and value, each tensor's dtype, shape and bytes. Written at save and checked at load
+    on what ``torch.load`` returned, so damage that the zip's own checks miss (a flag in a
+    directory record) cannot load wrong values (about 0.5 s a GB)."""
+    h = hashlib.sha256()
+    todo: list[Any] = [{k: v for k, v in checkpoint.items() if k != "digest"}]
+    # a container met again is hashed as a reference to its first visit: pickle keeps which
+    # containers are shared, and a list that holds itself (a hostile file) must not loop
+    seen: dict[int, int] = {}
+    while todo:  # iterative: a deeply nested callback state cannot overflow the stack
+        value = todo.pop()
+        if isinstance(value, dict | list | tuple):
+            if id(value) in seen:
+                _put(h, b"@", str(seen[id(value)]).encode())
+                continue
+            seen[id(value)] = len(seen)
+        if isinstance(value, torch.Tensor):
+            _put(h, b"T", f"{value.dtype}{tuple(value.shape)}".encode())
+            h.update(_tensor_bytes(value))
+        elif isinstance(value, dict):
+            _put(h, b"{", str(len(value)).encode())
+            for key, item in reversed(value.items()):
+                todo += [item, _Key(key)]
+        elif type(value) in (list, tuple, torch.Size):
+            tag = b"S" if type(value) is torch.Size else b"(" if type(value) is tuple else b"["
+            _put(h, tag, str(len(value)).encode())
+            todo += reversed(value)
+        else:
+            _put(h, b"=", _leaf_bytes(value.key if isinstance(value, _Key) else value))
+    return h.hexdigest()
+
+
+class _Key:
+    """A dict key on the digest's stack: hashed as a leaf even when it is a tuple."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+
+
+def _put(h: Any, tag: bytes, data: bytes) -> None:
+    h.update(tag + len(data).to_bytes(8, "little") + data)
+
+
+def _leaf_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return b"bytes:" + value
+    text = value.hex() if type(value) is float else repr(value)  # hex: exact, nan and -0.0 kept
+    return f"{type(value).__qualname__}:{text}".encode("utf-8", "surrogatepass")
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> Any:
+    t = tensor.detach()
+    if t.device.type == "meta":
+        return b""
+    if t.is_quantized:
+        t = t.dequantize()
+    elif t.layout != torch.strided:
+        t = t.to_dense()
+    flat = t.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:  # one element with any stride counts as contiguous
+        flat = flat.new_empty(flat.shape).copy_(flat)
+    return flat.view(torch.uint8).numpy()  # hashlib reads its buffer: no copy
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -163,8 +230,11 @@ def _fsync_directory(directory: Path) -> None:
 
 def read(path: str | os.PathLike[str], map_location: torch.device | str | None = None) -> dict[str, Any]:
     """The checkpoint dict in ``path``, checked to be a k1lib checkpoint of a version this
-    k1lib reads; every failure is a ``CheckpointError`` naming the file."""
+    k1lib reads and, from version 2 on, to hold what was saved (its digest); every failure is
+    a ``CheckpointError`` naming the file. A rotation left half done in the file's folder by
+    a killed process is finished first."""
     name = str(path)
+    finish_rotations(Path(path).parent)
     if not Path(path).is_file():
         hint = ""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -173,31 +243,7 @@ def read(path: str | os.PathLike[str], map_location: torch.device | str | None =
                 "checkpoints; call torch.distributed.barrier() after l.save before loading on the others)"
             )
         raise FileNotFoundError(f"no checkpoint file {name!r}{hint}")
-    _check_crc(path, name)
-    try:
-        with warnings.catch_warnings():
-            # torch warns about the pickle protocol of files it did not write; they fail below
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise CheckpointError(
-                f"{name!r} holds a {found.group(1)} object; checkpoints are read with "
-                "torch.load(weights_only=True), which loads only tensors, numbers, strings, lists and "
-                "dicts, so that a file cannot run code. Load it yourself with weights_only=False only if "
-                "you trust where it came from"
-            ) from None
-        raise CheckpointError(f"{name!r} is not a file written by torch.save (corrupted?)") from None
-    except (PermissionError, IsADirectoryError):
-        raise
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
-        # a truncated zip fails in many ways: a seek past the end (OSError), a missing
-        # directory record (RuntimeError), half a pickle (EOFError, KeyError)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
-            f"{name!r} cannot be read: it is truncated or corrupted, or not a checkpoint ({first[:200]})"
-        ) from None
+    checkpoint = _torch_load(path, name, map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         if isinstance(checkpoint, dict):
             what = f"a dict with keys {sorted(map(str, checkpoint))[:8]}"
@@ -208,13 +254,61 @@ def read(path: str | os.PathLike[str], map_location: torch.device | str | None =
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
         newer = isinstance(version, int) and version > VERSION
         raise CheckpointError(
-            f"{name!r} has checkpoint format version {version!r}; this k1lib reads version {VERSION}"
+            f"{name!r} has checkpoint format version {version!r}; this k1lib reads versions 1 to {VERSION}"
             + (" (the file was written by a newer k1lib)" if newer else "")
+        )
+    if version == 1:
+        _check_crc(path, name)  # no digest: the zip's CRCs are what there is
+    elif checkpoint.get("digest") != _digest_or_none(checkpoint):
+        raise CheckpointError(
+            f"{name!r} is corrupted: what it holds does not match the digest written when it was saved"
         )
     for key, kind in (("model", dict), ("callbacks", dict), ("css", str), ("counters", dict), ("rng", dict)):
         if not isinstance(checkpoint.get(key), kind):
             raise CheckpointError(f"{name!r} is malformed: {key!r} should be a {kind.__name__}")
     return checkpoint
+
+
+def _digest_or_none(checkpoint: Mapping[str, Any]) -> str | None:
+    """The digest of what a file held, or None where a damaged file made it unreadable (a
+    tensor whose recorded layout is impossible)."""
+    try:
+        return digest_of(checkpoint)
+    except Exception:
+        return None
+
+
+def finish_rotations(directory: Path) -> None:
+    """Finish a rotation that a killed process left half done in ``directory`` (logged; a
+    read-only folder is read as it is)."""
+    _files.finish(directory)
+
+
+def _torch_load(path: str | os.PathLike[str], name: str, map_location: Any) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it did not write; they fail below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{name!r} holds a {found.group(1)} object; checkpoints are read with "
+                "torch.load(weights_only=True), which loads only tensors, numbers, strings, lists and "
+                "dicts, so that a file cannot run code. Load it yourself with weights_only=False only if "
+                "you trust where it came from"
+            ) from None
+        raise CheckpointError(f"{name!r} is not a file written by torch.save (corrupted?)") from None
+    except (PermissionError, IsADirectoryError, MemoryError):
+        raise
+    except Exception as e:
+        # a damaged file fails in many ways: a seek past the end (OSError), a missing
+        # directory record (RuntimeError), half a pickle (EOFError, KeyError), a bad size ...
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{name!r} cannot be read: it is truncated or corrupted, or not a checkpoint ({first[:200]})"
+        ) from None
 
 
 def _check_crc(path: str | os.PathLike[str], name: str) -> None:
@@ -225,7 +319,9 @@ def _check_crc(path: str | os.PathLike[str], name: str) -> None:
             return  # not a zip at all: torch.load says what it is
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+    except (PermissionError, IsADirectoryError, MemoryError):
+        raise
+    except Exception as e:  # a damaged header: BadZipFile, zlib.error, NotImplementedError, ...
         raise CheckpointError(f"{name!r} cannot be read: it is truncated or corrupted ({e})") from None
     if bad is not None:
         raise CheckpointError(f"{name!r} is corrupted: the checksum of its part {bad!r} does not match")
@@ -255,7 +351,7 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     checkpoint = read(path, map_location="cpu")
     model_state = _without_wrapper_prefixes(model, checkpoint["model"])
     _check_model(name, model, model_state)
-    _check_opt(name, learner.opt, checkpoint.get("opt"))
+    opt_state = _check_opt(name, learner.opt, model, checkpoint.get("opt"))
     loads, unknown = _check_callbacks(name, learner, checkpoint["callbacks"])
     try:
         modsel.parse(checkpoint["css"])
@@ -263,10 +359,36 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"{name!r}: its css does not parse: {e}") from None
     counters = _check_counters(name, checkpoint["counters"])
     rng = _check_rng(name, learner, checkpoint["rng"])
+    _apply(name, learner, model, model_state, opt_state, loads)
+    learner.css = checkpoint["css"]
+    for key, value in counters.items():
+        setattr(learner, key, value)
+    for set_state, state in rng:
+        set_state(state)
+    if unknown:
+        warnings.warn(
+            f"{name!r} has state for callbacks this learner lacks: {', '.join(unknown)} (skipped); "
+            "append them to l.cbs before l.load to restore it",
+            UserWarning,
+            stacklevel=3,
+        )
 
-    # callbacks first: theirs is the only load the checks above cannot vouch for; on any
-    # failure from here on the callbacks get their state back
+
+def _apply(
+    name: str,
+    learner: Learner,
+    model: torch.nn.Module,
+    model_state: Mapping[str, Any],
+    opt_state: dict[str, Any] | None,
+    loads: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    """Load the checked states: callbacks first (theirs is the only load the checks cannot
+    vouch for), then the optimizer, the model last; on any failure the callbacks and the
+    optimizer get their state back (the model: ``_load_model``)."""
     before = {cb.name: copy.deepcopy(dict(cb.state_dict())) for cb, _ in loads}
+    opt = learner.opt
+    # load_state_dict replaces these two objects and leaves the old ones whole
+    opt_before = None if opt is None else (opt.state, opt.param_groups)
     done: list[Any] = []
     try:
         for cb, state in loads:
@@ -280,25 +402,55 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
                     "nothing was changed"
                 ) from e
             done.append(cb)
-        model.load_state_dict(model_state)
-        if learner.opt is not None and checkpoint.get("opt") is not None:
-            learner.opt.load_state_dict(checkpoint["opt"]["state"])
+        if opt is not None and opt_state is not None:
+            opt.load_state_dict(opt_state)
+        _load_model(name, model, model_state)
     except BaseException:
         for cb in done:
             cb.load_state_dict(before[cb.name])
+        if opt is not None and opt_before is not None:
+            opt.state, opt.param_groups = opt_before
         raise
-    learner.css = checkpoint["css"]
-    for key, value in counters.items():
-        setattr(learner, key, value)
-    for set_state, state in rng:
-        set_state(state)
-    if unknown:
-        warnings.warn(
-            f"{name!r} has state for callbacks this learner lacks: {', '.join(unknown)} (skipped); "
-            "append them to l.cbs before l.load to restore it",
-            UserWarning,
-            stacklevel=3,
-        )
+
+
+def _load_model(name: str, model: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """``model.load_state_dict(state)``, whose keys and shapes were checked. Plain torch
+    modules then only copy values, which cannot fail; a module with its own loading code
+    (extra state, load hooks) can fail halfway, so for such a model the old values are kept
+    on the CPU first and put back if it does."""
+    backup = None
+    if _custom_loading(model):
+        backup = {
+            k: v.detach().to("cpu", copy=True)
+            for k, v in model.state_dict().items()
+            if isinstance(v, torch.Tensor)
+        }
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        if backup is not None:
+            with torch.no_grad():
+                for key, value in model.state_dict().items():
+                    if key in backup:
+                        value.copy_(backup[key])
+        what = "its tensors are as they were" if backup is not None else "it may be partly loaded"
+        raise CheckpointError(
+            f"{name!r}: l.model could not load its state ({type(e).__name__}: {str(e)[:300]}); {what}"
+        ) from e
+
+
+def _custom_loading(model: torch.nn.Module) -> bool:
+    base = torch.nn.Module
+    for module in model.modules():
+        kind = type(module)
+        if module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
+            return True
+        if kind.set_extra_state is not base.set_extra_state:
+            return True
+        own_load = kind._load_from_state_dict is not base._load_from_state_dict
+        if own_load and not kind.__module__.startswith("torch."):
+            return True
+    return False
 
 
 def _without_wrapper_prefixes(model: torch.nn.Module, saved: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -331,12 +483,21 @@ def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) ->
     current = model.state_dict()
     missing = [k for k in current if k not in saved]
     unexpected = [k for k in saved if k not in current]
+    # a module's extra state (get_extra_state) is any value: only tensors have shapes
+    tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
     mismatched = [
         f"{k}: checkpoint {_shape(saved[k])}, model {tuple(v.shape)}"
-        for k, v in current.items()
+        for k, v in tensors.items()
         if k in saved and (not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape)
     ]
-    if missing or unexpected or mismatched:
+    # load_state_dict would cast floats into integers (or back) silently: another file, not
+    # another precision (float16 into float32 is cast, as torch does)
+    kinds = [
+        f"{k}: checkpoint {saved[k].dtype}, model {v.dtype}"
+        for k, v in tensors.items()
+        if isinstance(saved.get(k), torch.Tensor) and _kind(saved[k].dtype) != _kind(v.dtype)
+    ]
+    if missing or unexpected or mismatched or kinds:
         lines = [f"{name!r} does not fit l.model (nothing was changed):"]
         if missing:
             lines.append(f"  missing in the checkpoint: {', '.join(missing)}")
@@ -344,12 +505,23 @@ def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) ->
             lines.append(f"  unexpected in the checkpoint: {', '.join(unexpected)}")
         if mismatched:
             lines.append("  shape mismatch:\n" + "\n".join(f"    {m}" for m in mismatched))
+        if kinds:
+            lines.append("  type mismatch:\n" + "\n".join(f"    {m}" for m in kinds))
         raise CheckpointError("\n".join(lines))
 
 
-def _check_opt(name: str, opt: torch.optim.Optimizer | None, saved: Any) -> None:
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer"
+
+
+def _check_opt(
+    name: str, opt: torch.optim.Optimizer | None, model: torch.nn.Module, saved: Any
+) -> dict[str, Any] | None:
+    """The optimizer state to load, checked to fit ``opt`` (``_opt_state``)."""
     if saved is None:
-        return
+        return None
     if not (
         isinstance(saved, dict)
         and isinstance(saved.get("class"), str)
@@ -365,13 +537,10 @@ def _check_opt(name: str, opt: torch.optim.Optimizer | None, saved: Any) -> None
             f"{name!r} has the state of a {saved['class']} optimizer; l.opt is a {_class_name(opt)}: "
             "build l.opt with the class the checkpoint was saved with"
         )
-    groups = saved["state"].get("param_groups")
-    ours = [len(group["params"]) for group in opt.param_groups]
-    theirs = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups or ()]
-    if ours != theirs:
-        raise CheckpointError(
-            f"{name!r}: the optimizer's parameter groups hold {theirs} parameters; l.opt's hold {ours}"
-        )
+    try:
+        return _opt_state.check(opt, model, saved["state"])
+    except _opt_state.OptStateError as e:
+        raise CheckpointError(f"{name!r}: {e} (nothing was changed)") from None
 
 
 def _check_callbacks(

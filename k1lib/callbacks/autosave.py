@@ -27,10 +27,12 @@ class Autosave(Callback):
     was and a warning is logged (``l.save(path)`` still saves the state by hand). The failure
     is seen as the exception in flight when the Learner fires ``endRun`` from its ``finally``.
     The new checkpoint is written completely before any file is shifted, so a failed save (a
-    full disk, a crash) leaves the previous rotation whole. ``Learner.record()`` suspends this
-    callback, so recording saves nothing. With several processes only rank 0 writes and
-    prints; the run's last agreement comes after, so no rank leaves the run before the file
-    is there.
+    full disk) leaves the previous rotation whole; the renames are journalled, so a process
+    killed among them is finished by the next save, ``files()`` or ``l.load`` in the folder,
+    which then holds the new file and the previous ones but the oldest (``k1lib._files``).
+    ``Learner.record()`` suspends this callback, so recording saves nothing. With several
+    processes only rank 0 writes and prints; the run's last agreement comes after, so no rank
+    leaves the run before the file is there.
     """
 
     doc = """
@@ -57,26 +59,27 @@ class Autosave(Callback):
         """The file of rotation slot ``i`` (0 is the oldest)."""
         return Path(self.directory) / f"autosave-{i}.pth"
 
-    def files(self) -> list[Path]:
-        """The rotation's files that exist, oldest first."""
-        return [p for p in map(self._path, range(self.keep)) if p.is_file()]
+    def _slots(self) -> list[Path]:
+        return [self._path(i) for i in range(self.keep)]
 
-    def _shift(self) -> None:
-        for i in range(self.keep - 1):
-            newer = self._path(i + 1)
-            if newer.is_file():
-                os.replace(newer, self._path(i))
+    def files(self) -> list[Path]:
+        """The rotation's files that exist, oldest first (a rotation that a killed process left
+        half done is finished first)."""
+        from .._checkpoint import finish_rotations
+
+        finish_rotations(Path(self.directory))
+        return [p for p in self._slots() if p.is_file()]
 
     def save(self) -> Path:
         """Save the learner as the newest checkpoint, shifting the older ones; returns its path.
         With several processes, every rank builds the checkpoint and rank 0 writes it."""
-        from .._checkpoint import checkpoint_of, write
+        from .._checkpoint import checkpoint_of, write_rotated
 
         checkpoint = checkpoint_of(self.learner)
         if self.learner.rank != 0:
             return self._path(self.keep - 1)
         Path(self.directory).mkdir(parents=True, exist_ok=True)
-        return write(checkpoint, self._path(self.keep - 1), before_replace=self._shift)
+        return write_rotated(checkpoint, self._slots(), "autosave")
 
     def startRun(self) -> None:
         self._running = True

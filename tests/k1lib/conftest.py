@@ -18,3 +18,10 @@ def _in_tmp_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("cwd"))
         yield Path.cwd()
+
+
+@pytest.fixture
+def own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory of the test's own (for tests that count the files in it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import k1lib
 from k1lib._checkpoint import FORMAT, VERSION, CheckpointError
@@ -17,16 +19,8 @@ from k1lib.data import Data, DataLoader, FunctionDataset
 
 from .helpers import learner
 
-
-@pytest.fixture(autouse=True)
-def _own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    # each test gets its own directory: Autosave writes into the current one
-    monkeypatch.chdir(tmp_path)
-    # tiny models: a second thread only contends for the 2 cores (20x slower under load)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path
-    torch.set_num_threads(threads)
+# each test gets its own directory: Autosave writes into the current one
+pytestmark = pytest.mark.usefixtures("own_dir")
 
 
 def adam_learner(hidden: int = 4, autosave: bool = False) -> Any:
@@ -43,8 +37,11 @@ def snapshot(l: Any) -> dict[str, Any]:
     """Everything load could change, copied."""
     opt = l.opt.state_dict()
     return {
-        "model": {k: v.clone() for k, v in l.model.state_dict().items()},
-        "opt_state": {i: {k: v.clone() for k, v in s.items()} for i, s in opt["state"].items()},
+        "model": {k: v.clone() for k, v in l.model.state_dict().items() if isinstance(v, torch.Tensor)},
+        "opt_state": {
+            i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+            for i, s in opt["state"].items()
+        },
         "opt_groups": [dict(g) for g in opt["param_groups"]],
         "loss": (list(l.Loss.train), list(l.Loss.valid), list(l.Loss.epoch.train), list(l.Loss.epoch.valid)),
         "css": l.css,
@@ -60,7 +57,8 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a["opt_state"].keys() == b["opt_state"].keys()
     for i in a["opt_state"]:
         for k in a["opt_state"][i]:
-            assert torch.equal(a["opt_state"][i][k], b["opt_state"][i][k]), (i, k)
+            x, y = a["opt_state"][i][k], b["opt_state"][i][k]
+            assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, (i, k)
     assert a["opt_groups"] == b["opt_groups"]
     for key in ("loss", "css", "counters"):
         assert a[key] == b[key], key
@@ -93,7 +91,17 @@ def test_the_file_holds_state_dicts_only_and_skips_callbacks_without_state() -> 
     l.save("ck.pth")
     checkpoint = torch.load("ck.pth", weights_only=True)
     assert checkpoint["format"] == FORMAT and checkpoint["version"] == VERSION
-    assert set(checkpoint) == {"format", "version", "model", "opt", "callbacks", "css", "counters", "rng"}
+    assert set(checkpoint) == {
+        "format",
+        "version",
+        "model",
+        "opt",
+        "callbacks",
+        "css",
+        "counters",
+        "rng",
+        "digest",
+    }
     # DontTrainValid, CancelOnExplosion, ... return {}: they are left out
     assert "DontTrainValid" in l.cbs and "CancelOnExplosion" in l.cbs
     assert list(checkpoint["callbacks"]) == [cb.name for cb in l.cbs if cb.state_dict()]
@@ -243,19 +251,29 @@ def test_a_damaged_file_gives_a_clear_error_and_the_rotation_stays(damage: Calla
     assert {p.name: p.read_bytes() for p in Path().iterdir() if p.name != "bad.pth"} == rotation
 
 
-def test_a_flipped_bit_in_a_tensor_is_caught_by_the_checksum() -> None:
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (VERSION, r"is corrupted: what it holds does not match the digest"),
+        (1, r"is corrupted: the checksum of its part '.*/data/\d+'"),
+    ],
+    ids=["digest", "version-1-crc"],
+)
+def test_a_flipped_bit_in_a_tensor_is_caught(version: int, message: str) -> None:
     l = adam_learner()
     with torch.no_grad():
         l.model[0].weight.copy_(torch.arange(8.0).reshape(4, 2) + 0.5)
     l.save("ck.pth")
+    if version == 1:  # as k1lib wrote it before the digest
+        checkpoint = torch.load("ck.pth", weights_only=True)
+        del checkpoint["digest"]
+        torch.save({**checkpoint, "version": 1}, "ck.pth")
     data = bytearray(Path("ck.pth").read_bytes())
     at = data.find((torch.arange(8.0) + 0.5).numpy().tobytes())
     assert at > 0
     data[at + 5] ^= 0x10
     Path("ck.pth").write_bytes(bytes(data))
-    with pytest.raises(
-        CheckpointError, match=r"'ck\.pth' is corrupted: the checksum of its part '.*/data/\d+'"
-    ):
+    with pytest.raises(CheckpointError, match=rf"'ck\.pth' {message}"):
         l.load("ck.pth")
 
 
@@ -292,7 +310,8 @@ def test_not_a_checkpoint_and_newer_versions_are_refused() -> None:
     checkpoint["version"] = VERSION + 1
     torch.save(checkpoint, "future.pth")
     with pytest.raises(
-        CheckpointError, match=r"format version 2; this k1lib reads version 1 \(.*newer k1lib\)"
+        CheckpointError,
+        match=rf"format version {VERSION + 1}; this k1lib reads versions 1 to {VERSION} \(.*newer",
     ):
         l.load("future.pth")
     with pytest.raises(FileNotFoundError, match=r"no checkpoint file 'missing\.pth'"):
@@ -529,3 +548,368 @@ def test_recorded_statistics_stay_on_the_cpu_after_load(tmp_path: Path) -> None:
     assert other.HookParam.data.device.type == "cpu"
     other.run(1)  # appends new rows to the loaded ones
     assert len(other.HookParam.data) == 2 * len(l.data.train)
+
+
+# ---- integrity: what torch reads is what was saved (issue 12, point 1) -----------------------------
+
+
+def zip_regions(data: bytes) -> dict[str, list[int]]:
+    """The byte positions of a torch.save zip, by what they hold."""
+    import zipfile
+    from io import BytesIO
+
+    regions: dict[str, list[int]] = {
+        "local header": [],
+        "name and padding": [],
+        "tensor data": [],
+        "other data": [],
+    }
+    with zipfile.ZipFile(BytesIO(data)) as archive:
+        infos = archive.infolist()
+    for info in infos:
+        start = info.header_offset
+        extra = int.from_bytes(data[start + 28 : start + 30], "little")
+        body = start + 30 + len(info.filename.encode()) + extra
+        regions["local header"] += range(start, start + 30)
+        regions["name and padding"] += range(start + 30, body)
+        kind = "tensor data" if re.search(r"/data/\d+$", info.filename) else "other data"
+        regions[kind] += range(body, body + info.compress_size)
+    directory = data.find(b"PK\x01\x02")
+    end = data.rfind(b"PK\x06\x06")  # zip64 end records, then the end record
+    end = data.rfind(b"PK\x05\x06") if end < 0 else end
+    regions["central directory"] = list(range(directory, end))
+    regions["end records"] = list(range(end, len(data)))
+    covered = {i for positions in regions.values() for i in positions}
+    regions["between"] = [i for i in range(len(data)) if i not in covered]
+    return regions
+
+
+def test_a_directory_flag_or_compression_method_flipped_is_refused() -> None:
+    # neither is covered by the zip's CRCs: the first loaded garbage weights, the second
+    # let a raw zlib.error escape
+    l = adam_learner()
+    l.run(1)
+    l.save("ck.pth")
+    data = Path("ck.pth").read_bytes()
+    records = [i for i in range(len(data)) if data.startswith(b"PK\x01\x02", i)]
+    refused = 0
+    for at, mask in [(r + 38, 0x10) for r in records] + [(r + 10, 0x08) for r in records]:
+        damaged = bytearray(data)
+        damaged[at] ^= mask
+        Path("bad.pth").write_bytes(bytes(damaged))
+        fresh = adam_learner()
+        before = snapshot(fresh)
+        try:
+            fresh.load("bad.pth")
+        except CheckpointError:
+            refused += 1
+            assert_same(snapshot(fresh), before)
+        else:  # a record torch never reads (.format_version, serialization_id): nothing differs
+            assert_same(snapshot(fresh), snapshot(l))
+    assert refused >= len(records)  # every tensor's record, at least
+
+
+def test_every_region_of_a_checkpoint_damaged_is_refused_or_loads_what_was_saved() -> None:
+    torch.manual_seed(0)
+    l = adam_learner()
+    l.run(1)
+    l.save("ck.pth")
+    saved = snapshot(l)
+    data = Path("ck.pth").read_bytes()
+    regions = zip_regions(data)
+    assert {name for name, at in regions.items() if at} >= {
+        "local header",
+        "name and padding",
+        "tensor data",
+        "other data",
+        "central directory",
+        "end records",
+    }
+    g = torch.Generator().manual_seed(1)
+    outcomes: dict[str, list[int]] = {}
+    for name, positions in regions.items():
+        # small regions whole, large ones sampled (every byte of each kind of field is hit in
+        # the headers: they repeat for each of the ~26 records)
+        picked = (
+            positions
+            if len(positions) <= 150
+            else [positions[int(i)] for i in torch.randperm(len(positions), generator=g)[:150]]
+        )
+        refused = loaded = 0
+        for at in picked:
+            damaged = bytearray(data)
+            damaged[at] ^= int(torch.randint(1, 256, (), generator=g))
+            Path("bad.pth").write_bytes(bytes(damaged))
+            fresh = adam_learner()
+            before = snapshot(fresh)
+            try:
+                fresh.load("bad.pth")
+            except CheckpointError:
+                refused += 1
+                assert_same(snapshot(fresh), before)
+            else:
+                loaded += 1
+                assert_same(snapshot(fresh), saved)
+        outcomes[name] = [refused, loaded]
+    # what may load unrefused is what nothing reads (torch's version and id records, padding,
+    # the zip's dates, the bytes of a storage beyond the tensor viewing it), and then it loaded
+    # what was saved (checked above)
+    assert outcomes["tensor data"][0] > 0 and outcomes["central directory"][0] > 0, outcomes
+
+
+def test_a_checkpoint_of_version_1_without_a_digest_still_loads() -> None:
+    l = adam_learner()
+    l.run(1)
+    l.save("ck.pth")
+    old = torch.load("ck.pth", weights_only=True)
+    del old["digest"]
+    old["version"] = 1
+    torch.save(old, "v1.pth")
+    fresh = adam_learner()
+    fresh.load("v1.pth")
+    assert_same(snapshot(fresh), snapshot(l))
+
+
+def test_a_digest_that_does_not_match_is_refused() -> None:
+    l = adam_learner()
+    l.save("ck.pth")
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    checkpoint["model"]["0.weight"][0, 0] += 1  # rewritten with valid CRCs: only the digest knows
+    torch.save(checkpoint, "edited.pth")
+    with pytest.raises(CheckpointError, match=r"'edited\.pth' is corrupted: what it holds does not match"):
+        adam_learner().load("edited.pth")
+
+
+# ---- atomic load: a malformed optimizer state changes nothing (issue 12, point 2) ------------------
+
+
+def _swap_first_two(state: dict[Any, Any]) -> None:
+    state[0], state[1] = state[1], state[0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.pop("state"), r"the optimizer's state should be a dict of 'state'"),
+        (lambda s: s["state"][0].__setitem__("step", "3"), r"0\.weight: its 'step' is '3', not a number"),
+        (
+            lambda s: s["state"][0].__setitem__("step", torch.zeros(2)),
+            r"its 'step' is a tensor of shape \(2,\)",
+        ),
+        (
+            lambda s: s["state"][0].__setitem__("exp_avg", torch.zeros(3)),
+            r"another order\?\):\n  0\.weight: its 'exp_avg' is \(3,\), the parameter \(4, 2\)",
+        ),
+        (
+            lambda s: _swap_first_two(s["state"]),
+            r"0\.weight: its 'exp_avg' is \(4,\), the parameter \(4, 2\)",
+        ),
+        (
+            lambda s: s["state"][1].__setitem__("exp_avg_sq", [0.0] * 4),
+            r"0\.bias: its 'exp_avg_sq' is a list",
+        ),
+        (lambda s: s["state"].__setitem__(99, {}), r"state for parameter ids \[99\] that none"),
+        (lambda s: s["param_groups"][0]["params"].__setitem__(1, 0), r"ids should be distinct ints"),
+        (
+            lambda s: s["param_groups"][0].__setitem__("lr", "fast"),
+            r"group 0 has lr='fast'; l\.opt's is 0\.01",
+        ),
+        (lambda s: s["param_groups"][0].__setitem__("betas", (0.9,)), r"group 0 has betas=\(0\.9,\)"),
+    ],
+    ids=[
+        "no-state",
+        "string-step",
+        "two-steps",
+        "wrong-shape",
+        "other-order",
+        "list-buffer",
+        "stray-id",
+        "duplicate-id",
+        "string-lr",
+        "short-betas",
+    ],
+)
+@pytest.mark.parametrize("fused", [False, True], ids=["adam", "fused-adam"])
+def test_a_malformed_optimizer_state_is_refused_before_anything_changes(
+    edit: Callable[[dict[str, Any]], None], message: str, fused: bool
+) -> None:
+    # a fused kernel does not check shapes: an exp_avg of another shape corrupted memory
+    a = adam_learner()
+    a.opt = torch.optim.Adam(a.model.parameters(), lr=1e-2, fused=fused)
+    a.run(1)
+    a.save("ck.pth")
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    edit(checkpoint["opt"]["state"])
+    del checkpoint["digest"]
+    checkpoint["version"] = 1  # hand-edited files have no digest to match
+    torch.save(checkpoint, "edited.pth")
+    b = adam_learner()
+    b.opt = torch.optim.Adam(b.model.parameters(), lr=1e-2, fused=fused)
+    b.run(1)
+    before = snapshot(b)
+    with pytest.raises(CheckpointError, match=message):
+        b.load("edited.pth")
+    assert_same(snapshot(b), before)
+    b.run(1)  # and the learner still trains
+
+
+class Momentum(torch.optim.Optimizer):
+    """An optimizer k1lib knows nothing about: its state is checked by a trial step."""
+
+    def __init__(self, params: Any, lr: float = 0.1, read_values: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "read_values": read_values})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["read_values"]:
+                    float(p.grad.abs().max())  # reads a value: cannot run on the meta device
+                state = self.state[p]
+                velocity = state.setdefault("velocity", torch.zeros_like(p))
+                velocity.mul_(0.9).add_(p.grad)
+                state["count"] = state.get("count", 0) + 1
+                p.add_(velocity, alpha=-group["lr"])
+
+
+STEPS: list[object] = []
+
+
+@pytest.mark.parametrize("read_values", [False, True], ids=["trial", "no-trial"])
+def test_the_state_of_an_unknown_optimizer_is_checked_by_a_trial_step(read_values: bool) -> None:
+    hook = register_optimizer_step_post_hook(lambda *args: STEPS.append(args))
+    try:
+        a = adam_learner()
+        a.opt = Momentum(a.model.parameters(), read_values=read_values)
+        a.run(1).save("ck.pth")
+        STEPS.clear()
+        b = adam_learner()
+        b.opt = Momentum(b.model.parameters(), read_values=read_values)
+        b.load("ck.pth")  # a valid state loads
+        assert_same(snapshot(b), snapshot(a))
+        assert STEPS == []  # the trial's step is not the user's: global step hooks do not see it
+    finally:
+        hook.remove()
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    checkpoint["opt"]["state"]["state"][0]["velocity"] = torch.zeros(3)
+    del checkpoint["digest"]
+    torch.save({**checkpoint, "version": 1}, "edited.pth")
+    c = adam_learner()
+    c.opt = Momentum(c.model.parameters(), read_values=read_values)
+    if read_values:  # no trial possible: the structure is all that is checked
+        c.load("edited.pth")
+        return
+    before = snapshot(c)
+    with pytest.raises(
+        CheckpointError, match=r"a step with it fails \(RuntimeError.*\n  0\.weight: its 'velocity' is \(3,\)"
+    ):
+        c.load("edited.pth")
+    assert_same(snapshot(c), before)
+
+
+class Picky(nn.Module):
+    """A module with its own extra state, whose load fails after the layers before it loaded."""
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"layout": 2}
+
+    def set_extra_state(self, state: Any) -> None:
+        raise ValueError("wants layout 3")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_model_failing_halfway_through_its_load_is_put_back() -> None:
+    a = adam_learner()
+    a.model.append(Picky())
+    a.cbs.append(Counter(5))
+    a.run(2).save("ck.pth")
+    b = adam_learner()
+    b.model.append(Picky())
+    b.cbs.append(Counter(1))
+    b.run(1)
+    before = snapshot(b)
+    with pytest.raises(
+        CheckpointError, match=r"could not load its state \(ValueError: wants layout 3\); its tensors"
+    ):
+        b.load("ck.pth")
+    assert_same(snapshot(b), before)
+    assert b.Counter.n == 1
+
+
+def test_integers_saved_for_float_weights_are_refused() -> None:
+    l = adam_learner()
+    l.save("ck.pth")
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    checkpoint["model"]["0.bias"] = checkpoint["model"]["0.bias"].long()
+    del checkpoint["digest"]
+    checkpoint["version"] = 1
+    torch.save(checkpoint, "ints.pth")
+    with pytest.raises(
+        CheckpointError, match=r"type mismatch:\n    0\.bias: checkpoint torch\.int64, model torch\.float32"
+    ):
+        adam_learner().load("ints.pth")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+        lambda ps: torch.optim.AdamW(ps, amsgrad=True, foreach=True),
+        lambda ps: torch.optim.NAdam(ps, foreach=True),
+        lambda ps: torch.optim.Adamax(ps),
+        lambda ps: torch.optim.RMSprop(ps, centered=True, momentum=0.5),
+        lambda ps: torch.optim.Adafactor(ps),
+        lambda ps: torch.optim.ASGD(ps),
+    ],
+    ids=["SGD", "AdamW", "NAdam", "Adamax", "RMSprop", "Adafactor", "ASGD"],
+)
+def test_every_valid_optimizer_state_loads(make: Callable[[Any], torch.optim.Optimizer]) -> None:
+    def build() -> Any:
+        l = adam_learner()
+        l.model = Mixed()
+        l.opt = make(l.model.parameters())
+        return l
+
+    a = build()
+    a.run(1).save("ck.pth")
+    b = build()
+    b.load("ck.pth")  # torch itself casts some scalars of bf16 parameters' state (NAdam, ASGD)
+    assert all(torch.equal(v, a.model.state_dict()[k]) for k, v in b.model.state_dict().items())
+    b.run(1)
+
+
+class Mixed(nn.Module):
+    """A 0-dim parameter (as CLIP's logit_scale), a 1-element bias, bf16 weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.a = nn.Linear(2, 1)
+        self.b = nn.Linear(1, 1).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).bfloat16()).float() * self.scale
+
+
+def test_shared_and_self_holding_containers_are_digested_once() -> None:
+    shared = [1, 2, 3]
+    a = adam_learner()
+    a.cbs.append(Counter(5))
+    a.Counter.state_dict = lambda: {"n": 5, "x": shared, "y": shared}  # type: ignore[method-assign]
+    a.save("ck.pth")
+    b = adam_learner()
+    b.cbs.append(Counter(0))
+    b.load("ck.pth")
+    assert b.Counter.n == 5
+    # a hand-made file whose list holds itself: the digest must end (and not match)
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    loop: list[Any] = []
+    loop.append(loop)
+    checkpoint["callbacks"]["Counter"]["state"]["x"] = loop
+    torch.save(checkpoint, "loop.pth")
+    with pytest.raises(CheckpointError, match="does not match the digest"):
+        b.load("loop.pth")
