@@ -176,8 +176,7 @@ def digest_of(checkpoint: Mapping[str, Any]) -> str:
                 continue
             seen[id(value)] = len(seen)
         if isinstance(value, torch.Tensor):
-            _put(h, b"T", f"{value.dtype}{tuple(value.shape)}".encode())
-            h.update(_tensor_bytes(value))
+            _put_tensor(h, value, todo)
         elif isinstance(value, dict):
             _put(h, b"{", str(len(value)).encode())
             for key, item in reversed(value.items()):
@@ -211,14 +210,38 @@ def _leaf_bytes(value: object) -> bytes:
     return f"{type(value).__qualname__}:{text}".encode("utf-8", "surrogatepass")
 
 
+def _put_tensor(h: Any, tensor: torch.Tensor, todo: list[Any]) -> None:
+    """A tensor's dtype, shape and values. Sparse tensors by their parts (a dense copy of a
+    hostile file's one-value sparse tensor could take any memory); strided views whose
+    elements overlap (expanded) by their storage and strides, for the same reason: save and
+    load keep both, so both sides take the same path."""
+    t = tensor.detach()
+    _put(h, b"T", f"{t.dtype}{tuple(t.shape)}{t.layout}".encode())
+    if t.layout == torch.sparse_coo:
+        todo += [t._indices(), t._values()]
+    elif t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        todo += [t.crow_indices(), t.col_indices(), t.values()]
+    elif t.layout in (torch.sparse_csc, torch.sparse_bsc):
+        todo += [t.ccol_indices(), t.row_indices(), t.values()]
+    elif t.layout == torch.strided and not t.is_meta and not t.is_quantized and _overlapping(t):
+        _put(h, b"V", f"{t.stride()}{t.storage_offset()}".encode())
+        on_cpu = t.untyped_storage().cpu()  # type: ignore[no-untyped-call]
+        storage = torch.empty(0, dtype=torch.uint8).set_(on_cpu)
+        h.update(storage.numpy())
+    else:
+        h.update(_tensor_bytes(t))
+
+
+def _overlapping(t: torch.Tensor) -> bool:
+    return t.numel() * t.element_size() > t.untyped_storage().nbytes()
+
+
 def _tensor_bytes(tensor: torch.Tensor) -> Any:
     t = tensor.detach()
     if t.device.type == "meta":
         return b""
     if t.is_quantized:
         t = t.dequantize()
-    elif t.layout != torch.strided:
-        t = t.to_dense()
     flat = t.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
     if flat.numel() and flat.stride(0) != 1:  # one element with any stride counts as contiguous
         flat = flat.new_empty(flat.shape).copy_(flat)
@@ -349,6 +372,8 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     # on the CPU: load_state_dict copies onto the parameters' device, and callbacks' records
     # (HookModule, HookParam) stay host-side
     checkpoint = read(path, map_location="cpu")
+    if not all(isinstance(k, str) for k in checkpoint["model"]):
+        raise CheckpointError(f"{name!r} is malformed: its model state has keys that are not strings")
     model_state = _without_wrapper_prefixes(model, checkpoint["model"])
     _check_model(name, model, model_state)
     opt_state = _check_opt(name, learner.opt, model, checkpoint.get("opt"))
@@ -403,7 +428,13 @@ def _apply(
                 ) from e
             done.append(cb)
         if opt is not None and opt_state is not None:
-            opt.load_state_dict(opt_state)
+            try:
+                opt.load_state_dict(opt_state)
+            except Exception as e:  # its __setstate__ converts values (ASGD: float(step))
+                raise CheckpointError(
+                    f"{name!r}: l.opt could not load its state ({type(e).__name__}: {str(e)[:300]}); "
+                    "nothing was changed"
+                ) from e
         _load_model(name, model, model_state)
     except BaseException:
         for cb in done:
@@ -481,6 +512,13 @@ def _shape(value: Any) -> str:
 
 def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) -> None:
     current = model.state_dict()
+    # a damaged or hand-made file: anything else would fail halfway through the load
+    odd = [k for k, v in saved.items() if not isinstance(k, str) or (isinstance(v, torch.Tensor) and _odd(v))]
+    if odd:
+        raise CheckpointError(
+            f"{name!r} is malformed: its model state holds {', '.join(map(repr, odd[:8]))}, which "
+            "are not names of dense tensors with values (a non-string key, a meta or sparse tensor)"
+        )
     missing = [k for k in current if k not in saved]
     unexpected = [k for k in saved if k not in current]
     # a module's extra state (get_extra_state) is any value: only tensors have shapes
@@ -508,6 +546,10 @@ def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) ->
         if kinds:
             lines.append("  type mismatch:\n" + "\n".join(f"    {m}" for m in kinds))
         raise CheckpointError("\n".join(lines))
+
+
+def _odd(tensor: torch.Tensor) -> bool:
+    return bool(tensor.is_meta or tensor.layout != torch.strided)
 
 
 def _kind(dtype: torch.dtype) -> str:

@@ -139,7 +139,11 @@ def _locked(directory: Path, work: Callable[[], _T]) -> _T:
     # not a daemon: an interpreter exiting (Ctrl-C in the caller) lets the renames finish
     thread = threading.Thread(target=run, name="k1lib-files")
     thread.start()
-    thread.join()
+    try:
+        thread.join()
+    except BaseException:  # Ctrl-C: the renames finish (or fail) before the caller cleans up
+        thread.join()
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]  # type: ignore[no-any-return]

@@ -44,6 +44,10 @@ _PARAMETER_SHAPED = frozenset(
 )
 
 
+# torch.optim's per-parameter scalars (ASGD's eta and mu, NAdam's mu_product)
+_SCALARS = frozenset({"step", "eta", "mu", "mu_product"})
+
+
 class OptStateError(ValueError):
     """A saved optimizer state does not fit the optimizer (the message names what)."""
 
@@ -55,12 +59,53 @@ def check(opt: torch.optim.Optimizer, model: torch.nn.Module, state: Any) -> dic
     names = _names(model)
     ids = [i for group in groups for i in group["params"]]
     params = [p for group in opt.param_groups for p in group["params"]]
-    if type(opt).__module__.startswith("torch.optim."):
+    per_param = _dense(per_param, ids, params, names)
+    if _from_torch(opt):
         _check_buffers(per_param, ids, params, names)
         _check_hyperparameters(opt, groups)
     else:
-        _trial(opt, state, ids, params, names)
-    return dict(state)
+        try:
+            _trial(opt, {**state, "state": per_param}, ids, params, names)
+        except OptStateError:
+            raise
+        except Exception:  # a wrapper or subclass we cannot copy (Accelerate's): no verdict
+            pass
+    return {**state, "state": per_param}
+
+
+def _from_torch(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt`` is one of torch's optimizers, or a subclass of one (same state)."""
+    return any(
+        kind is not torch.optim.Optimizer
+        and (kind.__module__ == "torch.optim" or kind.__module__.startswith("torch.optim."))
+        for kind in type(opt).__mro__
+    )
+
+
+def _dense(
+    per_param: dict[Any, Any], ids: list[int], params: list[torch.Tensor], names: dict[int, str]
+) -> dict[Any, Any]:
+    """``per_param`` with every tensor dense and in order: a saved tensor may have any strides,
+    which torch's fused kernels trust and walk past the end of. Views whose elements overlap
+    (expanded) and tensors on the meta device (no values) are refused."""
+    where = {i: names.get(id(p), f"parameter {i}") for i, p in zip(ids, params, strict=True)}
+    out = {}
+    for i, entry in per_param.items():
+        fixed = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                if value.is_meta:
+                    raise OptStateError(f"{where[i]}: its {key!r} is on the meta device (it holds no values)")
+                if value.layout == torch.strided and not value.is_contiguous():
+                    if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+                        raise OptStateError(  # densifying a hostile one could take any memory
+                            f"{where[i]}: its {key!r} is a view whose elements overlap (shape "
+                            f"{tuple(value.shape)}, strides {value.stride()})"
+                        )
+                    value = value.contiguous()
+            fixed[key] = value
+        out[i] = fixed
+    return out
 
 
 def _structure(opt: torch.optim.Optimizer, state: Any) -> tuple[dict[Any, Any], list[dict[str, Any]]]:
@@ -114,14 +159,23 @@ def _check_buffers(
                 )
             elif key in _PARAMETER_SHAPED and not isinstance(value, torch.Tensor | type(None)):
                 problems.append(f"{where}: its {key!r} is a {type(value).__name__}, not a tensor")
-            elif key == "step" and not _is_number(value):
-                problems.append(f"{where}: its 'step' is {_brief(value)}, not a number")
+            elif key in _SCALARS and not _is_number(value):
+                problems.append(f"{where}: its {key!r} is {_brief(value)}, not a number")
+            elif not _is_state_value(value):
+                problems.append(f"{where}: its {key!r} is {_brief(value)}")
     if problems:
         more = ["..."] if len(problems) > 8 else []
         raise OptStateError(
             "the optimizer's state does not fit l.opt's parameters (saved for another model, or for "
             "its parameters in another order?):" + "".join(f"\n  {line}" for line in problems[:8] + more)
         )
+
+
+def _is_state_value(value: object) -> bool:
+    """What torch's optimizers keep per parameter: tensors, numbers, None, lists of them (LBFGS)."""
+    if isinstance(value, list | tuple):
+        return all(isinstance(v, torch.Tensor) or _is_number(v) for v in value)
+    return value is None or isinstance(value, torch.Tensor) or _is_number(value)
 
 
 def _is_number(value: object) -> bool:

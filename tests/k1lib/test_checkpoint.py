@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -913,3 +915,130 @@ def test_shared_and_self_holding_containers_are_digested_once() -> None:
     torch.save(checkpoint, "loop.pth")
     with pytest.raises(CheckpointError, match="does not match the digest"):
         b.load("loop.pth")
+
+
+def _edited(path: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    """A hand-edited copy of the checkpoint at ``path`` (version 1: no digest to match)."""
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint)
+    del checkpoint["digest"]
+    torch.save({**checkpoint, "version": 1}, "edited.pth")
+    return "edited.pth"
+
+
+def _set_state(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda c: c["opt"]["state"]["state"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("make", "edit", "message"),
+    [
+        (
+            lambda ps: torch.optim.Adam(ps, fused=True),
+            _set_state("exp_avg", torch.zeros(1).expand(4, 2)),  # a fused kernel walked past its end
+            r"0\.weight: its 'exp_avg' is a view whose elements overlap",
+        ),
+        (
+            lambda ps: torch.optim.Adam(ps),
+            _set_state("exp_avg", torch.zeros(4, 2, device="meta")),
+            r"its 'exp_avg' is on the meta device",
+        ),
+        (lambda ps: torch.optim.ASGD(ps), _set_state("eta", "fast"), r"its 'eta' is 'fast', not a number"),
+        (lambda ps: torch.optim.Adafactor(ps), _set_state("step", "3"), r"its 'step' is '3', not a number"),
+        (
+            lambda ps: torch.optim.Adam(ps),
+            lambda c: c["model"].__setitem__("0.bias", torch.zeros(4, device="meta")),
+            r"its model state holds '0\.bias', which are not names of dense tensors",
+        ),
+        (
+            lambda ps: torch.optim.Adam(ps),
+            lambda c: c["model"].__setitem__(7, torch.zeros(1)),
+            r"its model state has keys that are not strings",
+        ),
+    ],
+    ids=["fused-expanded", "meta-buffer", "asgd-string", "adafactor-string-step", "meta-weight", "int-key"],
+)
+def test_hostile_states_are_refused_before_anything_changes(
+    make: Callable[[Any], torch.optim.Optimizer], edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    a = adam_learner()
+    a.opt = make(a.model.parameters())
+    a.run(1).save("ck.pth")
+    b = adam_learner()
+    b.opt = make(b.model.parameters())
+    b.run(1)
+    before = snapshot(b)
+    with pytest.raises(CheckpointError, match=message):
+        b.load(_edited("ck.pth", edit))
+    assert_same(snapshot(b), before)
+
+
+def test_a_transposed_buffer_is_made_dense_and_loads() -> None:
+    a = adam_learner()
+    a.opt = torch.optim.Adam(a.model.parameters(), fused=True)
+    a.run(1).save("ck.pth")
+    exp_avg = torch.load("ck.pth", weights_only=True)["opt"]["state"]["state"][0]["exp_avg"]
+    b = adam_learner()
+    b.opt = torch.optim.Adam(b.model.parameters(), fused=True)
+    b.load(_edited("ck.pth", _set_state("exp_avg", exp_avg.t().contiguous().t())))
+    loaded = b.opt.state[b.model[0].weight]["exp_avg"]
+    assert loaded.is_contiguous() and torch.equal(loaded, exp_avg)
+
+
+class Wrapper(torch.optim.Optimizer):
+    """As Accelerate wraps an optimizer: its state lives in the one it holds."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.optimizer = inner
+
+    state = property(lambda self: self.optimizer.state)  # type: ignore[assignment]
+    param_groups = property(lambda self: self.optimizer.param_groups)  # type: ignore[assignment]
+    defaults = property(lambda self: self.optimizer.defaults)  # type: ignore[assignment]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def step(self, closure: Any = None) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none)
+
+
+def test_a_wrapped_optimizer_that_cannot_be_copied_still_loads() -> None:
+    a = adam_learner()
+    a.opt = Wrapper(torch.optim.Adam(a.model.parameters()))
+    a.run(1).save("ck.pth")
+    b = adam_learner()
+    b.opt = Wrapper(torch.optim.Adam(b.model.parameters()))
+    b.load("ck.pth")
+    assert_same(snapshot(b), snapshot(a))
+
+
+def test_a_tiny_file_holding_a_huge_expanded_tensor_is_refused_without_materialising_it() -> None:
+    # 10000 x 10000 float32 values from 4 bytes of storage: before, the digest made them dense
+    # (400 MB; a larger shape, any amount); now it hashes the storage and the strides
+    a = adam_learner()
+    a.save("ck.pth")
+    checkpoint = torch.load("ck.pth", weights_only=True)
+    checkpoint["counters"]["huge"] = torch.zeros(1).expand(10_000, 10_000)
+    torch.save(checkpoint, "bomb.pth")
+    assert Path("bomb.pth").stat().st_size < 100_000
+    script = (
+        "import resource, torch, k1lib\n"
+        "from k1lib._checkpoint import CheckpointError, read\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read('bomb.pth')\n"
+        "except CheckpointError as e:\n"
+        "    print('refused', e)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, 'MB')\n"
+    )
+    here = {**os.environ, "PYTHONPATH": str(Path(k1lib.__file__).parents[1])}  # this k1lib
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=here, check=True)
+    out = run.stdout
+    assert "refused 'bomb.pth' is corrupted" in out
+    assert int(out.split()[-2]) < 100, out
