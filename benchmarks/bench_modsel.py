@@ -58,10 +58,17 @@ GOAL_SOUPSIEVE = 5.0  # soupsieve / modsel >= 5
 GOAL_PARSE_S = 0.100  # 1,000-rule stylesheet parses in < 100 ms
 GOAL_WIDE = 3.0  # 14k / 7k children: ~2 is linear, ~4 quadratic; fail above 3
 # a failing descendant chain "#nope * * ... *" on a chain of nested modules, twice as deep with
-# twice the combinators: ~4 is linear in modules x combinators (the first step walks the
-# ancestors: a little more); exponential matching took 5 s at 25/12 and never ended at 30/14
+# twice the combinators: ~4 is linear in modules x combinators (at 13 / 25 compounds, more than
+# modsel's MAX_CLOSURE_CHAIN, both go through its explicit-stack matcher; small sizes, where fixed
+# costs weigh, measure less); exponential matching took 5 s at 25/12 and never ended at 30/14
 DEEP_CASES = ((25, 12), (50, 24))
 GOAL_DEEP = 8.0
+# the first descendant step on a 5,000 / 10,000-deep chain, matched on a document built outside
+# the timing (building one is superlinear in the depth: each node's path is as long as its
+# depth): ~2 is linear in the depth, ~4 quadratic (each node walking all its ancestors)
+DEEP_CHAIN = (5_000, 10_000)
+DEEP_CHAIN_SELECTORS = ("#nope *", "Identity Sequential")
+GOAL_DEEP_CHAIN = 3.0
 
 DEFAULT_BLOCKS = 7_700  # x 13 modules + 2 = 100,102 modules
 
@@ -374,6 +381,21 @@ def bench_deep(reps: Repeats, goals: dict[str, Goal]) -> None:
     goals["deep"].check(
         f"match '#nope * ... *' [{big_d} deep, {big_k} steps]", t_big, t_big / t_small, note, call
     )
+    small_d, big_d = DEEP_CHAIN
+    section(f"deep chains: a failing first descendant step on {small_d:,} vs {big_d:,} nested modules")
+    models = chain(small_d), chain(big_d)
+    for selector in DEEP_CHAIN_SELECTORS:
+        compiled = modsel.compile(selector)
+        assert all(compiled.match_nodes(modsel.select(model, "")) == [] for model in models)
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(reps.wide):  # alternately, each on a fresh document (no memo yet)
+            for model, took in zip(models, times, strict=True):
+                document = modsel.select(model, "")
+                took.append(timed(partial(compiled.match_nodes, document)))
+                del document
+        t_small, t_big = (statistics.median(took) for took in times)
+        note = f"{small_d // 1000}k deep: {t_small * 1e3:.1f} ms (match_nodes on a built document)"
+        goals["deep_chain"].check(f"match {selector!r} [{big_d // 1000}k deep]", t_big, t_big / t_small, note)
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -435,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             "wide ModuleList time ratio (~2 linear, ~4 quadratic)", GOAL_WIDE, f"x {big_k}k/{small_k}k"
         ),
         "deep": Goal("deep failing descendant chain time ratio (~4 linear)", GOAL_DEEP, "x 50/25"),
+        "deep_chain": Goal(
+            "10k / 5k-deep chain time ratio (~2 linear, ~4 quadratic)", GOAL_DEEP_CHAIN, "x 10k/5k"
+        ),
     }
     began = time.perf_counter()
     mode = "quick" if args.quick else "full"

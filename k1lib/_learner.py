@@ -200,9 +200,13 @@ class Learner:
         if "frozen" not in self._css or self.model is None:
             return []
         saved: dict[int, tuple[nn.Parameter, bool]] = {}
-        for node in self.moduleSelector.modules():
-            if "frozen" in node.props:
-                for param in node.module.parameters():
+        covered: set[int] = set()  # nodes at or below a frozen one: their parameters are in
+        for node in self.moduleSelector.modules():  # pre-order: a node's parent comes first
+            if id(node.parent) in covered:
+                covered.add(id(node))
+            elif "frozen" in node.props:
+                covered.add(id(node))
+                for param in node.parameters():  # modsel's walk: no recursion on deep models
                     saved.setdefault(id(param), (param, param.requires_grad))
         for param, _ in saved.values():
             param.requires_grad_(False)

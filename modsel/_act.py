@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 from torch.utils.hooks import RemovableHandle
 
-from ._document import ModuleSelector, dismantle, grow, new_root, paused_gc
+from ._document import ModuleSelector, dismantle, grow, new_root, paused_gc, walk_parameters
 from ._match import Selector, match
 from ._match import compile as compile_selector
 
@@ -61,12 +61,9 @@ def _tops(found: list[tuple[str, Module]]) -> list[Module]:
 
 
 def _owned(found: list[tuple[str, Module]]) -> dict[int, Parameter]:
-    """``id -> parameter`` for every parameter of the selected modules and their descendants."""
-    owned: dict[int, Parameter] = {}
-    for module in _tops(found):
-        for param in module.parameters():
-            owned[id(param)] = param
-    return owned
+    """``id -> parameter`` for every parameter of the selected modules and their descendants
+    (walked without recursion, as every walk here: a 10,000-deep model is fine)."""
+    return {id(param): param for _, param in walk_parameters(("", top) for top in _tops(found))}
 
 
 # ---- freeze / unfreeze --------------------------------------------------------------------------
@@ -127,7 +124,7 @@ def set_requires_grad(model: Module, found: list[tuple[str, Module]], flag: bool
     before = [(param, param.requires_grad) for param in owned.values()]
     for param in owned.values():
         param.requires_grad_(flag)
-    names = [name for name, param in model.named_parameters() if id(param) in owned]
+    names = [name for name, param in walk_parameters([("", model)]) if id(param) in owned]
     return Freeze(label, flag, before, names)
 
 
@@ -359,35 +356,36 @@ _Trie = dict[str, "tuple[bool, _Trie]"]
 
 def _trie_regex(trie: _Trie) -> str:
     """One alternation for the paths below a trie node. Siblings whose remaining patterns are
-    equal share them (``(?:0|1)\\.linear1``), which keeps repeated layers short."""
-    by_suffix: dict[str, list[str]] = {}
-    for name, (terminal, kids) in trie.items():
-        if not kids:
-            suffix = ""
-        elif terminal:
-            suffix = r"(?:\." + _group(_trie_regex(kids)) + ")?"
-        else:
-            suffix = r"\." + _group(_trie_regex(kids))
-        by_suffix.setdefault(suffix, []).append(re.escape(name))
-    return "|".join(_group("|".join(names)) + suffix for suffix, names in by_suffix.items())
+    equal share them (``(?:0|1)\\.linear1``), which keeps repeated layers short. Built bottom
+    up with a stack, not by recursion: a path may be 10,000 names long."""
+    below: dict[int, str] = {}  # id(trie node) -> its alternation, as a group when it has several
+    stack: list[tuple[_Trie, bool]] = [(trie, False)]
+    while stack:
+        level, ready = stack.pop()
+        if not ready:  # the levels below it first
+            stack.append((level, True))
+            stack.extend((kids, False) for _, kids in level.values() if kids)
+            continue
+        by_suffix: dict[str, list[str]] = {}
+        for name, (terminal, kids) in level.items():
+            if not kids:
+                suffix = ""
+            elif terminal:
+                suffix = r"(?:\." + below.pop(id(kids)) + ")?"
+            else:
+                suffix = r"\." + below.pop(id(kids))
+            by_suffix.setdefault(suffix, []).append(re.escape(name))
+        parts = [_one_of(names) + suffix for suffix, names in by_suffix.items()]
+        if level is trie:
+            return "|".join(parts)
+        below[id(level)] = _one_of(parts)
+    raise AssertionError("unreachable: the trie itself is done last")  # pragma: no cover
 
 
-def _group(alternation: str) -> str:
-    # a top-level "|" needs a group; groups inside are balanced, so checking depth 0 suffices
-    depth = 0
-    escaped = False
-    for ch in alternation:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            return "(?:" + alternation + ")"
-    return alternation
+def _one_of(alternatives: list[str]) -> str:
+    """``a`` or ``(?:a|b)``: a group only around several (each alternative has no top-level
+    "|" of its own: names are escaped, and deeper alternations are grouped already)."""
+    return alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
 
 
 def to_regex(model: Module, css: Css) -> str:

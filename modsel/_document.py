@@ -14,16 +14,26 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from torch.nn import Module
+from torch.nn import Module, Parameter
+
+from ._errors import TargetError
 
 if TYPE_CHECKING:
     from ._act import Freeze
     from ._ast import Rule, Stylesheet
 
-__all__ = ["ModuleSelector", "attributes_of", "build", "class_names_of", "tag_of"]
+__all__ = [
+    "ModuleSelector",
+    "attributes_of",
+    "build",
+    "class_names_of",
+    "not_a_module",
+    "tag_of",
+    "walk_parameters",
+]
 
 _ATTR_SCALARS = (bool, int, float, str)
 
@@ -133,6 +143,12 @@ class ModuleSelector:
     def modules(self, prop: str | None = None) -> Iterator[ModuleSelector]:
         """Like ``named_modules`` without the paths."""
         return (node for _, node in self.named_modules(prop))
+
+    def parameters(self) -> Iterator[Parameter]:
+        """The parameters of this node's module and of every module below it, each once, in
+        ``module.parameters()`` order; walked without recursion (torch's ``parameters()``
+        recurses, and fails on models nested deeper than Python's recursion limit)."""
+        return (param for _, param in walk_parameters([(self.path, self.module)]))
 
     def selected(self) -> Iterator[ModuleSelector]:
         """The nodes at and below this one that some rule selected (non-empty ``props``)."""
@@ -274,6 +290,7 @@ _NO_KIDS: list[ModuleSelector] = []
 _NOT_CHILDREN = frozenset(ModuleSelector.__slots__) | {
     "depth",
     "order",
+    "parameters",
     "props",
     "rules",
     "sheet",
@@ -392,36 +409,52 @@ def grow(
     memo = root._memo
     found: list[ModuleSelector] = []
     keep = found.append
+    # ids of the modules with children that have a place already: only such a module can be
+    # its own ancestor (a reference cycle), so only those pay for the walk up that checks it,
+    # and a 10,000-deep chain is not quadratic
+    placed = {id(root.module)}
     stack = [root]
     pop, extend = stack.pop, stack.extend
-    while stack:
-        node = pop()
-        mods = node.module._modules
-        if mods:
-            prefix = node.path + "." if node.parent is not None else ""
-            kids: list[ModuleSelector] = []
-            for name, mod in mods.items():
-                # a module with children may contain itself further up: skip that place
-                if mod is None or (mod._modules and _is_ancestor(mod, node)):
-                    continue
-                kid = new(node_cls)
-                kid.module = mod
-                kid.name = name
-                kid.parent = node
-                kid._index = len(kids)
-                kid.path = prefix + name
-                kid._kids = no_kids
-                kid._memo = memo
-                tag = type(mod).__name__
-                kid._tag = tag if tag != "RecursiveScriptModule" else tag_of(mod)
-                kids.append(kid)
-            if kids:
-                node._kids = kids
-                extend(reversed(kids))
-                if parents is not None:
-                    parents.append(node)
-        if test is None or test(node):
-            keep(node)
+    node, name, mod = root, "", None
+    try:
+        while stack:
+            node = pop()
+            mods = node.module._modules
+            if mods:
+                prefix = node.path + "." if node.parent is not None else ""
+                kids: list[ModuleSelector] = []
+                for name, mod in mods.items():
+                    if mod is None:
+                        continue
+                    if mod._modules:  # AttributeError for a value that is not a module: below
+                        key = id(mod)
+                        if key not in placed:
+                            placed.add(key)
+                        elif _is_ancestor(mod, node):  # it contains itself further up: skip
+                            continue
+                    kid = new(node_cls)
+                    kid.module = mod
+                    kid.name = name
+                    kid.parent = node
+                    kid._index = len(kids)
+                    kid.path = prefix + name
+                    kid._kids = no_kids
+                    kid._memo = memo
+                    tag = type(mod).__name__
+                    kid._tag = tag if tag != "RecursiveScriptModule" else tag_of(mod)
+                    kids.append(kid)
+                if kids:
+                    node._kids = kids
+                    extend(reversed(kids))
+                    if parents is not None:
+                        parents.append(node)
+            if test is None or test(node):
+                keep(node)
+    except AttributeError:
+        # checked here, not per module: the loop above is the floor of every match
+        if mod is None or isinstance(mod, Module):
+            raise
+        raise not_a_module(node.path, name, mod) from None
     if test is None:
         root.order = found
     return found
@@ -452,6 +485,50 @@ def dismantle(parents: list[ModuleSelector]) -> None:
     for node in parents:
         node._kids = _NO_KIDS
         node._memo.clear()
+
+
+def not_a_module(parent_path: str, name: str, value: object) -> TargetError:
+    """The error for a value in a module's ``_modules`` that is neither a module nor ``None``
+    (torch itself would fail on it with an AttributeError from deep inside a walk)."""
+    path = f"{parent_path}.{name}" if parent_path else name
+    where = f"the module at {parent_path!r}" if parent_path else "the root module"
+    return TargetError(
+        f"{path!r} is of type {type(value).__name__}, not an nn.Module: {where} holds it in its "
+        f"_modules under {name!r}, where only modules and None may be"
+    )
+
+
+def walk_parameters(tops: Iterable[tuple[str, Module]]) -> Iterator[tuple[str, Parameter]]:
+    """``(name, parameter)`` for every parameter of the modules ``tops`` (``(path, module)``
+    pairs) and of the modules below them: the names, order and deduplication of
+    ``module.named_parameters(prefix=path)`` (each module at its first place only, each
+    parameter once; later tops skip what earlier ones reached), walked without recursion,
+    since torch's own walk recurses and fails on models nested deeper than Python's
+    recursion limit."""
+    seen_modules: set[int] = set()
+    seen: set[int] = set()
+    for path, top in tops:
+        stack = [(path, top)]
+        while stack:
+            prefix, module = stack.pop()
+            if id(module) in seen_modules:
+                continue
+            seen_modules.add(id(module))
+            dot = prefix + "." if prefix else ""
+            for name, param in module._parameters.items():
+                if param is not None and id(param) not in seen:
+                    seen.add(id(param))
+                    yield dot + name, param
+            kids = module._modules
+            if kids:
+                below = []
+                for name, kid in kids.items():
+                    if kid is None:
+                        continue
+                    if not isinstance(kid, Module):
+                        raise not_a_module(prefix, name, kid)
+                    below.append((dot + name, kid))
+                stack.extend(reversed(below))
 
 
 def _is_ancestor(module: Module, node: ModuleSelector | None) -> bool:

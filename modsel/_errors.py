@@ -4,7 +4,8 @@ The tree::
 
     ModselError
     ├── SelectorSyntaxError (also a ValueError)   a stylesheet or selector that does not parse
-    └── TargetError                               a CLI target that cannot be loaded
+    └── TargetError                               a CLI target that cannot be loaded, or a
+                                                  model whose _modules hold a non-module
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class SelectorSyntaxError(ModselError, ValueError):
 
 
 class TargetError(ModselError):
-    """A command-line target (``pkg.mod:factory`` or a saved model) that cannot be loaded."""
+    """A command-line target (``pkg.mod:factory`` or a saved model) that cannot be loaded, or a
+    model modsel cannot walk: a value in some module's ``_modules`` that is neither a module
+    nor ``None`` (the message names its path)."""
 
 
 def caret_context(pattern: str, line: int, column: int) -> str:

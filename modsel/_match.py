@@ -328,78 +328,112 @@ def compile_compound(compound: Compound) -> Pred:
     return lambda node, anchor=None, /: all(test(node) for test in tests)
 
 
+# The first descendant step of a chain walks up at most this many ancestors itself: cheaper
+# than a memo on real models, which are shallow (a transformer's Linear is 3-6 levels down);
+# above that it asks the per-document memo of ``_above``, so that a 10,000-deep chain stays
+# linear. A tuple: iterating one costs less than a range.
+_SHORT_WALK = (None,) * 16
+
+
+def _above(prev: Pred) -> Callable[[ModuleSelector], bool]:
+    """``passes(start)``: whether ``start`` or one of its ancestors passes ``prev`` (in the
+    document: no anchor). Remembered per document, so every (node, step) is tested once: the
+    answer of a node is found from the nearest remembered ancestor, top down, without
+    recursion."""
+    key = object()
+    last: list[tuple[object, dict[int, bool]]] = [(None, {})]  # (a document's memo, the table)
+
+    def passes(start: ModuleSelector) -> bool:
+        memo = start._memo  # the document's memo (see ModuleSelector.memo)
+        seen, known = last[0]  # one read: another thread may replace it meanwhile
+        if memo is not seen:  # not the document of the last call: find its table
+            table = memo.get(key)  # id(node) -> "it or an ancestor passes prev"
+            if table is None:
+                table = memo[key] = {}
+            known = table
+            last[0] = (memo, known)
+        found = known.get(id(start))
+        if found is not None:  # a sibling asked already: the common case
+            return found
+        unknown = []
+        node: ModuleSelector | None = start
+        while node is not None and id(node) not in known:
+            unknown.append(node)
+            node = node.parent
+        answer = known[id(node)] if node is not None else False
+        for above in reversed(unknown):  # top down: each from the one above it
+            answer = answer or prev(above, None)
+            known[id(above)] = answer
+        return answer
+
+    return passes
+
+
+def _walk_up(parent: ModuleSelector | None, prev: Pred, anchor: ModuleSelector | None) -> bool:
+    """Whether ``parent`` or an ancestor passes ``prev`` against a ``:has()`` anchor, walked
+    (such a test depends on the anchor: nothing to remember)."""
+    while parent is not None:
+        if prev(parent, anchor):
+            return True
+        parent = parent.parent
+    return False
+
+
 def _descendant_of_type(tag: str, test: Pred) -> Pred:
     """``Type test``: some ancestor has the tag (compared inline: no call per ancestor)."""
+    above = _above(lambda node, anchor=None, /: node._tag == tag)
 
     def descendant_of_type(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
         if test is not _always and not test(node):
             return False
         parent = node.parent
-        while parent is not None:
+        for _ in _SHORT_WALK:
+            if parent is None:
+                return False
             if parent._tag == tag:
                 return True
             parent = parent.parent
-        return False
+        return parent is not None and above(parent)
 
     return descendant_of_type
 
 
 def _descendant_walk(prev: Pred, test: Pred) -> Pred:
-    """``prev test`` where ``prev`` walks no ancestors itself: walk up the ancestors (cheap
-    tests; a memo measured slower on transformer-shaped trees, which are shallow)."""
+    """``prev test`` where ``prev`` walks no ancestors itself: walk up the first
+    ``_SHORT_WALK`` ancestors, then ask the memo."""
+    above = _above(prev)
 
     def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
         if test is not _always and not test(node):
             return False
         parent = node.parent
-        while parent is not None:
+        for _ in _SHORT_WALK:
+            if parent is None:
+                return False
             if prev(parent, anchor):
                 return True
             parent = parent.parent
-        return False
+        if anchor is not None:
+            return _walk_up(parent, prev, anchor)
+        return parent is not None and above(parent)
 
     return descendant
 
 
 def _descendant_step(prev: Pred, test: Pred) -> Pred:
     """``prev test`` where ``prev`` walks ancestors too (``A B C``, ``#x * * *``): walking
-    again for each ancestor is exponential in the combinators on deep chains. Instead, per
-    document, each node remembers whether it or an ancestor passes ``prev``: every (node,
-    step) is tested once, found from the nearest remembered ancestor without recursion. A
-    test against a ``:has()`` anchor is not remembered (it depends on the anchor)."""
-    key = object()
-    last: list[Any] = [None, None]  # (a document's memo, this step's table in it)
+    again for each ancestor is exponential in the combinators on deep chains, so every
+    ancestor is asked through the memo. A test against a ``:has()`` anchor is walked (it
+    depends on the anchor)."""
+    above = _above(prev)
 
     def descendant(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
         if test is not _always and not test(node):
             return False
         parent = node.parent
         if anchor is not None:
-            while parent is not None:
-                if prev(parent, anchor):
-                    return True
-                parent = parent.parent
-            return False
-        memo = node._memo  # the document's memo (see ModuleSelector.memo)
-        if memo is last[0]:  # the same document as the last call: its table at hand
-            known = last[1]
-        else:
-            known = memo.get(key)  # id(node) -> "it or an ancestor passes prev"
-            if known is None:
-                known = memo[key] = {}
-            last[0], last[1] = memo, known
-        found = known.get(id(parent))
-        if found is not None:  # the parent is known (a sibling asked): the common case
-            return found  # type: ignore[no-any-return]
-        unknown = []
-        while parent is not None and id(parent) not in known:
-            unknown.append(parent)
-            parent = parent.parent
-        passes: bool = known[id(parent)] if parent is not None else False
-        for above in reversed(unknown):  # top down: each from the one above it
-            passes = passes or prev(above, None)
-            known[id(above)] = passes
-        return passes
+            return _walk_up(parent, prev, anchor)
+        return parent is not None and above(parent)
 
     return descendant
 
@@ -457,22 +491,120 @@ def _step(comb: str, prev: Pred, test: Pred, expensive: bool, prev_tag: str | No
         parent = node.parent
         if parent is None or not test(node):
             return False
+        # plain loops, not any() or next() over a generator: those would add a frame per
+        # combinator to the nesting of the chain's calls
+        kids = parent._kids
         if anchor is not None:  # depends on the anchor: no memo
-            return any(prev(kid, anchor) for kid in parent._kids[: node._index])
+            for kid in kids[: node._index]:  # noqa: SIM110
+                if prev(kid, anchor):
+                    return True
+            return False
         known = parent.memo(key)
         first: int | None = known.get(id(parent))
         if first is None:
-            first = known[id(parent)] = next(
-                (i for i, kid in enumerate(parent._kids) if prev(kid, None)), len(parent._kids)
-            )
+            first = len(kids)
+            for i, kid in enumerate(kids):
+                if prev(kid, None):
+                    first = i
+                    break
+            known[id(parent)] = first
         return first < node._index
 
     return subsequent_sibling
 
 
+# Complex selectors of more compounds than this are matched by ``_long_chain``'s loop: the
+# closures of ``_step`` call each other, a Python frame per combinator, which ~1,000
+# combinators turn into a RecursionError. Real selectors have 1-5 compounds; chains this long,
+# nested ``MAX_NESTING`` deep (``:nth-child(n of A ~ ...)`` in each other), take ~300 frames at
+# worst, well inside the default limit of 1,000 (tests/modsel/test_deep.py checks it).
+MAX_CLOSURE_CHAIN = 8
+
+# the goals of ``_long_chain``: P(j, x) "compounds 0..j match, ending at x"; UP(j, x) "x or an
+# ancestor is a P(j, .)"; LEFT(j, x) "x or an earlier sibling is a P(j, .)"
+_P, _UP, _LEFT = 0, 1, 2
+# what the combinator before compound j asks of which node: the same goal kind of j - 1
+_ASKS = {">": _P, "+": _P, " ": _UP, "~": _LEFT}
+
+
+def _previous(node: ModuleSelector) -> ModuleSelector | None:
+    parent = node.parent
+    return parent._kids[node._index - 1] if parent is not None and node._index > 0 else None
+
+
+def _long_chain(cx: Complex, anchored: str | None) -> Pred:
+    """The test for a complex selector of many compounds, without recursion: an explicit
+    stack of goals (see ``_P``), each answered once per document and remembered (per anchor
+    in a relative selector of ``:has()``), so a match is linear in modules x compounds."""
+    tests = [compile_compound(c) for c in cx.compounds]
+    size = len(tests)
+    goals = 3 * size  # goal g = kind * size + j; its memo key for node x: id(x) * goals + g
+    asks = [0, *(_ASKS[comb] * size for comb in cx.combinators)]  # indexed by j
+    to_parent = [False, *(comb in " >" for comb in cx.combinators)]
+    relation = _RELATION[anchored] if anchored is not None else None
+    key = object()
+
+    def long_chain(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+        if (relation is not None and anchor is None) or not tests[-1](node):
+            return False  # most nodes: the subject compound fails, nothing to remember
+        y = node.parent if to_parent[-1] else _previous(node)
+        if y is None:
+            return False
+        known: dict[int, Any] = node.memo(key)
+        if relation is not None:  # the answers depend on the anchor: keep the latest anchor's
+            latest = known.get(_DONE)  # (anchor, its table); :has() asks one anchor many times
+            if latest is None or latest[0] is not anchor:
+                latest = known[_DONE] = (anchor, {})
+            known = latest[1]
+        answer = False
+        stack = [(asks[-1] + size - 2, y, 0)]  # (goal, node, phase); the subject's goal is not asked again
+        pop, push = stack.pop, stack.append
+        while stack:
+            goal, x, phase = pop()
+            at = id(x) * goals + goal
+            kind, j = divmod(goal, size)
+            if phase == 0:  # a new goal
+                remembered = known.get(at)
+                if remembered is not None:
+                    answer = remembered
+                    continue
+                if kind != _P:  # UP / LEFT: first whether x itself is a P(j, .)
+                    push((goal, x, 1))
+                    push((j, x, 0))
+                    continue
+                if not tests[j](x) or (
+                    j == 0 and relation is not None and (anchor is None or not relation(x, anchor))
+                ):
+                    answer = known[at] = False
+                    continue
+                if j == 0:
+                    answer = known[at] = True
+                    continue
+                y = x.parent if to_parent[j] else _previous(x)
+                if y is None:
+                    answer = known[at] = False
+                    continue
+                push((goal, x, 1))  # then take the answer about y
+                push((asks[j] + j - 1, y, 0))
+            elif kind == _P or answer or phase == 2:
+                known[at] = answer  # P: its combinator's answer; UP / LEFT: found, or the next's
+            else:  # UP / LEFT where x is no P(j, .): ask the same of its parent / previous sibling
+                y = x.parent if kind == _UP else _previous(x)
+                if y is None:
+                    answer = known[at] = False
+                    continue
+                push((goal, x, 2))
+                push((goal, y, 0))
+        return answer
+
+    return long_chain
+
+
 def compile_complex(cx: Complex, anchored: str | None = None) -> Pred:
     """The test for a complex selector. ``anchored``: the combinator that leads from a
     ``:has()`` anchor to the first compound (relative selectors)."""
+    if len(cx.compounds) > MAX_CLOSURE_CHAIN:
+        return _long_chain(cx, anchored)
     tests = [compile_compound(c) for c in cx.compounds]
     chain = tests[0]
     if anchored is not None:

@@ -12,6 +12,7 @@ import bisect
 import difflib
 import functools
 import re
+import sys
 import threading
 from typing import Any, cast
 
@@ -43,12 +44,14 @@ from ._errors import SelectorSyntaxError
 __all__ = ["MAX_NESTING", "NUMBER", "parse", "parse_selector"]
 
 MAX_NESTING = 32  # functional pseudo-classes inside each other; real selectors use 1-3
+MAX_DIGITS = 1000  # digits of a number in An+B; positions need a few
 
 _COMBINATOR_OF = {"DESCENDANT": " ", "CHILD": ">", "NEXT_SIBLING": "+", "SUBSEQUENT_SIBLING": "~"}
 _NUMERIC_OPS = ("<", "<=", ">", ">=")
 # a CSS number: what unquoted attribute values compare numerically as (not "nan", "inf", "1_000")
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _WS_OR_COMMENT = re.compile(r"[ \t\f\r\n]+|/\*.*?\*/", re.S)
+_DIGITS_OR_COMMENT = re.compile(r"\d+|/\*.*?\*/", re.S)
 _ANB = re.compile(r"(?P<a>[+-]?\d*)n(?P<b>[+-]\d+)?\Z")
 _ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(\r\n|[\r\n\f])|([\s\S]))")
 
@@ -260,6 +263,7 @@ class _ToAst(lark.Transformer[Token, Any]):
     def nth_pseudo(self, children: list[Any]) -> tuple[NthPseudo, Position]:
         tok: Token = children[0]
         name = _function_name(tok).lower()
+        _check_digits(children[1], name)
         a, b = _parse_anb(children[1])
         of: SelectorList | None = children[2] if len(children) > 2 else None
         if of is not None:
@@ -287,6 +291,19 @@ def _function_name(tok: Token) -> str:
 
 def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_digits(tok: Token, name: str) -> None:
+    """Reject a number of more than ``MAX_DIGITS`` digits in An+B (at most what ``int()``
+    converts: Python refuses more than 4,300 digits, or fewer if the program lowered that)."""
+    python_limit: int = getattr(sys, "get_int_max_str_digits", lambda: 0)()  # 0: none (< 3.10.7)
+    limit = min(MAX_DIGITS, python_limit or MAX_DIGITS)
+    for m in _DIGITS_OR_COMMENT.finditer(str(tok)):
+        if m.group()[0].isdigit() and len(m.group()) > limit:
+            raise _Reject(
+                f"a number in ':{name}()' has {len(m.group()):,} digits; at most {limit:,} are allowed",
+                (tok.start_pos or 0) + m.start(),
+            )
 
 
 def _parse_anb(tok: Token) -> tuple[int, int]:
