@@ -409,10 +409,13 @@ def grow(
     memo = root._memo
     found: list[ModuleSelector] = []
     keep = found.append
-    # ids of the modules with children that have a place already: only such a module can be
-    # its own ancestor (a reference cycle), so only those pay for the walk up that checks it,
-    # and a 10,000-deep chain is not quadratic
-    placed = {id(root.module)}
+    # the modules with children that have a place already: only such a module can be its own
+    # ancestor (a reference cycle), so only those pay for the walk up that checks it, and a
+    # 10,000-deep chain is not quadratic. Kept by the modules' own hash, not id(), which would
+    # make an int per module; a hash that says "equal" for another module only costs a walk
+    placed: set[Module] = set()
+    with contextlib.suppress(TypeError):  # an unhashable root: its children walk up instead
+        placed.add(root.module)
     stack = [root]
     pop, extend = stack.pop, stack.extend
     node, name, mod = root, "", None
@@ -427,11 +430,14 @@ def grow(
                     if mod is None:
                         continue
                     if mod._modules:  # AttributeError for a value that is not a module: below
-                        key = id(mod)
-                        if key not in placed:
-                            placed.add(key)
-                        elif _is_ancestor(mod, node):  # it contains itself further up: skip
-                            continue
+                        try:
+                            if mod not in placed:
+                                placed.add(mod)
+                            elif _is_ancestor(mod, node):  # it contains itself further up: skip
+                                continue
+                        except TypeError:  # an unhashable module class: always walk up
+                            if _is_ancestor(mod, node):
+                                continue
                     kid = new(node_cls)
                     kid.module = mod
                     kid.name = name

@@ -220,6 +220,17 @@ def test_a_module_that_contains_itself_is_entered_once() -> None:
     assert len(list(walk_parameters([("", model)]))) == 2
 
 
+class _Unhashable(nn.Sequential):
+    __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq=True makes it
+
+
+def test_cycles_through_modules_that_cannot_be_hashed_are_found_too() -> None:
+    model = _Unhashable(nn.ReLU(), _Unhashable(nn.ReLU()))
+    model[1]._modules["up"] = model
+    model[1]._modules["me"] = model[1]
+    assert modsel.paths(model, "*") == ["", "0", "1", "1.0"]
+
+
 # ---- linear work on deep chains -------------------------------------------------------------------------
 
 
