@@ -40,6 +40,7 @@ from ._parser import parse
 from ._pseudo import known_names as pseudo_classes
 from ._render import render_html, render_text
 from ._select import explain, select
+from ._wrappers import unwrap
 
 __version__ = "0.1.0"
 
@@ -81,4 +82,5 @@ __all__ = [
     "tap",
     "to_regex",
     "unfreeze",
+    "unwrap",
 ]

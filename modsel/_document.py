@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from torch.nn import Module, Parameter
 
 from ._errors import TargetError
+from ._wrappers import unwrap
 
 if TYPE_CHECKING:
     from ._act import Freeze
@@ -382,9 +383,11 @@ def build(model: Module) -> ModuleSelector:
 
 def new_root(model: Module, node_class: type[ModuleSelector] | None = None) -> ModuleSelector:
     """A lone root node for ``model``, ready for ``grow``; every node ``grow`` adds below it is
-    of the root's class (``node_class``, a subclass of ModuleSelector, or ModuleSelector)."""
+    of the root's class (``node_class``, a subclass of ModuleSelector, or ModuleSelector).
+    A ``torch.compile`` / DDP / DataParallel wrapper is seen through (``unwrap``)."""
     if not isinstance(model, Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}: {model!r:.80}")
+    model = unwrap(model)
     cls = ModuleSelector if node_class is None else node_class
     if not (isinstance(cls, type) and issubclass(cls, ModuleSelector)):
         raise TypeError(f"node_class must be a subclass of modsel.ModuleSelector, got {cls!r}")

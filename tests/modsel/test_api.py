@@ -47,6 +47,7 @@ EXPORTED = [
     "tap",
     "to_regex",
     "unfreeze",
+    "unwrap",
 ]
 
 
