@@ -14,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
+import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch.nn import Module, Parameter
 
 from ._errors import TargetError
@@ -28,11 +32,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ModuleSelector",
+    "PartialAttributes",
     "attributes_of",
     "build",
     "class_names_of",
     "not_a_module",
     "tag_of",
+    "unreadable_attribute",
     "walk_parameters",
 ]
 
@@ -211,7 +217,9 @@ class ModuleSelector:
 
     # ---- matching facts ------------------------------------------------------------------------
     def attributes(self) -> dict[str, str]:
-        """The attributes selectors see, as strings (see ``attributes_of``), plus ``path``."""
+        """The attributes selectors see, as strings (see ``attributes_of``: the module's
+        public scalar attributes, its parameter slots and ``type``), plus ``path``. A
+        ``PartialAttributes`` when some could not be read (a traced TorchScript module)."""
         known = self.memo(_ATTRIBUTES)
         attrs: dict[str, str] | None = known.get(id(self))
         if attrs is None:
@@ -248,8 +256,8 @@ class ModuleSelector:
     def hook_backward(
         self, f: Callable[..., Any], prop: str | None = None
     ) -> contextlib.AbstractContextManager[None]:
-        """Backward hooks ``f(path, module, grad_input, grad_output)`` on the selected modules,
-        for a ``with`` block."""
+        """Backward hooks ``f(path, module, grad, key)`` on the selected modules' output
+        gradients, for a ``with`` block (as ``modsel.hooks(backward=f)``)."""
         from ._act import hook_found
 
         return hook_found(self._chosen(prop), backward=f)
@@ -338,39 +346,219 @@ def class_names_of(node: ModuleSelector) -> frozenset[str]:
 
 
 def attributes_of(module: Module) -> dict[str, str]:
-    """A module's public ``__dict__`` entries that are bool/int/float/str (or tuples/lists of
-    them) as strings, and for each registered parameter slot ``"true"``/``"false"`` for whether
-    it holds a parameter (``Linear[bias=false]``). A value that cannot be written as text is
-    left out: one odd attribute must not break matching on the whole tree."""
-    attrs: dict[str, str] = {}
-    for key, value in vars(module).items():
-        if key.startswith("_"):
-            continue
+    """What attribute selectors read on a module, every value as text.
+
+    - its public ``__dict__`` entries that are bool/int/float/str, enum members, or tuples/lists
+      of them (written as ``_attr_text`` says);
+    - for each registered parameter slot, ``"true"``/``"false"``: whether it holds a parameter
+      (``Linear[bias=false]``);
+    - ``type``: the qualified name of its class, ``f"{cls.__module__}.{cls.__qualname__}"``
+      (``torch.nn.modules.linear.Linear``, ``peft.tuners.lora.layer.Linear``), to tell apart
+      classes of the same name: ``Linear[type^="torch.nn."]``. A module that has its own public
+      attribute or parameter slot named ``type`` keeps it (it is the module's data): ``type`` is
+      then what that holds, or absent if it cannot be written as text.
+
+    A TorchScript module keeps its attributes in its compiled class, and they are read from
+    there (``_script_attributes``). A value that cannot be written as text is left out: one odd
+    attribute must not break matching on the whole tree.
+    """
+    cls = type(module)
+    qualname = _QUALNAMES.get(cls)
+    if qualname is None:
+        if issubclass(cls, _script_module_type()):
+            return _script_attributes(module)
+        qualname = _QUALNAMES[cls] = _qualified_name(cls)
+    own = vars(module)
+    params = module._parameters
+    attrs: dict[str, str] = {} if "type" in own or "type" in params else {"type": qualname}
+    for key, value in own.items():
         try:
+            if key[0] == "_":  # most keys are nn.Module's own: key[0] is faster than startswith
+                continue
             text = _attr_text(value)
-        except Exception:  # a value whose __str__ raises (or an int too long to print): as absent
+        except Exception:  # a value whose __str__ raises, an int too long to print, a "" key
             continue
         if text is not None:
             attrs[key] = text
-    for key, param in module._parameters.items():
+    for key, param in params.items():
         attrs[key] = "false" if param is None else "true"
     return attrs
 
 
-def _attr_text(value: object) -> str | None:
-    if isinstance(value, _ATTR_SCALARS):
-        return _scalar_text(value)
-    if isinstance(value, (tuple, list)) and all(isinstance(v, _ATTR_SCALARS) for v in value):
-        return ",".join(_scalar_text(v) for v in value)
+# the qualified name of each eager module class met (the ``type`` attribute); never a
+# TorchScript class, whose instances each have their own compiled class
+_QUALNAMES: dict[type, str] = {}
+
+
+def _qualified_name(cls: type) -> str:
+    module = getattr(cls, "__module__", None)
+    return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
+
+
+class PartialAttributes(dict[str, str]):
+    """The attributes of a module of which some could not be read (a traced TorchScript
+    module), with ``reason`` saying why. A selector that asks for an attribute missing from it
+    raises ``unreadable_attribute``'s error rather than match nothing: the module may well
+    have that attribute."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, attrs: dict[str, str], reason: str) -> None:
+        super().__init__(attrs)
+        self.reason = reason
+
+
+def unreadable_attribute(node: ModuleSelector, name: str) -> TargetError:
+    """The error for a selector asking ``node`` for an attribute ``name`` that is not among
+    the attributes read, when some could not be read (``PartialAttributes``)."""
+    attrs = node.attributes()
+    reason = attrs.reason if isinstance(attrs, PartialAttributes) else "some could not be read"
+    return TargetError(
+        f"cannot tell whether {node._where()} has the attribute {name!r}: {reason}. "
+        "Match attribute selectors on the eager model, or on one made by torch.jit.script"
+    )
+
+
+def _script_attributes(module: Module) -> dict[str, str]:
+    """The attributes of a TorchScript module, as ``attributes_of`` reads an eager one's.
+
+    ``torch.jit.script`` compiles a module into a class of its own that keeps the constants
+    (``__constants__`` and ``Final``: ``stride``, ``eps``, ``in_features``, ...), the typed
+    attributes (``training``, the module's own) and the parameter slots (``bias`` holding
+    ``None`` reads ``false``), and ``torch.jit.load`` gets the same class back: these are read,
+    public names only, so the same selectors select the same modules as on the eager model.
+    Attributes that scripting dropped (of a type TorchScript cannot hold, or ignored) are
+    absent, as any attribute that cannot be written as text.
+
+    ``type`` is the qualified name of the Python class when it is known (a scripted module: the
+    eager module's exactly); for a loaded file, the name TorchScript saved, without its
+    ``__torch__.`` prefix and ``___torch_mangle_N`` parts (a class of ``__main__`` reads
+    ``__main__.Name``; TorchScript keeps ``__name__``, so a nested class reads ``module.Inner``).
+
+    ``torch.jit.trace`` keeps parameters, buffers and ``training`` only: the attributes of a
+    traced module, and of a loaded module whose class lacks constants its Python class declares
+    (a saved trace), are ``PartialAttributes``.
+    """
+    script = vars(module).get("_actual_script_module", module)  # a TracedModule holds one
+    traced = script is not module
+    try:
+        jit_type = script._c._type()
+        concrete = vars(script).get("_concrete_type")
+        if concrete is None:
+            concrete = torch._C.ConcreteModuleType.from_jit_type(jit_type)
+        values: dict[str, object] = dict(concrete.get_constants())
+        slots: dict[str, bool] = {}
+        for name, (kind, is_param) in concrete.get_attributes().items():
+            if is_param:
+                slots[name] = script._c.getattr(name) is not None
+            elif kind.kind() != "TensorType":  # buffers are not attributes, as on eager modules
+                values[name] = script._c.getattr(name)
+        python_class = None if traced else concrete.py_class
+        saved_name = jit_type.qualified_name()
+    except (AttributeError, RuntimeError, TypeError) as e:  # a TorchScript this torch cannot read
+        return PartialAttributes({}, f"its TorchScript class could not be read ({type(e).__name__}: {e})")
+    names = values.keys() | slots.keys()
+    attrs: dict[str, str] = {}
+    if "type" not in names:
+        attrs["type"] = _qualified_name(python_class) if python_class else _saved_class_name(saved_name)
+    for name in sorted(names):  # the compiled class keeps no order
+        if name.startswith("_"):
+            continue
+        if name in slots:
+            attrs[name] = "true" if slots[name] else "false"
+            continue
+        try:
+            text = _attr_text(values[name])
+        except Exception:  # as for eager modules: a value that cannot be written is absent
+            continue
+        if text is not None:
+            attrs[name] = text
+    if traced:
+        return PartialAttributes(
+            attrs,
+            "it is a torch.jit.trace module, which keeps parameters, buffers and `training`, "
+            "not the module's other attributes",
+        )
+    if python_class is None:  # loaded: a saved trace lacks the constants of its class
+        cls = _loaded_class(_saved_class_name(saved_name))
+        declared = getattr(cls, "__constants__", ())
+        if cls is not None and isinstance(declared, (list, tuple, set, frozenset)):
+            lost = [c for c in declared if isinstance(c, str) and c not in names]
+            if lost:
+                return PartialAttributes(
+                    attrs,
+                    f"its TorchScript class lacks the constants {', '.join(map(repr, lost))} that "
+                    f"{cls.__qualname__} declares (a module saved by torch.jit.trace keeps none)",
+                )
+    return attrs
+
+
+_MANGLE = re.compile(r"___torch_mangle_\d+")
+
+
+def _saved_class_name(qualified: str) -> str:
+    """The Python qualified name of a TorchScript class from the name TorchScript saved:
+    ``__torch__.torch.nn.modules.conv.___torch_mangle_1.Conv2d`` is
+    ``torch.nn.modules.conv.Conv2d``, ``__torch__.Net`` (from ``__main__``) ``__main__.Net``."""
+    parts = [p for p in qualified.split(".") if not _MANGLE.fullmatch(p)]
+    if parts and parts[0] == "__torch__":
+        parts = parts[1:] if len(parts) > 2 else ["__main__", *parts[1:]]
+    return ".".join(parts)
+
+
+def _loaded_class(qualified: str) -> type | None:
+    """The module class of that qualified name if its module is imported already (nothing
+    is imported: the name comes from a file), else None."""
+    module_name, _, rest = qualified.rpartition(".")
+    while module_name:
+        owner = sys.modules.get(module_name)
+        if owner is not None:
+            found: object = owner
+            for part in rest.split("."):
+                found = getattr(found, part, None)
+            return found if isinstance(found, type) and issubclass(found, Module) else None
+        module_name, _, head = module_name.rpartition(".")
+        rest = f"{head}.{rest}"
     return None
 
 
-def _scalar_text(value: bool | int | float | str) -> str:
-    if isinstance(value, bool):
+def _attr_text(value: object) -> str | None:
+    """``value`` as selectors compare it (see ``_scalar_text``); a tuple or list of such values
+    comma-joined without spaces (``Conv2d[stride="2,2"]``); None when it has no such text."""
+    cls = type(value)  # the exact types first: this runs for every attribute of every module
+    if cls is str:
+        return value  # type: ignore[return-value]
+    if cls is bool:
         return "true" if value else "false"
-    if isinstance(value, float):
+    if cls is tuple or cls is list or (isinstance(value, (tuple, list)) and not isinstance(value, Enum)):
+        parts = [_scalar_text(v) for v in value]  # type: ignore[attr-defined]
+        return None if None in parts else ",".join(parts)  # type: ignore[arg-type]
+    return _scalar_text(value)
+
+
+def _scalar_text(value: object) -> str | None:
+    """A bool as ``true``/``false``, a float by ``repr`` (``1e-05``), an int or str as itself;
+    an enum member by its value when that is one of these (a ``str`` enum: its string, an
+    ``IntEnum``: its number), else by its name; None for anything else."""
+    cls = type(value)  # the exact types first
+    if cls is str:
+        return value  # type: ignore[return-value]
+    if cls is bool:
+        return "true" if value else "false"
+    if cls is int:
+        return str(value)
+    if cls is float:
         return repr(value)
-    return str(value)
+    if isinstance(value, Enum):
+        inner = value.value
+        if isinstance(inner, _ATTR_SCALARS) and not isinstance(inner, Enum):
+            return _scalar_text(inner)
+        return value.name
+    if isinstance(value, float):  # a subclass (numpy's float64): its number, not its repr
+        return float.__repr__(value)
+    if isinstance(value, (int, str)):  # a subclass: as it writes itself
+        return str(value)
+    return None
 
 
 def build(model: Module) -> ModuleSelector:

@@ -35,7 +35,16 @@ from ._ast import (
     UniversalSelector,
     walk_simple,
 )
-from ._document import ModuleSelector, class_names_of, dismantle, grow, new_root, paused_gc, preorder
+from ._document import (
+    ModuleSelector,
+    class_names_of,
+    dismantle,
+    grow,
+    new_root,
+    paused_gc,
+    preorder,
+    unreadable_attribute,
+)
 from ._parser import NUMBER, parse_selector
 
 __all__ = ["Selector", "compile", "compile_list", "first_of_each_module", "match", "match_nodes"]
@@ -88,7 +97,16 @@ _STRING_COMPARE: dict[str, Callable[[str, str], bool]] = {
 def _attribute_test(sel: AttributeSelector) -> Pred:
     name, op = sel.name, sel.op
     if op is None:
-        return lambda node, anchor=None, /: name in node.attributes()
+
+        def present(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
+            attrs = node.attributes()
+            if name in attrs:
+                return True
+            if type(attrs) is not dict:  # PartialAttributes: the module may have it
+                raise unreadable_attribute(node, name)
+            return False
+
+        return present
     assert sel.value is not None
     fold = sel.flag == "i"
     want = sel.value.casefold() if fold else sel.value
@@ -99,8 +117,11 @@ def _attribute_test(sel: AttributeSelector) -> Pred:
         compare = _NUMERIC_COMPARE[op]
 
         def numeric_test(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
-            value = node.attributes().get(name)
+            attrs = node.attributes()
+            value = attrs.get(name)
             if value is None:
+                if type(attrs) is not dict:  # PartialAttributes: the module may have it
+                    raise unreadable_attribute(node, name)
                 return False
             number = _number(value)
             if number is None:  # not a number: only "!=" holds, by text
@@ -112,8 +133,11 @@ def _attribute_test(sel: AttributeSelector) -> Pred:
     check = _STRING_COMPARE[op]
 
     def string_test(node: ModuleSelector, anchor: ModuleSelector | None = None, /) -> bool:
-        value = node.attributes().get(name)
+        attrs = node.attributes()
+        value = attrs.get(name)
         if value is None:
+            if type(attrs) is not dict:  # PartialAttributes: the module may have it
+                raise unreadable_attribute(node, name)
             return False
         return check(value.casefold() if fold else value, want)
 
