@@ -27,6 +27,6 @@ class ModuleSelector(modsel.ModuleSelector):
     def hookB(  # noqa: N802 - the 2021 k1lib's name
         self, f: Callable[..., Any], prop: str | None = None
     ) -> contextlib.AbstractContextManager[None]:
-        """Backward hooks ``f(path, module, grad_input, grad_output)`` on the selected
+        """Backward hooks ``f(path, module, grad, key)`` (``modsel.hooks``) on the selected
         modules for a ``with`` block."""
         return self.hook_backward(f, prop)

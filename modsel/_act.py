@@ -14,7 +14,10 @@ never builds or keeps a ``ModuleSelector`` document.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +26,17 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 from torch.utils.hooks import RemovableHandle
 
-from ._document import ModuleSelector, dismantle, grow, new_root, paused_gc, walk_parameters
+from ._ast import ClassSelector, IdSelector, TypeSelector, walk_simple
+from ._document import (
+    ModuleSelector,
+    class_names_of,
+    dismantle,
+    grow,
+    new_root,
+    paused_gc,
+    walk_parameters,
+)
+from ._grad import Key, hook_grads
 from ._match import Selector, match
 from ._match import compile as compile_selector
 
@@ -37,14 +50,67 @@ def _source(css: Css) -> str:
     return css.source if isinstance(css, Selector) else css
 
 
-def _warn_empty(what: str, css: Css, model: Module) -> None:
-    # stacklevel 3: the caller of the public function (a plain call) or of contextlib's wrapper
-    warnings.warn(
-        f"modsel.{what}: selector {_source(css)!r} selects no module of {type(model).__name__}; "
-        "nothing was changed",
-        UserWarning,
-        stacklevel=3,
-    )
+# ---- warnings -----------------------------------------------------------------------------------
+# frames in these files are skipped when a warning looks for the user's line: modsel's own, and
+# contextlib's __enter__ between a ``with modsel.hooks(...)`` and the generator body
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)) + os.sep, contextlib.__file__)
+
+
+def _warn(message: str) -> None:
+    """A ``UserWarning`` attributed to the first caller outside modsel (and contextlib): the
+    user's line, whether the action was called plainly or as a ``with`` block."""
+    frame = sys._getframe(1)
+    level = 1  # warnings.warn's stacklevel 1 is the caller of _warn
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)
+
+
+def _warn_empty(what: str, css: Css, model: Module, result: str = "nothing was changed") -> None:
+    """Warn that ``css`` selects nothing in ``model``, with close names for the type, class and
+    id names of the selector that no module of the model has (class names change between
+    library versions: a misspelt or renamed class is the usual cause)."""
+    hints = "".join("; " + hint for hint in _hints(css, model))
+    empty = f"selector {_source(css)!r} selects no module of {type(model).__name__}"
+    _warn(f"modsel.{what}: {empty}{hints}; {result}")
+
+
+def _hints(css: Css, model: Module) -> list[str]:
+    """``no module is a 'GPT2Blok' (did you mean 'GPT2Block'?)`` for each type / class / id
+    name in ``css`` that ``model`` does not have, in the order they are written."""
+    selector = css if isinstance(css, Selector) else compile_selector(css)
+    named = (TypeSelector, ClassSelector, IdSelector)
+    wanted = [s for s in walk_simple(selector.ast) if isinstance(s, named)]
+    if not wanted:
+        return []
+    tags: set[str] = set()
+    classes: set[str] = set()
+    ids: set[str] = set()
+    parents: list[ModuleSelector] = []
+    with paused_gc():
+        for node in grow(new_root(model), parents):
+            tags.add(node._tag)
+            classes |= class_names_of(node)
+            ids.add(node.name)
+        dismantle(parents)
+        del parents
+    source = _source(css)
+    hints: dict[str, None] = {}  # ordered, without repeats
+    for simple in sorted(wanted, key=lambda s: source.find(s.name)):
+        if isinstance(simple, TypeSelector):
+            pool, missing, prefix = tags, f"no module is a {simple.name!r}", ""
+        elif isinstance(simple, ClassSelector):
+            pool, missing, prefix = classes, f"no module is a subclass of {simple.name!r}", "."
+        else:
+            pool, missing, prefix = ids, f"no module has the id {simple.name!r}", "#"
+        if simple.name in pool:
+            continue
+        close = difflib.get_close_matches(simple.name, sorted(pool), n=3)
+        if close:
+            missing += " (did you mean " + " or ".join(repr(prefix + name) for name in close) + "?)"
+        hints[missing] = None
+    return list(hints)
 
 
 def _tops(found: list[tuple[str, Module]]) -> list[Module]:
@@ -149,34 +215,42 @@ def unfreeze(model: Module, css: Css) -> Freeze:
 _RESERVED = ("params", "param_names")
 
 
-def _same_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal option dicts, strictly: same keys, and values of the same type that compare
-    ``True`` (so ``0`` and ``False`` differ, and tensor values, which compare elementwise, never
-    merge unless they are the same object)."""
-    if a.keys() != b.keys():
+def _same_value(x: Any, y: Any) -> bool:
+    """Equal option values, strictly: values of the same type that compare ``True`` (so ``0``
+    and ``False`` differ, and a tensor, which compares elementwise, equals only itself)."""
+    if x is y:
+        return True
+    if type(x) is not type(y) or isinstance(x, Tensor):
         return False
-    for key, x in a.items():
-        y = b[key]
-        if x is y:
-            continue
-        if type(x) is not type(y) or isinstance(x, Tensor):
-            return False
-        if (x == y) is not True:
-            return False
-    return True
+    return (x == y) is True
+
+
+def _same_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal option dicts: the same keys, each with ``_same_value`` values."""
+    return a.keys() == b.keys() and all(_same_value(x, b[key]) for key, x in a.items())
 
 
 def param_groups(model: Module, rules: dict[str, dict[str, Any]], **defaults: Any) -> list[dict[str, Any]]:
     """Optimizer parameter groups from selector rules, for ``torch.optim`` (``AdamW(groups)``).
 
     Every trainable parameter (``requires_grad``) appears in exactly one group; frozen ones in
-    none. A parameter takes its options from the *last* rule, in dict order, that selects a
-    module owning it directly or as an ancestor, laid over ``defaults``: a rule for a block
-    covers everything below it, and a later rule for a deeper module overrides it (the CSS
-    cascade by order; options do not mix between rules). Parameters no rule reaches take
-    ``defaults``. Groups with equal options merge; they are ordered by their first parameter
-    in ``named_parameters()`` order, and each holds ``params`` plus ``param_names`` (which
-    torch's optimizers keep) so the result can be read. A rule that selects nothing warns.
+    none. Options cascade one by one, as CSS properties do: a parameter starts from
+    ``defaults``, then each rule, in dict order, that selects a module owning it (directly or
+    as an ancestor) sets the options it names and leaves the others as they were. So a rule for
+    a block covers everything below it, a later rule overrides the options it sets (order
+    decides, not depth or specificity), and rules setting different options all apply:
+    ``{"LlamaRMSNorm, Embedding": {"weight_decay": 0.0}, "#lm_head": {"lr": 1e-4}}`` gives a
+    tied ``lm_head.weight`` (which is ``embed_tokens.weight``) both.
+
+    A tensor reached through several modules (tied weights, a module registered twice) takes
+    the rules of all its places in that order; when rules at different places set one option
+    to different values, the later rule wins and a ``UserWarning`` names the tensor's paths,
+    the option and each rule's value.
+
+    Groups with equal options merge into one; groups are ordered by their first parameter in
+    ``named_parameters()`` order, parameters within a group in that order too, and each group
+    holds ``params`` plus ``param_names`` (which torch's optimizers keep) so the result can be
+    read. A rule that selects nothing warns.
 
     Example: ``param_groups(model, {"Embedding": {"lr": 1e-4}, "#head Linear": {"lr": 1e-3,
     "weight_decay": 0.0}}, lr=1e-3, weight_decay=0.01)``.
@@ -184,8 +258,8 @@ def param_groups(model: Module, rules: dict[str, dict[str, Any]], **defaults: An
     for key in _RESERVED:
         if key in defaults:
             raise ValueError(f"modsel.param_groups: {key!r} is set by param_groups, not a default")
-    options: list[dict[str, Any]] = []
-    own: dict[int, int] = {}  # id(module) -> index into options of the last rule selecting it
+    chosen: list[tuple[str, dict[str, Any]]] = []  # the rules that select something; bit i is chosen[i]
+    own: dict[int, int] = {}  # id(module) -> bits of the rules selecting it at any of its places
     parents: list[ModuleSelector] = []
     with paused_gc():
         # one document for all rules: building it is most of the cost of a match
@@ -206,28 +280,32 @@ def param_groups(model: Module, rules: dict[str, dict[str, Any]], **defaults: An
             if not nodes:
                 _warn_empty("param_groups", css, model)
                 continue
-            index = len(options)
-            options.append({**defaults, **opts})
+            bit = 1 << len(chosen)
+            chosen.append((css, opts))
             for node in nodes:
-                own[id(node.module)] = index
-        named, winner = _cascade(root, own)
+                own[id(node.module)] = own.get(id(node.module), 0) | bit
+        named, reach, places = _cascade(root, own)
         dismantle(parents)
         del root, parents
-    default_index = len(options)
-    options.append(dict(defaults))
-    winner = {key: default_index if rule < 0 else rule for key, rule in winner.items()}
-    # merge rules with equal options: each option index maps to the first equal one
-    canonical = list(range(len(options)))
-    for i in range(len(options)):
-        for j in range(i):
-            if canonical[j] == j and _same_options(options[i], options[j]):
-                canonical[i] = j
-                break
+    options: list[dict[str, Any]] = []  # distinct option sets, in the order groups first need them
+    index_of: dict[int, int] = {}  # rule bits -> index into options
     groups: dict[int, dict[str, Any]] = {}
     for name, param in named:
         if not param.requires_grad:
             continue
-        index = canonical[winner[id(param)]]
+        mask = reach[id(param)]
+        shared = places.get(id(param))
+        if shared is not None:
+            shared[0] = (name, shared[0][1])  # the first place's name: named_parameters()'s
+            _warn_conflicts(chosen, shared)
+        index = index_of.get(mask)
+        if index is None:
+            opts = _options(chosen, mask, defaults)[0]
+            # merge equal option sets: the first equal one stands for all
+            index = next((i for i, o in enumerate(options) if _same_options(o, opts)), len(options))
+            if index == len(options):
+                options.append(opts)
+            index_of[mask] = index
         group = groups.get(index)
         if group is None:
             group = groups[index] = {"params": [], "param_names": [], **options[index]}
@@ -236,40 +314,100 @@ def param_groups(model: Module, rules: dict[str, dict[str, Any]], **defaults: An
     return list(groups.values())
 
 
-def _cascade(root: ModuleSelector, own: dict[int, int]) -> tuple[list[tuple[str, Parameter]], dict[int, int]]:
+def _options(
+    chosen: list[tuple[str, dict[str, Any]]], mask: int, defaults: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The options given by the rules whose bits are in ``mask``: ``defaults``, then each
+    rule's options in rule order (a rule overrides only what it sets); and for each option a
+    rule set, the index of the rule that won it."""
+    opts = dict(defaults)
+    winner: dict[str, int] = {}
+    index = 0
+    while mask:
+        if mask & 1:
+            for key, value in chosen[index][1].items():
+                opts[key] = value
+                winner[key] = index
+        mask >>= 1
+        index += 1
+    return opts, winner
+
+
+def _warn_conflicts(chosen: list[tuple[str, dict[str, Any]]], places: list[tuple[str, int]]) -> None:
+    """Warn for each option that the rules at different places of one tensor set to different
+    values (``places``: ``(path, rule bits)`` per place); the later rule wins it."""
+    winners = [(path, _options(chosen, mask, {})[1]) for path, mask in places]
+    keys = dict.fromkeys(key for _, winner in winners for key in winner)
+    for key in keys:
+        setters = [(path, winner[key]) for path, winner in winners if key in winner]
+        values = [chosen[rule][1][key] for _, rule in setters]
+        if all(_same_value(value, values[0]) for value in values):
+            continue
+        last = max(rule for _, rule in setters)
+        pairs = zip(setters, values, strict=True)
+        each = ", ".join(f"{chosen[rule][0]!r} sets {value!r} at {path}" for (path, rule), value in pairs)
+        _warn(
+            f"modsel.param_groups: the tensor {' = '.join(path for path, _ in places)} is shared, "
+            f"and rules set {key!r} to different values at its places ({each}); the later rule "
+            f"{chosen[last][0]!r} wins: {key}={chosen[last][1][key]!r}"
+        )
+
+
+def _cascade(
+    root: ModuleSelector, own: dict[int, int]
+) -> tuple[list[tuple[str, Parameter]], dict[int, int], dict[int, list[tuple[str, int]]]]:
     """``model.named_parameters()`` (same names, order and deduplication) read off the
-    document, and for each parameter the last rule reaching it: the highest rule index among
-    the modules that own it at any of their places, directly or as an ancestor."""
+    document; for each parameter the bits of the rules reaching it (selecting a module that
+    owns it at any of its places, directly or as an ancestor); and for a parameter met at
+    several places with different rules, ``(path, bits)`` per place (the first place's path is
+    left ``""``: it is the one in ``named``)."""
     named: list[tuple[str, Parameter]] = []
-    winner: dict[int, int] = {}
-    stack: list[tuple[ModuleSelector, int]] = [(root, -1)]
+    reach: dict[int, int] = {}
+    places: dict[int, list[tuple[str, int]]] = {}
+    stack: list[tuple[ModuleSelector, int]] = [(root, 0)]
     pop, push = stack.pop, stack.append
     while stack:
         node, inherited = pop()
         module = node.module
-        rule = own.get(id(module), -1)
-        if rule < inherited:
-            rule = inherited
+        mask = inherited | own.get(id(module), 0)
         if module._parameters:
             prefix = node.path + "." if node.path else ""
             for name, param in module._parameters.items():
                 if param is None:
                     continue
-                before = winner.get(id(param))
+                before = reach.get(id(param))
                 if before is None:
                     named.append((prefix + name, param))
-                    winner[id(param)] = rule
-                elif rule > before:
-                    winner[id(param)] = rule
+                    reach[id(param)] = mask
+                    continue
+                seen = places.get(id(param))
+                if seen is None:  # the second place: reach still holds the first one's bits
+                    seen = places[id(param)] = [("", before)]
+                seen.append((prefix + name, mask))
+                reach[id(param)] = before | mask
         for kid in reversed(node._kids):
-            push((kid, rule))
-    return named, winner
+            push((kid, mask))
+    # only places that disagree can conflict
+    return named, reach, {key: seen for key, seen in places.items() if len({m for _, m in seen}) > 1}
 
 
 # ---- hooks and tap ------------------------------------------------------------------------------
 def _bind(callback: HookCallback, path: str) -> HookCallback:
     def hook(module: Module, *args: Any) -> Any:
         return callback(path, module, *args)
+
+    return hook
+
+
+def _grad_capture(callback: HookCallback, path: str, live: list[bool]) -> HookCallback:
+    """A forward hook that puts a tensor hook on each output tensor that requires grad: it
+    calls ``callback(path, module, grad, key)`` while ``live[0]`` (the ``with`` block runs)."""
+
+    def hook(module: Module, inputs: Any, output: Any) -> None:
+        def on_grad(key: Key, grad: Tensor) -> Tensor | None:
+            return callback(path, module, grad, key) if live[0] else None
+
+        hook_grads(output, on_grad)
 
     return hook
 
@@ -284,12 +422,24 @@ def hooks(
 ) -> Iterator[list[str]]:
     """Hook the selected modules for the duration of a ``with`` block; yields their paths.
 
-    Each callback receives the module's path first: ``forward(path, module, inputs, output)``,
-    ``forward_pre(path, module, inputs)``, ``backward(path, module, grad_input, grad_output)``
-    (``register_full_backward_hook``). What a callback returns is what the torch hook returns,
-    so returning a value replaces the output / inputs / grad_input as torch documents;
-    return ``None`` to only observe. Every handle is removed on exit, also when the body or
-    a registration raises. A selector that selects nothing warns.
+    Each callback receives the module's path first: ``forward(path, module, inputs, output)``
+    and ``forward_pre(path, module, inputs)`` are torch's forward hooks: what they return is
+    what the torch hook returns (a value replaces the output / inputs; ``None`` only observes).
+
+    ``backward(path, module, grad, key)`` sees the gradient of the module's output: for each
+    call of the module inside the block, a tensor hook on each output tensor that requires grad
+    calls it once per backward pass with that tensor's gradient. ``key`` says which tensor:
+    ``()`` for a tensor output, ``(0,)`` for the first item of a tuple, ``("logits",)`` for a
+    dict or ``ModelOutput`` field (Hugging Face blocks return those), longer when nested;
+    a tensor no loss depends on gets no call. Returning a tensor replaces that gradient for the
+    rest of the backward pass (as ``Tensor.register_hook``); return ``None`` to only observe.
+    There is no ``grad_input``: torch's full backward hook, which has it, wraps the output in a
+    view that an in-place op after the module (ResNets' ``ReLU(inplace=True)`` after a
+    ``BatchNorm2d``) makes fail. An output changed in place later still reports the gradient of
+    the value the module returned. A backward pass after the block calls nothing.
+
+    Every handle is removed on exit, also when the body or a registration raises. A selector
+    that selects nothing warns.
     """
     if forward is None and forward_pre is None and backward is None:
         raise TypeError("modsel.hooks: give at least one of forward=, forward_pre=, backward=")
@@ -307,8 +457,11 @@ def hook_found(
     forward_pre: HookCallback | None = None,
     backward: HookCallback | None = None,
 ) -> Iterator[None]:
-    """``hooks`` for already selected ``(path, module)`` pairs; handles removed in ``finally``."""
+    """``hooks`` for already selected ``(path, module)`` pairs; handles removed in ``finally``.
+    The gradient capture is a forward hook registered after ``forward``, so it hooks the output
+    that ``forward`` may have replaced."""
     handles: list[RemovableHandle] = []
+    live = [True]
     try:
         for path, module in found:
             if forward_pre is not None:
@@ -316,9 +469,10 @@ def hook_found(
             if forward is not None:
                 handles.append(module.register_forward_hook(_bind(forward, path)))
             if backward is not None:
-                handles.append(module.register_full_backward_hook(_bind(backward, path)))
+                handles.append(module.register_forward_hook(_grad_capture(backward, path, live)))
         yield
     finally:
+        live[0] = False  # tensor hooks already on outputs stay there: they must stop calling
         for handle in handles:
             handle.remove()
 
@@ -347,8 +501,16 @@ def tap(model: Module, css: Css) -> Iterator[dict[str, Any]]:
 # ---- paths and regexes --------------------------------------------------------------------------
 def paths(model: Module, css: Css) -> list[str]:
     """The paths of the selected modules, in ``named_modules()`` order (root ``""``): the list
-    that PEFT's ``target_modules`` and similar name-based APIs take."""
-    return [path for path, _ in match(model, css)]
+    that PEFT's ``target_modules`` and similar name-based APIs take.
+
+    Selecting nothing returns ``[]`` and warns, with the close class names (and ids) the model
+    has for a name it does not: class names change between library versions, and an empty
+    list only fails later, far away ("Target modules [] not found").
+    """
+    found = [path for path, _ in match(model, css)]
+    if not found:
+        _warn_empty("paths", css, model, "returning []")
+    return found
 
 
 _Trie = dict[str, "tuple[bool, _Trie]"]
@@ -395,11 +557,13 @@ def to_regex(model: Module, css: Css) -> str:
 
     Every place of a selected module is included, so the regex works whether the consumer
     walks ``named_modules()`` with or without ``remove_duplicate``. Names are escaped; paths
-    sharing a prefix share it in the pattern. Selecting nothing gives ``(?!)``, which matches
-    nothing; selecting the root includes the empty path.
+    sharing a prefix share it in the pattern. Selecting the root includes the empty path.
+    Selecting nothing gives ``(?!)``, a regex that matches nothing (not even ``""``), and warns
+    as ``paths`` does.
     """
     selected = {id(module) for _, module in match(model, css)}
     if not selected:
+        _warn_empty("to_regex", css, model, "returning '(?!)', which matches no path")
         return "(?!)"
     trie: _Trie = {}
     root_selected = False

@@ -9,8 +9,9 @@ is held. Results stay in preallocated device buffers and reach the host once an 
 
 Hooks exist only while training batches run: they are added at the start of each epoch, removed
 before validation, at the end of the run (whatever ended it) and when the callback is suspended.
-Only training batches are recorded. A module whose output is a tuple, list or dict is
-summarised by its first tensor; one with no tensor output records NaN.
+Only training batches are recorded. A module whose output is a tuple, list, dict or dataclass
+(Hugging Face's ``ModelOutput``) is summarised by its first tensor (``modsel._grad``, which
+``modsel.hooks(backward=...)`` uses too); one with no tensor output records NaN.
 
 With a float16 GradScaler (``withAutocast(torch.float16)``) the gradients seen here are the
 scaled ones (times the loss scale, and 1/n with ``withGradAccumulation(n)``).
@@ -31,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from modsel._grad import Key, first_tensor, hook_grads
+
 from .._unwrap import unwrap
 from ._rows import Rows
 from ._selection import selected_modules
@@ -40,23 +43,6 @@ from .callback import Callback
 __all__ = ["HookModule", "ModuleStats", "Stats"]
 
 _DIRECTIONS = ("forward", "backward")
-
-
-def first_tensor(output: Any) -> Tensor | None:
-    """The tensor a module's output is summarised by: itself, or the first tensor in it."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        items: Any = output
-    elif isinstance(output, dict):
-        items = output.values()
-    else:
-        return None
-    for item in items:
-        found = first_tensor(item)
-        if found is not None:
-            return found
-    return None
 
 
 class Stats:
@@ -228,7 +214,7 @@ class HookModule(Callback):
         call, forward and backward (gradients arrive in reverse order: earlier calls' are
         ignored)."""
 
-        def backward(call: int, grad: Tensor) -> None:
+        def backward(call: int, key: Key, grad: Tensor) -> None:
             if call == self._calls[i]:
                 self._take(1, i, grad)
 
@@ -251,7 +237,7 @@ class HookModule(Callback):
                     self._retaining[id(t)] = t
             else:
                 self._take(0, i, t, copy=self._probing or i in self._eager)
-                t.register_hook(partial(backward, self._calls[i]))  # type: ignore[no-untyped-call]
+                hook_grads(t, partial(backward, self._calls[i]))
 
         return hook
 
