@@ -3,7 +3,12 @@
 Layout: one line per node, ``name: Class`` indented four spaces per level, then an aligned
 column of props (and optionally of parameter counts). Big models stay readable: runs of more
 than ``fold`` consecutive siblings whose subtrees are identical (same classes, child names,
-parameter shapes and props) print once, followed by one line that counts the rest.
+parameter shapes and props) print once, followed by one line that counts the rest; a node cut
+by ``max_depth`` says how many modules, and how many selected ones, it hides.
+
+Parameter counts are those of ``module.parameters()``: a tensor held in several places (tied
+embeddings) counts once in every subtree that holds it, and each later holder is marked
+``(tied with <first place>)``, so that the root's count is the one model cards give.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from ._document import ModuleSelector, preorder
+from ._document import SELECTED, ModuleSelector, preorder
 
 __all__ = ["printable", "render_html", "render_text"]
 
@@ -34,6 +39,7 @@ class _Line:
     label: str  # "name: Class" or the fold summary
     params: tuple[int, int] | None  # (parameters in the subtree, how many of them are frozen)
     props: str
+    note: str = ""  # after the props: what a cut by max_depth hides ("… 3 selected below")
 
 
 def render_text(
@@ -47,15 +53,17 @@ def render_text(
 ) -> str:
     """The annotated tree below ``root``.
 
-    ``params``: add a column with the parameter count of each subtree (and, when some
-    parameters do not require grad, how many are frozen); ``max_depth``: print
-    nodes at most this many levels below ``root``; ``fold``: fold runs of more than this many
-    identical siblings (``None`` never folds); ``only_selected``: print only nodes with props
-    and their ancestors.
+    ``params``: add a column with the parameter count of each subtree, each tensor counted once
+    however many modules hold it (and, when some parameters do not require grad, how many are
+    frozen), and mark each module that holds a tensor an earlier one holds ``(tied with
+    <path>)``; ``max_depth``: print nodes at most this many levels below ``root`` (a cut node
+    says how many modules it hides, and in the props column how many selected ones);
+    ``fold``: fold runs of more than this many identical siblings (``None`` never folds);
+    ``only_selected``: print only nodes with props and their ancestors.
     """
     rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
     out = ["ModuleSelector:"] if header else []
-    out.extend((left + props).rstrip() for left, props in rows)
+    out.extend((left + props + (" " if props and note else "") + note).rstrip() for left, props, note in rows)
     return "\n".join(out)
 
 
@@ -67,20 +75,23 @@ def render_html(
     fold: int | None = FOLD,
     only_selected: bool = False,
 ) -> str:
-    """The same tree for notebooks: a ``<pre>`` block, props in bold colour."""
+    """The same tree for notebooks: a ``<pre>`` block, props in bold colour (what a cut node
+    hides in italics)."""
     rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
     body = "\n".join(
-        html.escape(left.rstrip() if not props else left)
+        html.escape(left if props or note else left.rstrip())
         + (f'<b style="color:#b5176b">{html.escape(props)}</b>' if props else "")
-        for left, props in rows
+        + (" " if props and note else "")
+        + (f'<i style="color:#b5176b">{html.escape(note)}</i>' if note else "")
+        for left, props, note in rows
     )
     return f'<pre class="modsel-tree" style="line-height:1.25">ModuleSelector:\n{body}</pre>'
 
 
 def _rows(
     root: ModuleSelector, *, params: bool, max_depth: int | None, fold: int | None, only_selected: bool
-) -> list[tuple[str, str]]:
-    """(everything left of the props column, padded; the props) for each printed line."""
+) -> list[tuple[str, str, str]]:
+    """(everything left of the props column, padded; the props; the note) for each printed line."""
     lines = _layout(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
     width = min(MAX_LABEL_COLUMN, max((len(INDENT * ln.depth + ln.label) for ln in lines), default=0))
     counts = [ln.params for ln in lines if ln.params is not None]
@@ -95,37 +106,145 @@ def _rows(
             left += (f"{total:,}" if total is not None else "").rjust(pwidth) + "    "
             if any_frozen:
                 left += (f"({frozen:,} frozen)" if frozen else "").ljust(fwidth) + "    "
-        rows.append((left, ln.props))
+        rows.append((left, ln.props, ln.note))
     return rows
 
 
-def _subtree_params(order: list[ModuleSelector]) -> dict[int, tuple[int, int]]:
-    """(parameters, frozen parameters) of each subtree, keyed by id of the node, bottom-up in
-    one pass. A parameter shared by two places counts at each place, as the tree shows it twice.
+@dataclass
+class _Params:
+    """The parameter facts of a tree: ``totals`` maps id(node) to (parameters, frozen ones) of
+    its subtree, each tensor once; ``tied`` maps id(node) to the mark of a node holding a
+    tensor that an earlier place holds; ``shared`` holds the id of every tensor held in more
+    than one place (empty for most models, which lets fold lines add their runs' totals)."""
+
+    totals: dict[int, tuple[int, int]]
+    tied: dict[int, str]
+    shared: set[int]
+
+
+def _subtree_params(order: list[ModuleSelector]) -> _Params:
+    """Distinct (parameters, frozen parameters) of each subtree in one bottom-up pass.
+
+    Each subtree counts a tensor once, as ``module.parameters()`` does, however many of its
+    modules (or slots of one module) hold it. Summing the children's totals counts a tensor
+    held at k places k times in a subtree that holds them all; the fix is the classic one for
+    counting distinct values per subtree: with the holders in document order, take the tensor
+    off once at the lowest common ancestor of each two consecutive holders. The walk visits
+    nodes in reverse document order, so each holder meets the one after it (the last holder seen)
+    and their common ancestor is still to be totalled. Untied tensors cost a dict lookup; a
+    tied one also walks up from each holder but the first to its common ancestor with the
+    holder before it, which passes each edge of the subtree its holders span at most once
+    (plus, at the first tie, one dict of document positions).
     """
     totals: dict[int, tuple[int, int]] = {}
-    for node in reversed(order):
-        own = [p for p in node.module._parameters.values() if p is not None]
-        total = sum(p.numel() for p in own)
-        frozen = sum(p.numel() for p in own if not p.requires_grad)
+    last: dict[int, ModuleSelector] = {}  # id(tensor) -> its holder earliest in document order so far
+    late: list[ModuleSelector] = []  # the holder of each place that is not a tensor's first
+    shared: set[int] = set()
+    position: dict[int, int] = {}  # document position of each node, made at the first tie
+    minus: dict[int, tuple[int, int]] = {}  # id(common ancestor) -> what its children counted twice
+    for i in range(len(order) - 1, -1, -1):
+        node = order[i]
+        total = frozen = 0
+        for p in node.module._parameters.values():
+            if p is None:
+                continue
+            n = p.numel()
+            total += n
+            if not p.requires_grad:
+                frozen += n
+            key = id(p)
+            after = last.get(key)
+            last[key] = node
+            if after is None:
+                continue
+            # p is held here and at ``after``, later in document order (or at an earlier slot
+            # of this very node): their lowest common ancestor counts it twice, take it off there
+            if not position:
+                position = {id(m): j for j, m in enumerate(order)}
+            shared.add(key)
+            late.append(after)  # ``after`` is this node when an earlier slot holds p too
+            common = after
+            while position[id(common)] > i:
+                parent = common.parent
+                assert parent is not None  # order[0], the root, has position 0
+                common = parent
+            less = minus.get(id(common), (0, 0))
+            minus[id(common)] = (less[0] + n, less[1] + (0 if p.requires_grad else n))
         for kid in node._kids:
             kid_total, kid_frozen = totals[id(kid)]
             total, frozen = total + kid_total, frozen + kid_frozen
+        if minus and id(node) in minus:
+            less = minus.pop(id(node))
+            total, frozen = total - less[0], frozen - less[1]
         totals[id(node)] = (total, frozen)
-    return totals
+    return _Params(totals, _tie_marks(late, last, shared), shared)
 
 
-def _signatures(order: list[ModuleSelector]) -> dict[int, int]:
+def _tie_marks(
+    late: list[ModuleSelector], first: dict[int, ModuleSelector], shared: set[int]
+) -> dict[int, str]:
+    """``tied with A, B`` for each node holding a tied tensor at a place that is not its first
+    (document order: nodes in pre-order, a node's slots in registration order), naming the
+    first place of each such tensor (its path, ``root`` for the root; ``path.slot`` when it is
+    an earlier slot of the same node: ``root.weight``)."""
+    marks: dict[int, str] = {}
+    for node in {id(node): node for node in late}.values():
+        targets: dict[str, None] = {}  # ordered set
+        seen_here: dict[int, str] = {}  # id(tensor) -> its first slot in this node
+        for slot, p in node.module._parameters.items():
+            if p is None or id(p) not in shared:
+                continue
+            key = id(p)
+            origin = first[key]
+            if origin is not node:
+                targets[printable(origin.path or origin.name)] = None
+            elif key in seen_here:
+                targets[printable(f"{node.path or node.name}.{seen_here[key]}")] = None
+            else:
+                seen_here[key] = slot
+        if targets:
+            marks[id(node)] = "tied with " + ", ".join(targets)
+    return marks
+
+
+def _run_params(run: list[ModuleSelector], counts: _Params) -> tuple[int, int]:
+    """(parameters, frozen ones) of a folded run of siblings, each tensor once: the sum of their
+    subtrees' totals unless some tensor of the tree is tied, then counted by walking them (runs
+    are hidden, so no node is walked twice by one render)."""
+    if not counts.shared:
+        totals = [counts.totals[id(n)] for n in run]
+        return sum(t for t, _ in totals), sum(f for _, f in totals)
+    seen: set[int] = set()
+    total = frozen = 0
+    for top in run:
+        for node in preorder(top):
+            for p in node.module._parameters.values():
+                if p is None or (id(p) in counts.shared and id(p) in seen):
+                    continue
+                seen.add(id(p))
+                total += p.numel()
+                if not p.requires_grad:
+                    frozen += p.numel()
+    return total, frozen
+
+
+def _signatures(order: list[ModuleSelector], marks: dict[int, str]) -> dict[int, int]:
     """An id per node such that equal ids mean identical subtrees (classes, child names,
-    parameter shapes and trainability, props), built bottom-up with interning so it stays
-    linear."""
+    parameter shapes and trainability, props, tie marks), built bottom-up with interning so
+    it stays linear."""
     intern: dict[tuple[object, ...], int] = {}
     sig: dict[int, int] = {}
     for node in reversed(order):
         shapes = tuple(
             (k, tuple(p.shape), p.requires_grad) for k, p in node.module._parameters.items() if p is not None
         )
-        key = (node._tag, node.props, shapes, tuple((kid.name, sig[id(kid)]) for kid in node._kids))
+        key = (
+            node._tag,
+            node.props,
+            shapes,
+            tuple((kid.name, sig[id(kid)]) for kid in node._kids),
+            marks.get(id(node)),
+        )
         sig[id(node)] = intern.setdefault(key, len(intern))
     return sig
 
@@ -139,8 +258,9 @@ def _layout(
     only_selected: bool,
 ) -> list[_Line]:
     order = list(preorder(root))  # one walk serves the counts, signatures and selection
-    counts = _subtree_params(order) if params else {}
-    sigs = _signatures(order) if fold is not None else {}
+    counts = _subtree_params(order) if params else _Params({}, {}, set())
+    marks = counts.tied
+    sigs = _signatures(order, marks) if fold is not None else {}
     keep: set[int] | None = None
     if only_selected:
         keep = set()
@@ -160,22 +280,25 @@ def _layout(
         if run is not None:
             first, last, name = printable(run[0].name), printable(run[-1].name), printable(node.name)
             label = f"{first}…{last}: {printable(node._tag)} ×{len(run)} (same as {name})"
-            total = (
-                (sum(counts[id(n)][0] for n in run), sum(counts[id(n)][1] for n in run)) if params else None
-            )
+            total = _run_params(run, counts) if params else None
             lines.append(_Line(depth, label, total, printable(", ".join(node.props))))
             continue
         kids = node._kids
         if keep is not None:
             kids = [kid for kid in kids if id(kid) in keep]
         label = f"{printable(node.name)}: {printable(node._tag)}"
-        hidden = max_depth is not None and depth >= max_depth and kids
-        if hidden:
-            below = _count_below(node)
+        mark = marks.get(id(node))
+        if mark:
+            label += f" ({mark})"
+        note = ""
+        if max_depth is not None and depth >= max_depth and kids:
+            below, selected = _hidden_below(node)
             label += f" (+{below} module{'' if below == 1 else 's'})"
+            if selected:
+                note = f"… {selected} selected below"
             kids = []
         props = printable(", ".join(node.props))
-        lines.append(_Line(depth, label, counts.get(id(node)) if params else None, props))
+        lines.append(_Line(depth, label, counts.totals.get(id(node)) if params else None, props, note))
         pending: list[tuple[ModuleSelector, int, list[ModuleSelector] | None]] = []
         i = 0
         while i < len(kids):
@@ -194,5 +317,14 @@ def _layout(
     return lines
 
 
-def _count_below(node: ModuleSelector) -> int:
-    return sum(1 for _ in preorder(node)) - 1
+def _hidden_below(node: ModuleSelector) -> tuple[int, int]:
+    """(modules, selected modules) below ``node``, which a cut by ``max_depth`` hides: every
+    place counts, as the uncut tree would print it."""
+    table: dict[int, tuple[tuple[str, ...], object]] = node._memo.get(SELECTED) or {}  # as .props reads
+    modules = selected = 0
+    for below in preorder(node):
+        modules += 1
+        entry = table.get(id(below))
+        if entry is not None and entry[0]:
+            selected += 1
+    return modules - 1, selected - (1 if node.props else 0)

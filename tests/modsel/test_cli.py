@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import modsel
 from modsel._cli import main
 
 from .models import network
@@ -242,9 +245,9 @@ def test_depth() -> None:
         "bulk: Sequential",
         "0: Linear a",
         "1: LeakyReLU",
-        "2: SkipBlock (+7 modules)",
-        "3: SkipBlock (+7 modules)",
-        "4: SkipBlock (+7 modules)",
+        "2: SkipBlock (+7 modules) … 3 selected below",
+        "3: SkipBlock (+7 modules) … 3 selected below",
+        "4: SkipBlock (+7 modules) … 3 selected below",
         "5: Linear a",
     ]
 
@@ -531,3 +534,210 @@ def test_paths_with_control_characters_are_escaped() -> None:
     code, out, _ = run("tests.modsel.test_cli:FORGED", "Linear", "--paths")
     assert code == 0
     assert out == "a\\nb\n"
+
+
+# ---- constructor arguments in the target ---------------------------------------------------------
+
+
+def sized(n: int, width: int = 2, bias: bool = True) -> nn.Module:
+    return nn.ModuleList([nn.Linear(width, width, bias=bias) for _ in range(n)])
+
+
+def test_factory_with_positional_and_keyword_arguments() -> None:
+    code, out, err = run("tests.modsel.test_cli:sized(3, width=5)", "Linear", "--params")
+    assert (code, err) == (0, "")
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert lines[1:] == [
+        "root: ModuleList 90",
+        "0: Linear 30 all",
+        "1: Linear 30 all",
+        "2: Linear 30 all",
+    ]
+
+
+def test_class_with_keyword_arguments() -> None:
+    target = "torch.nn:Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1)"
+    code, out, _ = run(target, "LayerNorm", "--paths")
+    assert code == 0
+    assert len(out.splitlines()) == 7  # 2 + 3 in the layers, one after each stack
+
+
+@pytest.mark.parametrize(
+    ("args", "model"),
+    [
+        ("(2, bias=False)", "root: ModuleList (+2 modules) 8"),
+        ("( 1 , width = 3 )", "root: ModuleList (+1 module) 12"),
+        ("(+2, width=1)", "root: ModuleList (+2 modules) 4"),
+        ("(n=1, width=2, bias=None)", "root: ModuleList (+1 module) 4"),
+    ],
+)
+def test_literal_arguments(args: str, model: str) -> None:
+    code, out, _ = run(f"tests.modsel.test_cli:sized{args}", "Linear", "--params", "--depth", "0")
+    assert code == 0
+    assert " ".join(out.splitlines()[1].split()).startswith(model)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ("(x)", "'x' is not a literal"),
+        ("(1, width=[1, y])", "'y' is not a literal"),
+        ("(len([]))", "'len([])' is not a literal"),
+        ("(__import__('os'))", "\"__import__('os')\" is not a literal"),
+        ("(__import__('os').system('false'))", "is not a literal"),
+        ("(lambda: 0)", "'lambda: 0' is not a literal"),
+        ("(-x)", "'x' is not a literal"),
+        ("(3", "'(' was never closed"),
+        ("(3))", "unmatched ')'"),
+        (")", "')' without '('"),
+        ("(1)(2)", "one argument list '(...)' at the end, not '(1)(2)'"),
+        ("(1).x", "one argument list"),
+        ("(*a)", "'*a': unpacking is not allowed"),
+        ("(**k)", "'**k': unpacking is not allowed"),
+        ("(a=1, a=2)", "keyword argument repeated: a"),
+        ("(n=1, 2)", "positional argument follows keyword argument"),
+        ("({[1]: 2})", "'{[1]: 2}': TypeError: unhashable type"),
+        ("(10**9)", "'10**9' is not a literal"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_anything_is_imported(args: str, said: str) -> None:
+    target = f"no_such_module_for_modsel:build{args}"  # the arguments fail first: nothing is imported
+    assert_one_line_error(*run(target, "Linear"), "bad arguments in target", said)
+
+
+def test_a_very_long_bad_argument_list_is_cut() -> None:
+    code, out, err = run("no_such_module_for_modsel:build(" + "x" * 5000 + ")", "Linear")
+    assert_one_line_error(code, out, err, "is not a literal")
+    assert len(err) < 700
+
+
+def test_arguments_to_a_model_are_refused() -> None:
+    assert_one_line_error(*run("tests.modsel.test_cli:MODEL(1)", "Linear"), "already a model", "Sequential")
+
+
+def test_a_factory_that_fails_on_its_arguments() -> None:
+    target = "tests.modsel.test_cli:sized(1, 2, 3, 4)"
+    code, out, err = run(target, "Linear")
+    assert_one_line_error(code, out, err, f"calling {target!r} failed", "TypeError")
+    assert "no arguments" not in err
+
+
+def test_a_factory_given_arguments_returning_something_else() -> None:
+    assert_one_line_error(
+        *run("tests.modsel.test_cli:dict_factory()", "Linear"),
+        "'tests.modsel.test_cli:dict_factory()'",
+        "dict",
+    )
+
+
+# ---- the current folder is importable, as with python -m -----------------------------------------
+
+MYMOD = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n=2, width=4):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(width, width) for _ in range(n)])
+
+
+def build(n=2, width=4):
+    return Net(n, width)
+"""
+
+# what the installed console script runs (see the project's [project.scripts]); run as a file,
+# Python puts the file's folder first on sys.path, not the working folder, as for the real one
+LAUNCHER = "import sys\nfrom modsel._cli import main\nsys.exit(main())\n"
+
+
+def _env() -> dict[str, str]:
+    """The environment of a subprocess that imports the same modsel as these tests."""
+    env = dict(os.environ)
+    here = str(Path(modsel.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture(params=["console script", "launcher"])
+def modsel_command(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The ``modsel`` command as a user runs it: the installed console script, and a launcher
+    file with the same code (which models it even where the package is not installed)."""
+    if request.param == "console script":
+        script = shutil.which("modsel", path=str(Path(sys.executable).parent))
+        if script is None:
+            pytest.skip("the modsel console script is not installed next to this Python")
+        return [script]
+    launcher = tmp_path / "bin" / "modsel_launcher.py"
+    launcher.parent.mkdir()
+    launcher.write_text(LAUNCHER, encoding="utf-8")
+    return [sys.executable, str(launcher)]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder holding ``mymod.py``, which nothing but the working folder puts on sys.path."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mymod.py").write_text(MYMOD, encoding="utf-8")
+    return work
+
+
+def _modsel(command: list[str], workdir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command, *argv], capture_output=True, text=True, timeout=120, cwd=workdir, env=_env()
+    )
+
+
+def test_console_script_loads_a_factory_from_the_current_folder(
+    modsel_command: list[str], workdir: Path
+) -> None:
+    result = _modsel(modsel_command, workdir, "mymod:build", "Linear", "--paths")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["layers.0", "layers.1"]
+
+
+def test_console_script_passes_constructor_arguments(modsel_command: list[str], workdir: Path) -> None:
+    result = _modsel(modsel_command, workdir, "mymod:build(3, width=8)", "Linear", "--params", "--depth", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert lines[1:] == ["root: Net 216", "layers: ModuleList (+3 modules) 216 … 3 selected below"]
+
+
+def test_console_script_rejects_code_in_the_arguments(modsel_command: list[str], workdir: Path) -> None:
+    (workdir / "marker").unlink(missing_ok=True)
+    target = "mymod:build(__import__('pathlib').Path('marker').touch())"
+    result = _modsel(modsel_command, workdir, target, "Linear")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "is not a literal" in result.stderr
+    assert not (workdir / "marker").exists()
+
+
+def test_console_script_unpickles_a_class_from_the_current_folder(
+    modsel_command: list[str], workdir: Path
+) -> None:
+    save = "import mymod, torch; torch.save(mymod.build(), 'net.pt')"  # -c: the folder is on sys.path
+    subprocess.run([sys.executable, "-c", save], check=True, cwd=workdir, env=_env(), timeout=120)
+    result = _modsel(modsel_command, workdir, "net.pt", "Linear", "--paths", "--trust")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["layers.0", "layers.1"]
+
+
+CWD_MODULE = "modsel_cli_test_cwd_module"
+
+
+def test_main_imports_from_the_working_folder_and_restores_sys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / f"{CWD_MODULE}.py").write_text(MYMOD, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    try:
+        assert run(f"{CWD_MODULE}:build(1)", "Linear", "--paths")[:2] == (0, "layers.0\n")
+        assert sys.path == before  # main() may run inside a program: it leaves sys.path as it was
+        assert_one_line_error(*run(f"{CWD_MODULE}:build('x')", "Linear"), "calling", "TypeError")
+        assert sys.path == before
+    finally:
+        sys.modules.pop(CWD_MODULE, None)

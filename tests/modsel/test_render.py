@@ -18,7 +18,7 @@ from torch import nn
 
 import modsel
 
-from .models import Network, SkipBlock, network
+from .models import Network, Shared, SkipBlock, network
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("MODSEL_REGEN_GOLDEN") == "1"
@@ -299,16 +299,19 @@ def test_max_depth() -> None:
         "    bulk: Sequential",
         "        0: Linear a",
         "        1: LeakyReLU",
-        "        2: SkipBlock (+7 modules)",
-        "        3: SkipBlock (+7 modules)",
-        "        4: SkipBlock (+7 modules)",
+        "        2: SkipBlock (+7 modules) … 3 selected below",
+        "        3: SkipBlock (+7 modules) … 3 selected below",
+        "        4: SkipBlock (+7 modules) … 3 selected below",
         "        5: Linear a",
     ]
-    assert squeeze(root.tree(max_depth=0)) == ["ModuleSelector:", "root: Network (+28 modules)"]
+    assert squeeze(root.tree(max_depth=0)) == [
+        "ModuleSelector:",
+        "root: Network (+28 modules) … 11 selected below",
+    ]
     assert squeeze(root.tree(max_depth=1)) == [
         "ModuleSelector:",
         "root: Network",
-        "    bulk: Sequential (+27 modules)",
+        "    bulk: Sequential (+27 modules) … 11 selected below",
     ]
     assert root.tree(max_depth=4) == root.tree() == root.tree(max_depth=100)
 
@@ -492,3 +495,216 @@ def test_control_characters_in_names_are_escaped_in_text_and_html() -> None:
     assert "\x1b" not in text
     shown = html.unescape(re.sub(r"<[^>]+>", "", modsel.render_html(tree)))
     assert shown.count("\n") == text.count("\n") and "a\\nroot: Evil: Linear" in shown
+
+
+# ---- what a cut by max_depth hides -------------------------------------------------------------------
+
+
+def test_a_cut_node_without_selections_below_has_no_note() -> None:
+    root = modsel.select(network(), "#bulk > Linear: a")
+    assert squeeze(root.tree(max_depth=2))[5:8] == [
+        "        2: SkipBlock (+7 modules)",
+        "        3: SkipBlock (+7 modules)",
+        "        4: SkipBlock (+7 modules)",
+    ]
+    assert "selected below" not in root.tree(max_depth=2)
+
+
+def test_a_selected_cut_node_counts_only_what_is_below_it() -> None:
+    root = modsel.select(network(), "SkipBlock: s\nSkipBlock Linear: a")
+    lines = squeeze(root.tree(max_depth=2))
+    assert lines[5] == "        2: SkipBlock (+7 modules) s … 3 selected below"
+    assert squeeze(root.tree(max_depth=0))[1] == "root: Network (+28 modules) … 12 selected below"
+
+
+def test_the_note_follows_the_aligned_props_and_counts() -> None:
+    root = modsel.select(network(), "Linear: a")
+    text = root.tree(max_depth=2, params=True)
+    lines = text.splitlines()
+    assert lines[5].split() == ["2:", "SkipBlock", "(+7", "modules)", "330", "…", "3", "selected", "below"]
+    columns = {parse_line(line).start("props") for line in lines[1:] if parse_line(line).group("props")}
+    assert len(columns) == 1  # "a" and "… 3 selected below" start in the same column
+
+
+def test_a_cut_with_only_selected_counts_selections_below() -> None:
+    root = modsel.select(network(), "SkipBlock #0: HookParam")
+    assert squeeze(root.tree(max_depth=2, only_selected=True)) == [
+        "ModuleSelector:",
+        "root: Network",
+        "    bulk: Sequential",
+        "        2: SkipBlock (+7 modules) … 1 selected below",
+        "        3: SkipBlock (+7 modules) … 1 selected below",
+        "        4: SkipBlock (+7 modules) … 1 selected below",
+    ]
+
+
+def test_html_shows_what_a_cut_hides() -> None:
+    root = modsel.select(network(), "SkipBlock: s\nSkipBlock Linear: a")
+    out = modsel.render_html(root, max_depth=2)
+    line = next(line for line in out.splitlines() if "2: SkipBlock" in line)
+    assert re.search(r'<b style="[^"]*">s</b> <i style="[^"]*">… 3 selected below</i>$', line)
+    body = re.sub(r"^<pre[^>]*>|</pre>$", "", out)
+    assert html.unescape(re.sub(r"<[^>]+>", "", body)) == root.tree(max_depth=2)
+
+
+# ---- tied parameters: each tensor counted once per subtree ---------------------------------------
+
+
+def _counts(text: str) -> list[int]:
+    return [_count(parse_line(line).group("count")) for line in text.splitlines()[1:]]
+
+
+def _distinct(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # torch counts each tensor once
+
+
+class TiedHead(nn.Module):
+    """An embedding and a head that shares its weight (as GPT-2's lm_head does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
+        self.head = nn.Linear(4, 10)
+        self.head.weight = self.body[0].weight
+
+
+def test_a_tied_weight_counts_once_and_its_later_holder_is_marked() -> None:
+    model = TiedHead()
+    text = modsel.select(model, "").tree(params=True)
+    assert squeeze(text) == [
+        "ModuleSelector:",
+        "root: TiedHead 70",  # 40 + 20 + 10 (the head's bias); torch agrees
+        "    body: Sequential 60",
+        "        0: Embedding 40",
+        "        1: Linear 20",
+        "    head: Linear (tied with body.0) 50",
+    ]
+    assert _counts(text)[0] == _distinct(model) == 70
+
+
+def test_a_module_at_two_places_counts_once() -> None:
+    model = Shared()  # one Linear(2, 2) at ``a`` and ``b.inner``, and a Linear(2, 3) without bias
+    text = modsel.select(model, "").tree(params=True)
+    assert squeeze(text) == [
+        "ModuleSelector:",
+        "root: Shared 12",
+        "    a: Linear 6",
+        "    b: Sequential 6",
+        "        inner: Linear (tied with a) 6",
+        "        relu: ReLU 0",
+        "    c: Linear 6",
+    ]
+
+
+def test_frozen_tied_weights_count_once() -> None:
+    model = TiedHead()
+    model.head.weight.requires_grad_(False)  # the embedding's too: one tensor
+    lines = modsel.select(model, "").tree(params=True).splitlines()
+    assert lines[1].split() == ["root:", "TiedHead", "70", "(40", "frozen)"]
+    assert lines[5].split()[-3:] == ["50", "(40", "frozen)"]
+
+
+def test_one_tensor_in_two_slots_of_one_module() -> None:
+    model = nn.Linear(3, 3)
+    model.register_parameter("again", model.weight)
+    text = modsel.select(nn.Sequential(model), "").tree(params=True)
+    assert squeeze(text)[1:] == ["root: Sequential 12", "    0: Linear (tied with 0.weight) 12"]
+
+
+def test_marks_name_every_first_place() -> None:
+    a, b, c = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+    c.weight, c.bias = a.weight, b.bias
+    text = modsel.select(nn.Sequential(a, b, c), "").tree(params=True)
+    assert squeeze(text) == [
+        "ModuleSelector:",
+        "root: Sequential 12",
+        "    0: Linear 6",
+        "    1: Linear 6",
+        "    2: Linear (tied with 0, 1) 6",
+    ]
+
+
+def test_a_repeated_block_folds_and_its_run_counts_once() -> None:
+    block = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    model = nn.Sequential(nn.ModuleList([block] * 12), nn.Linear(2, 2))
+    text = modsel.select(model, "").tree(params=True)
+    assert squeeze(text) == [
+        "ModuleSelector:",
+        "root: Sequential 12",
+        "    0: ModuleList 6",
+        "        0: Sequential 6",
+        "            0: Linear 6",
+        "            1: ReLU 0",
+        "        1: Sequential 6",  # differs from 0 by its mark below, so shown
+        "            0: Linear (tied with 0.0.0) 6",
+        "            1: ReLU 0",
+        "        2…11: Sequential ×10 (same as 1) 6",
+        "    1: Linear 6",
+    ]
+    assert _counts(text)[0] == _distinct(model)
+
+
+def test_a_fold_run_of_untied_siblings_still_sums_when_the_tree_has_ties() -> None:
+    model = nn.Sequential(nn.ModuleList([nn.Linear(2, 2) for _ in range(8)]), nn.Linear(2, 2))
+    model[1].weight = model[0][0].weight
+    text = modsel.select(model, "").tree(params=True)
+    assert "        1…7: Linear ×7 (same as 0) 42" in squeeze(text)
+    assert _counts(text)[0] == _distinct(model) == 50
+
+
+def test_a_subtree_render_counts_what_it_holds() -> None:
+    model = TiedHead()
+    root = modsel.select(model, "")
+    assert squeeze(root.head.tree(params=True, header=False)) == ["head: Linear 50"]
+
+
+def _random_tied_model(seed: int) -> nn.Module:
+    """A random tree of Sequentials and Linears where random Linears share weights, biases or
+    whole modules with earlier ones."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def pick(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=rng))
+
+    linears: list[nn.Linear] = []
+    root = nn.Sequential()
+    parents = [root]
+    for i in range(40):
+        parent = parents[pick(len(parents))]
+        kind = pick(5)
+        if kind == 0:
+            child: nn.Module = nn.Sequential()
+            parents.append(child)  # type: ignore[arg-type]
+        elif kind == 1 and linears:
+            child = linears[pick(len(linears))]  # the same module again
+        else:
+            linear = nn.Linear(2, 2, bias=pick(2) == 0)
+            if kind == 3 and linears:
+                linear.weight = linears[pick(len(linears))].weight
+            elif kind == 4 and linears and linears[0].bias is not None:
+                linear.bias = linears[0].bias
+            if pick(3) == 0:
+                linear.weight.requires_grad_(False)
+            linears.append(linear)
+            child = linear
+        parent.add_module(str(i), child)
+    return root
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_subtree_count_is_torchs(seed: int) -> None:
+    model = _random_tied_model(seed)
+    root = modsel.select(model, "")
+    text = root.tree(params=True, fold=None)
+    for line, (path, node) in zip(text.splitlines()[1:], root.named_modules(), strict=True):
+        params = list(node.module.parameters())
+        total = sum(p.numel() for p in params)
+        frozen = sum(p.numel() for p in params if not p.requires_grad)
+        words = line.split()
+        assert f"{total:,}" in words, (path, line)
+        if frozen:
+            assert line.rstrip().endswith(f"({frozen:,} frozen)"), (path, line)
+        else:
+            assert "frozen" not in line, (path, line)
+    folded = root.tree(params=True)
+    assert _counts(folded)[0] == _distinct(model)
