@@ -4,22 +4,25 @@ A checkpoint holds what a run changes: the model's and the optimizer's state_dic
 callback's own small state (``cb.state_dict()``; callbacks with none are left out), the css,
 the loop counters, and the random number generators a resumed run draws from (torch's global
 CPU generator, the CUDA ones when CUDA is in use, and any ``torch.Generator`` the data loaders
-hold). It never holds the Learner itself, the data, ``lossF`` or any callback's code: the
-learner that loads is built the same way as the one that saved, then ``load`` puts the state
-back. Python's ``random`` and NumPy's generators are not saved.
+hold), and which samples train and validate when the data came from ``Data.fromDataset`` (its
+split: ``Data.state_dict``). It never holds the Learner itself, the data, ``lossF`` or any
+callback's code: the learner that loads is built the same way as the one that saved, then
+``load`` puts the state back. Python's ``random`` and NumPy's generators are not saved.
 
 Files are written by ``torch.save`` to a temporary file in the target's directory, flushed
 to disk, then renamed over the target (``_files``): a crash mid-save leaves the previous file
 whole. They are read with ``torch.load(weights_only=True)``, so loading never runs code from
 the file; ``save`` therefore refuses state that such a load could not read back. Each file is
-sealed with a digest of what it holds (format version 2), checked on what ``torch.load``
+sealed with a digest of what it holds (from format version 2), checked on what ``torch.load``
 returned: the zip's own CRCs miss damage to its directory (a flag, a compression method) that
 makes torch read wrong bytes, and cover less (the digest covers every value, the structure
 and each tensor's dtype and shape). Files of version 1 have no digest: their CRCs are checked.
+Version 3 adds the data's split; older files load with the learner's own split.
 
-``load`` checks the whole file against the learner before it changes anything, the optimizer
-state included (``_opt_state``); if loading still fails, the callbacks and the optimizer are
-put back, and so is the model, loaded last, where its own loading code could fail halfway.
+``load`` checks the learner (``l.opt`` must optimize ``l.model``'s parameters) and the whole
+file against it before it changes anything, the optimizer state included (``_opt_state``); if
+loading still fails, the callbacks, the optimizer and the split are put back, and so is the
+model, loaded last, where its own loading code could fail halfway.
 
 The model's state is that of the original module when ``l.model`` is wrapped by
 ``torch.compile`` or DDP (keys ``bulk.0.weight``, not ``_orig_mod.bulk.0.weight``), so a
@@ -49,6 +52,7 @@ import modsel
 from . import _files, _opt_state
 from ._rng import loader_generators
 from ._unwrap import strip_wrapper_prefixes, unwrap
+from .data import Data, check_split
 
 if TYPE_CHECKING:
     from ._learner import Learner
@@ -67,7 +71,7 @@ __all__ = [
 ]
 
 FORMAT = "k1lib.checkpoint"
-VERSION = 2  # 2: sealed with a digest of what it holds
+VERSION = 3  # 2: sealed with a digest of what it holds; 3: the data's split
 _COUNTERS = ("epoch", "epochs", "batch", "batches", "progress")
 # what torch.load(weights_only=True) reads back (tuple and None: optimizers' param_groups use them)
 _LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device)
@@ -103,6 +107,7 @@ def checkpoint_of(learner: Learner) -> dict[str, Any]:
         "css": learner.css,
         "counters": {name: getattr(learner, name) for name in _COUNTERS},
         "rng": _rng_state(learner),
+        "data": learner.data.state_dict() if isinstance(learner.data, Data) else {},
     }
     _check_loadable(checkpoint, "checkpoint")
     return checkpoint
@@ -289,6 +294,8 @@ def read(path: str | os.PathLike[str], map_location: torch.device | str | None =
     for key, kind in (("model", dict), ("callbacks", dict), ("css", str), ("counters", dict), ("rng", dict)):
         if not isinstance(checkpoint.get(key), kind):
             raise CheckpointError(f"{name!r} is malformed: {key!r} should be a {kind.__name__}")
+    if not isinstance(checkpoint.setdefault("data", {}), dict):  # none before version 3
+        raise CheckpointError(f"{name!r} is malformed: 'data' should be a dict")
     return checkpoint
 
 
@@ -368,6 +375,7 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     name = str(path)
     if learner.model is None:
         raise CheckpointError(f"loading {name!r} needs l.model, built as when it was saved: set it first")
+    learner.check_optimizer(f"loading {name!r}")  # a stale l.opt: refused before anything changes
     model = unwrap(learner.model)
     # on the CPU: load_state_dict copies onto the parameters' device, and callbacks' records
     # (HookModule, HookParam) stay host-side
@@ -384,7 +392,8 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"{name!r}: its css does not parse: {e}") from None
     counters = _check_counters(name, checkpoint["counters"])
     rng = _check_rng(name, learner, checkpoint["rng"])
-    _apply(name, learner, model, model_state, opt_state, loads)
+    split, kept = _check_split(name, learner.data, checkpoint["data"])
+    _apply(name, learner, model, model_state, opt_state, loads, split)
     learner.css = checkpoint["css"]
     for key, value in counters.items():
         setattr(learner, key, value)
@@ -397,6 +406,8 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
             UserWarning,
             stacklevel=3,
         )
+    if kept:
+        warnings.warn(kept, UserWarning, stacklevel=3)
 
 
 def _apply(
@@ -406,14 +417,17 @@ def _apply(
     model_state: Mapping[str, Any],
     opt_state: dict[str, Any] | None,
     loads: list[tuple[Any, dict[str, Any]]],
+    split: dict[str, Any] | None,
 ) -> None:
     """Load the checked states: callbacks first (theirs is the only load the checks cannot
-    vouch for), then the optimizer, the model last; on any failure the callbacks and the
-    optimizer get their state back (the model: ``_load_model``)."""
+    vouch for), then the optimizer, the data's split, the model last; on any failure the
+    callbacks, the optimizer and the split get their state back (the model: ``_load_model``)."""
     before = {cb.name: copy.deepcopy(dict(cb.state_dict())) for cb, _ in loads}
     opt = learner.opt
     # load_state_dict replaces these two objects and leaves the old ones whole
     opt_before = None if opt is None else (opt.state, opt.param_groups)
+    data = learner.data
+    split_before = data.state_dict() if split is not None else None
     done: list[Any] = []
     try:
         for cb, state in loads:
@@ -435,12 +449,16 @@ def _apply(
                     f"{name!r}: l.opt could not load its state ({type(e).__name__}: {str(e)[:300]}); "
                     "nothing was changed"
                 ) from e
+        if split is not None:
+            data.load_state_dict({"split": split})  # checked: it fits (only memory can fail)
         _load_model(name, model, model_state)
     except BaseException:
         for cb in done:
             cb.load_state_dict(before[cb.name])
         if opt is not None and opt_before is not None:
             opt.state, opt.param_groups = opt_before
+        if split_before is not None:
+            data.load_state_dict(split_before)
         raise
 
 
@@ -605,6 +623,33 @@ def _check_callbacks(
             )
         loads.append((cb, entry["state"]))
     return loads, unknown
+
+
+def _check_split(name: str, data: Any, saved: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The split to put into ``data`` (None: none), and a warning when the file has a split that
+    ``data`` cannot take: it was not made by ``Data.fromDataset`` or is of another size (another
+    dataset). Loading still goes on then, with the learner's own split: a checkpoint resumed
+    on more or other data (fine-tuning) is a thing to do on purpose, and the model and
+    optimizer states fit; but its validation samples may be ones the saved run trained on."""
+    if saved.get("split") is None:
+        return None, ""  # an older file, or data not from fromDataset: the learner's split
+    try:
+        split = check_split(saved["split"])
+    except ValueError as e:
+        raise CheckpointError(f"{name!r} is malformed: {e}") from None
+    ours = data.state_dict().get("split") if isinstance(data, Data) else None
+    theirs = f"{name!r} holds the train/valid split of a Data.fromDataset of {split['samples']} samples"
+    if ours is None:
+        why = "l.data was not made by Data.fromDataset (or its loaders were replaced)"
+    elif ours["samples"] != split["samples"]:
+        why = f"l.data's dataset has {ours['samples']} samples: another dataset"
+    else:
+        return split, ""
+    return None, (
+        f"{theirs}, but {why}, so l.data keeps its own split: the resumed run may validate on "
+        "samples the saved run trained on. Build l.data from the same dataset to resume on the "
+        "saved split"
+    )
 
 
 def _check_counters(name: str, saved: Mapping[str, Any]) -> dict[str, Any]:

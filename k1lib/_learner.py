@@ -1,7 +1,10 @@
 """``Learner``: the training loop, driven by events that callbacks hook into.
 
 Set ``model``, ``data``, ``opt`` and ``lossF``, then ``run(epochs)``; the loop itself is
-``k1lib/_loop.py``. During a run the state is on the learner for callbacks to read and change:
+``k1lib/_loop.py``. ``run`` (and ``load``) refuse an ``opt`` that holds tensors other than
+``model``'s parameters: one built before ``model`` was set again trains nothing.
+
+During a run the state is on the learner for callbacks to read and change:
 ``epoch``, ``epochs``, ``batch``, ``batches``, ``xb``, ``yb``, ``y``, ``loss``, ``progress``,
 and ``training`` (the phase: callbacks read it, never ``model.training``).
 
@@ -154,6 +157,31 @@ class Learner:
             lines = "\n".join(f"  {how}" for _, how in missing)
             names = ", ".join(name for name, _ in missing)
             raise RuntimeError(f"Learner.run: {names} not set; set them first, e.g.\n{lines}")
+        self.check_optimizer("Learner.run")
+
+    def check_optimizer(self, doing: str = "Learner.run") -> None:
+        """Raise ``RuntimeError`` when ``l.opt`` holds tensors that are not parameters of
+        ``l.model``: an optimizer built before ``l.model`` was set again (a notebook cell run
+        twice) steps the old model's tensors, and the run would train nothing, silently. An
+        optimizer over some of the model's parameters is fine, and so is a model wrapped by
+        ``torch.compile`` or DDP after ``l.opt`` was built (the wrapper holds the same
+        parameters). ``doing`` starts the message. One set of ids: microseconds a run."""
+        opt, model = self.opt, self.model
+        if opt is None or model is None:
+            return
+        ours = {id(p) for p in model.parameters()}
+        held = [p for group in opt.param_groups for p in group["params"]]
+        foreign = sum(id(p) not in ours for p in held)
+        if not foreign:
+            return
+        effect = "leave l.model untrained" if foreign == len(held) else "step tensors that are not l.model's"
+        raise RuntimeError(
+            f"{doing}: {foreign} of the {len(held)} tensors l.opt optimizes are not parameters of "
+            f"l.model: l.opt was built for another model (was l.model set again after l.opt?), so the "
+            f"run would {effect}. Rebuild it after setting l.model, e.g. "
+            "l.opt = optim.Adam(l.model.parameters(), lr=1e-3) (a tensor trained alongside the model "
+            "must be a parameter of l.model)"
+        )
 
     # ---- the loop (k1lib/_loop.py) ---------------------------------------------------------------
     @property
@@ -195,11 +223,19 @@ class Learner:
         return self
 
     def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
-        """Freeze the parameters of modules whose props name ``frozen`` (explicitly: ``all``
-        does not count here) for the run; returns what to restore afterwards."""
+        """Freeze ``css_frozen()`` for the run; returns what to restore afterwards."""
+        saved = [(param, param.requires_grad) for param in self.css_frozen()]
+        for param, _ in saved:
+            param.requires_grad_(False)
+        return saved
+
+    def css_frozen(self) -> list[nn.Parameter]:
+        """The parameters ``run`` freezes: those of modules whose props name ``frozen``
+        (explicitly: ``all`` does not count here), each once. Outside a run their
+        ``requires_grad`` is the user's; LossLandscape leaves them out of "trainable"."""
         if "frozen" not in self._css or self.model is None:
             return []
-        saved: dict[int, tuple[nn.Parameter, bool]] = {}
+        found: dict[int, nn.Parameter] = {}
         covered: set[int] = set()  # nodes at or below a frozen one: their parameters are in
         for node in self.moduleSelector.modules():  # pre-order: a node's parent comes first
             if id(node.parent) in covered:
@@ -207,10 +243,8 @@ class Learner:
             elif "frozen" in node.props:
                 covered.add(id(node))
                 for param in node.parameters():  # modsel's walk: no recursion on deep models
-                    saved.setdefault(id(param), (param, param.requires_grad))
-        for param, _ in saved.values():
-            param.requires_grad_(False)
-        return list(saved.values())
+                    found.setdefault(id(param), param)
+        return list(found.values())
 
     def record(self, epochs: int, batchesPerEpoch: int) -> tuple[list[Any], list[Any], list[Any]]:  # noqa: N803
         """Run without training and return the batches seen and the outputs: ``xbs, ybs, ys``.

@@ -8,7 +8,7 @@ data that fits in memory; for anything else hand ``Data`` a ``torch.utils.data.D
 
     >>> data = Data.fromDataset(FunctionDataset.exp, batchSize=64)
     >>> len(data.train), len(data.valid)
-    (125, 32)
+    (126, 31)
     >>> xb, yb = data.train.sample
     >>> xb.shape, yb.dtype
     (torch.Size([64]), torch.bfloat16)
@@ -17,7 +17,8 @@ data that fits in memory; for anything else hand ``Data`` a ``torch.utils.data.D
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -265,10 +266,72 @@ class DataLoader:
 # ---- Data ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Split:
+    """What ``fromDataset`` made: every sample in split order (``x``, ``y``: training first,
+    the loaders view them), where each came from (``order[i]`` is the dataset's index of
+    sample ``i``; None: the dataset's own order), how many train, and the two loaders."""
+
+    x: Tensor
+    y: Tensor
+    order: Tensor | None
+    train: int
+    loaders: tuple[DataLoader, DataLoader]
+
+
+def train_size(n: int, trainSplit: float, batchSize: int) -> int:  # noqa: N803
+    """How many of ``n`` samples ``fromDataset`` trains on: the fewest whole batches holding
+    more than ``n * trainSplit`` (the 2021 rule: 126 batches of 64 from 10,000 samples at 0.8);
+    when that takes every sample, one whole batch fewer; when not even one whole batch leaves a
+    sample for validation (``n <= batchSize``), ``round(n * trainSplit)``. Either side gets at
+    least one sample."""
+    if n < 2:
+        raise ValueError(f"{n} sample cannot be split: train and valid need at least 1 each")
+    size = (math.floor(n * trainSplit / batchSize) + 1) * batchSize
+    if size < n:
+        return size
+    size = (n - 1) // batchSize * batchSize
+    if size > 0:
+        return size
+    return min(max(round(n * trainSplit), 1), n - 1)
+
+
+def check_split(state: object) -> dict[str, Any]:
+    """``state`` (``Data.state_dict()["split"]``, from a file) checked: ``samples`` an int
+    n >= 2, ``train`` an int in [1, n - 1], ``order`` None or an integer tensor holding each
+    of ``0 .. n-1`` once. ``ValueError`` naming what is wrong."""
+    if not (isinstance(state, dict) and {"samples", "train", "order"} <= set(state)):
+        raise ValueError("the split should be a dict of 'samples', 'train' and 'order'")
+    n, train, order = state["samples"], state["train"], state["order"]
+    if not (_is_int(n) and n >= 2 and _is_int(train) and 0 < train < n):
+        raise ValueError(f"the split's counts are samples={n!r}, train={train!r}: need 0 < train < samples")
+    if order is not None:
+        ok = (
+            isinstance(order, Tensor)
+            and order.layout == torch.strided
+            and not order.is_meta
+            and order.dtype in (torch.int32, torch.int64)
+            and order.shape == (n,)
+        )
+        if ok:
+            index = order.long()
+            ok = bool(index.min() >= 0 and index.max() < n) and bool(
+                (torch.bincount(index, minlength=n) == 1).all()
+            )
+        if not ok:
+            raise ValueError(f"the split's order is not a permutation of the {n} sample indices")
+    return {"samples": n, "train": train, "order": order}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class Data:
     """A shell holding the loaders a ``Learner`` trains on (``train``) and checks on (``valid``).
 
     Either may be any iterable of ``(xb, yb)`` batches, e.g. a ``torch.utils.data.DataLoader``.
+    ``state_dict`` / ``load_state_dict`` carry the split of a ``fromDataset`` one (checkpoints).
     """
 
     def __init__(self, train: Iterable[Any], valid: Iterable[Any]) -> None:
@@ -278,6 +341,7 @@ class Data:
         # typed Any: callers use what their loaders offer (len, .sample) without casts
         self.train: Any = train
         self.valid: Any = valid
+        self._split: _Split | None = None
 
     @staticmethod
     def fromDataset(  # noqa: N802
@@ -285,33 +349,91 @@ class Data:
         batchSize: int = 32,  # noqa: N803
         trainSplit: float = 0.8,  # noqa: N803
         shuffle: bool = True,
+        seed: int | None = None,
     ) -> Data:
         """Split ``dataset`` on a batch boundary: training gets the fewest whole batches that
         hold *more* than ``len * trainSplit`` samples, validation the rest. Every training batch
         is full; this is the 2021 k1lib's split, which the README's numbers come from (10,000
-        samples, 0.8, batches of 64: 126 training batches, 31 validation, 157 an epoch).
+        samples, 0.8, batches of 64: 126 training batches, 31 validation, 157 an epoch). Where
+        that would leave validation nothing (64 samples, 0.8, batches of 16), training gets one
+        batch fewer; neither side is ever empty (``train_size``).
 
-        With ``shuffle`` the split is random (torch's global generator) and the train loader
-        draws a new order each epoch; without, the first samples train, in order. The valid
+        With ``shuffle`` the split is random and the train loader draws a new order each epoch:
+        from torch's global generator, or with ``seed`` from a generator of their own (the same
+        split and orders every time). Without, the first samples train, in order. The valid
         loader keeps its order. ``dataset`` is anything ``DataLoader`` takes.
+
+        Checkpoints keep the split (``state_dict``): ``l.load`` puts it back, so a resumed run
+        trains and validates on the same samples as the saved one.
         """
         _check_batch_size(batchSize)
         if isinstance(trainSplit, bool) or not isinstance(trainSplit, int | float) or not 0 < trainSplit < 1:
             raise ValueError(f"trainSplit must be a fraction strictly between 0 and 1, got {trainSplit!r}")
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
         x, y = _as_tensors(dataset)
-        n = len(x)
-        split = min(n, (math.floor(n * trainSplit / batchSize) + 1) * batchSize)
-        if not 0 < split < n:
-            raise ValueError(
-                f"trainSplit={trainSplit!r} of {n} samples leaves {split} for train and {n - split} for "
-                "valid; each needs at least 1"
-            )
+        split = train_size(len(x), trainSplit, batchSize)
+        order, loader_seed = None, None
         if shuffle:
-            order = torch.randperm(n)
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(x), generator=generator)
             x, y = x[order], y[order]
-        train = DataLoader((x[:split], y[:split]), batchSize, shuffle=shuffle)
+            if generator is not None:  # the train loader's own, drawn from the split's
+                loader_seed = int(torch.randint(2**62, (), generator=generator))
+        train = DataLoader((x[:split], y[:split]), batchSize, shuffle=shuffle, seed=loader_seed)
         valid = DataLoader((x[split:], y[split:]), batchSize, shuffle=False)
-        return Data(train, valid)
+        data = Data(train, valid)
+        data._split = _Split(x, y, order, split, (train, valid))
+        return data
+
+    def _made_split(self) -> _Split | None:
+        """The split ``fromDataset`` made, while ``train`` and ``valid`` are still its loaders."""
+        split = self._split
+        if split is None or self.train is not split.loaders[0] or self.valid is not split.loaders[1]:
+            return None
+        return split
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data: for ``fromDataset``'s, the split
+        (``{"split": {"samples": n, "train": k, "order": indices or None}}``: which samples of
+        the dataset train, in what stored order); ``{}`` for data made otherwise. The data
+        itself is never saved."""
+        split = self._made_split()
+        if split is None:
+            return {}
+        order = split.order
+        if order is not None and len(order) < 2**31:
+            order = order.int()  # half the bytes in the file
+        return {"split": {"samples": len(split.x), "train": split.train, "order": order}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Put back the split ``state_dict`` gave, on the same dataset (its samples are taken
+        from this Data's, which must have as many): the loaders keep their batch size and
+        generators and get the saved samples. ``ValueError`` if it does not fit; then nothing
+        changed."""
+        if "split" not in state:
+            return
+        saved = check_split(state["split"])
+        split = self._made_split()
+        if split is None:
+            raise ValueError(
+                "this Data has no split to set: it was not made by Data.fromDataset, or its loaders "
+                "were replaced"
+            )
+        n = len(split.x)
+        if saved["samples"] != n:
+            raise ValueError(f"the split is of {saved['samples']} samples; this Data's dataset has {n}")
+        everything = torch.arange(n)
+        inverse = torch.empty_like(everything)
+        inverse[everything if split.order is None else split.order] = everything
+        order = None if saved["order"] is None else saved["order"].long()
+        index = inverse if order is None else inverse[order]
+        x, y = split.x[index], split.y[index]
+        k = saved["train"]
+        train, valid = split.loaders
+        train.x, train.y = x[:k], y[:k]
+        valid.x, valid.y = x[k:], y[k:]
+        self._split = _Split(x, y, order, k, split.loaders)
 
     def __repr__(self) -> str:
         return "`Data` object, just a shell containing 2 `DataLoader`s: `.train` and `.valid`"

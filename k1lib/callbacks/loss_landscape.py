@@ -12,6 +12,12 @@ ops on buffers) is evaluated one point at a time instead, with a warning; so is 
 forward pass is heavy enough that batching gains nothing (there, stacking weights only costs
 memory traffic).
 
+Only the parameters that training moves are moved (``params="trainable"``: ``requires_grad``
+and not frozen by ``l.css``'s ``frozen`` prop), so a LoRA model's landscape is that of its
+adapters, not of its frozen base weights; ``params="all"`` moves every parameter, and
+``params="css"`` those of the modules ``l.css`` gives the prop ``LossLandscape`` (or ``all``),
+frozen or not. The others stay the very tensors they are. The figure's title says which.
+
 This callback handles no events: it costs nothing during ``l.run``. Afterwards the model is
 exactly as before: parameters (their storage is never written), buffers, train/eval modes,
 ``requires_grad`` flags, grads, and torch's global random state (directions come from a private
@@ -24,7 +30,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +55,7 @@ __all__ = ["LossLandscape", "Surface", "directions"]
 Direction = dict[str, Tensor]
 _RANGES = (0.1, 0.32, 1.0, 3.2)
 _ENGINES = ("auto", "vmap", "loop")
+_PARAMS = ("trainable", "all", "css")
 _WIDTH = 60  # the progress line is padded so a redraw with "\r" covers the previous one
 
 
@@ -74,17 +81,36 @@ def directions(
     pairs: int = 2,
     seed: int = 0,
     filterNorm: bool = False,  # noqa: N803 - plot()'s name
+    params: str | Collection[str] = "trainable",
 ) -> list[tuple[Direction, Direction]]:
-    """The ``pairs`` random direction pairs ``plot`` uses: ``{name: tensor}`` for every parameter
-    (``model.named_parameters()``), standard normal, drawn on the CPU from a generator seeded
-    with ``seed`` and moved to each parameter's device and dtype.
+    """The ``pairs`` random direction pairs ``plot`` uses: ``{name: tensor}`` for each moved
+    parameter, in ``model.named_parameters()`` order, standard normal, drawn on the CPU from a
+    generator seeded with ``seed`` and moved to each parameter's device and dtype. ``params``
+    says which: "trainable" (``requires_grad``), "all", or the names to move
+    (``cb.perturbed``, which gives exactly ``plot``'s directions, also where ``l.css``
+    freezes or selects).
 
     With ``filterNorm`` (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets") each
     filter of a direction (a slice along dim 0 of a parameter with 2 or more dims) is scaled to
     the norm of the same filter of the weights, and 1-d parameters (biases, norm layers) get a
     zero direction, as in the paper's code: moving by 1 then changes every filter by its own size.
     """
-    return list(_iter_directions(_named_params(model), pairs, seed, filterNorm))
+    everything = _named_params(model)
+    if isinstance(params, str):
+        if params not in ("trainable", "all"):
+            raise ValueError(
+                f"directions: params must be 'trainable', 'all' or parameter names, got {params!r}"
+            )
+        chosen = [(n, p) for n, p in everything if params == "all" or p.requires_grad]
+    else:
+        names = set(params)
+        unknown = sorted(names - {n for n, _ in everything})
+        if unknown:
+            raise ValueError(f"directions: the model has no parameters {', '.join(unknown[:5])}")
+        chosen = [(n, p) for n, p in everything if n in names]
+    if not chosen:
+        raise ValueError(f"directions: params={params!r} chooses no parameter of {type(model).__name__}")
+    return list(_iter_directions(chosen, pairs, seed, filterNorm))
 
 
 def _named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -92,6 +118,39 @@ def _named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if not params:
         raise ValueError(f"LossLandscape: the model ({type(model).__name__}) has no parameters to move")
     return params
+
+
+def _chosen_params(
+    learner: Learner, model: nn.Module, params: str
+) -> tuple[list[tuple[str, nn.Parameter]], str]:
+    """The parameters ``plot`` moves for ``params`` and the title's words for them
+    ("16 of 44 parameter tensors (trainable)"); ``ValueError`` when that is none."""
+    from ._selection import selected_parameters
+
+    everything = _named_params(model)
+    total = len(everything)
+    if params == "all":
+        chosen = everything
+    elif params == "trainable":
+        frozen = {id(p) for p in learner.css_frozen()}
+        chosen = [(n, p) for n, p in everything if p.requires_grad and id(p) not in frozen]
+        if not chosen:
+            raise ValueError(
+                f"LossLandscape: all {total} parameter tensors of {type(model).__name__} are frozen "
+                "(requires_grad=False, or the prop 'frozen' in l.css), so none would move; pass "
+                "params='all' to move every parameter, or params='css' with l.css giving modules "
+                "the prop 'LossLandscape'"
+            )
+    else:
+        chosen = selected_parameters(learner, "LossLandscape", warn=False)
+        if not chosen:
+            raise ValueError(
+                f"LossLandscape: params='css', and l.css gives no module with parameters the prop "
+                f"'LossLandscape' (or 'all'); l.css is {learner.css!r}. Add a rule, e.g. "
+                "l.css += '\\nLinear: LossLandscape', or pass params='trainable' or 'all'"
+            )
+    why = {"all": "all", "trainable": "trainable", "css": "l.css: LossLandscape"}[params]
+    return chosen, f"{len(chosen)} of {total} parameter tensors ({why})"
 
 
 def _iter_directions(
@@ -457,10 +516,13 @@ class LossLandscape(Callback):
     resolution=51 (points per side), batchSize=None (validation samples; None: one batch),
     ranges=(0.1, 0.32, 1, 3.2), pairs=2, seed=0 (the directions' generator),
     filterNorm=False (Li et al. 2018 filter-normalised directions), engine="auto"
-    ("vmap": batched points, "loop": one point at a time), memory=256 MiB (per batched call)
+    ("vmap": batched points, "loop": one point at a time), memory=256 MiB (per batched call),
+    params="trainable" (what is moved: "trainable": requires_grad and not frozen by l.css,
+    "all", "css": modules l.css gives the prop LossLandscape)
 - cb.compute(...): the same surfaces without the figure
 - cb.surfaces: the last surfaces: .xs, .ys, .losses (numpy), .pair, .radius; cb.centre: the
-    loss at the current weights
+    loss at the current weights; cb.perturbed: the names of the parameters moved, cb.moved:
+    how many of how many ("16 of 44 parameter tensors (trainable)", in the figure's title)
 """
 
     def __init__(self) -> None:
@@ -468,6 +530,8 @@ class LossLandscape(Callback):
         self.surfaces: list[Surface] = []
         self.centre: float | None = None
         self.engine: str | None = None
+        self.perturbed: list[str] = []
+        self.moved = ""
 
     def plot(
         self,
@@ -479,11 +543,14 @@ class LossLandscape(Callback):
         filterNorm: bool = False,  # noqa: N803
         engine: str = "auto",
         memory: int = 256 * 2**20,
+        params: str = "trainable",
     ) -> Figure:
         """Compute ``pairs x len(ranges)`` surfaces (``compute``) and return their figure
         (matplotlib, closed: Jupyter shows it, a script calls ``fig.savefig(path)``)."""
-        surfaces = self.compute(resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory)
-        return _draw(surfaces, len(surfaces) // pairs, pairs, self.centre)
+        surfaces = self.compute(
+            resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory, params
+        )
+        return _draw(surfaces, len(surfaces) // pairs, pairs, self.centre, self.moved)
 
     def compute(
         self,
@@ -495,10 +562,11 @@ class LossLandscape(Callback):
         filterNorm: bool = False,  # noqa: N803
         engine: str = "auto",
         memory: int = 256 * 2**20,
+        params: str = "trainable",
     ) -> list[Surface]:
         """The surfaces, pair by pair and range by range, also kept in ``cb.surfaces``; the
         options are ``plot``'s (see the repr)."""
-        radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory)
+        radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory, params)
         learner = self.learner
         for name in ("model", "data"):  # no lossF: the model's output may carry its loss
             if getattr(learner, name) is None:
@@ -507,17 +575,18 @@ class LossLandscape(Callback):
         # functional_call need plain modules, and the names are the original's
         assert learner.model is not None  # checked just above
         model: nn.Module = unwrap(learner.model)
-        params = _named_params(model)
-        snapshot = _Snapshot(model, params)
+        chosen, moved = _chosen_params(learner, model, params)
+        snapshot = _Snapshot(model, chosen)
         try:
             model.eval()
             with torch.no_grad():
-                ev = _Evaluator(model, params, learner, batchSize, snapshot)
+                ev = _Evaluator(model, chosen, learner, batchSize, snapshot)
                 self.centre = float(ev.centre)
-                weights = [(name, p.detach()) for name, p in params]  # as they are now
+                weights = [(name, p.detach()) for name, p in chosen]  # as they are now
                 directions = _iter_directions(weights, pairs, seed, filterNorm)
                 choice = _EngineChoice(engine, ev, memory)
                 self.surfaces = _surfaces(ev, directions, pairs, radii, resolution, choice)
+                self.perturbed, self.moved = [name for name, _ in chosen], moved
                 self.engine = self.surfaces[-1].engine
         finally:
             snapshot.restore()
@@ -632,6 +701,7 @@ def _check_options(
     seed: int,
     engine: str,
     memory: int,
+    params: str,
 ) -> tuple[float, ...]:
     def positive_int(name: str, value: object, least: int = 1) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -648,6 +718,10 @@ def _check_options(
         raise ValueError(
             f"LossLandscape.plot: engine must be one of {', '.join(map(repr, _ENGINES))}, got {engine!r}"
         )
+    if params not in _PARAMS:
+        raise ValueError(
+            f"LossLandscape.plot: params must be one of {', '.join(map(repr, _PARAMS))}, got {params!r}"
+        )
     try:
         out = tuple(float(r) for r in ranges)
     except (TypeError, ValueError):
@@ -659,7 +733,7 @@ def _check_options(
     return out
 
 
-def _draw(surfaces: list[Surface], cols: int, pairs: int, centre: float | None) -> Figure:
+def _draw(surfaces: list[Surface], cols: int, pairs: int, centre: float | None, moved: str) -> Figure:
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(4 * cols, 3.6 * pairs))
@@ -675,7 +749,9 @@ def _draw(surfaces: list[Surface], cols: int, pairs: int, centre: float | None) 
             ax.set_title(f"[{-s.radius:g}, {s.radius:g}]")
             ax.set_xlabel(f"d{2 * s.pair + 1}")
             ax.set_ylabel(f"d{2 * s.pair + 2}")
-        fig.suptitle("Loss around the current weights (red: (0, 0)); rows: random direction pairs")
+        fig.suptitle(
+            f"Loss around the current weights (red: (0, 0)); rows: random direction pairs\nmoved: {moved}"
+        )
         fig.tight_layout()
     finally:
         plt.close(fig)

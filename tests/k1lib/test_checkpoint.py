@@ -102,8 +102,10 @@ def test_the_file_holds_state_dicts_only_and_skips_callbacks_without_state() -> 
         "css",
         "counters",
         "rng",
+        "data",
         "digest",
     }
+    assert checkpoint["data"] == {}  # lists of batches: no split to keep
     # DontTrainValid, CancelOnExplosion, ... return {}: they are left out
     assert "DontTrainValid" in l.cbs and "CancelOnExplosion" in l.cbs
     assert list(checkpoint["callbacks"]) == [cb.name for cb in l.cbs if cb.state_dict()]
@@ -149,6 +151,139 @@ def test_a_resumed_run_continues_identically(loader_seed: int | None) -> None:
     assert resumed.Loss.valid == whole.Loss.valid
     for (k, v), w in zip(resumed.model.state_dict().items(), whole.model.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
+
+
+# ---- the data's split (issue 13, point 12) -------------------------------------------------------
+
+
+def split_learner(split_seed: int | None, n: int = 600, global_seed: int = 0) -> Any:
+    """``build(None)`` with ``Data.fromDataset(seed=split_seed)`` on ``n`` samples, torch's
+    global generator seeded with ``global_seed`` before the split is drawn."""
+    l = build(None)
+    torch.manual_seed(global_seed)
+    l.data = Data.fromDataset(FunctionDataset(torch.exp, n=n), batchSize=50, seed=split_seed)
+    torch.manual_seed(0)
+    return l
+
+
+def split_of(l: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return l.data.train.x.clone(), l.data.valid.x.clone()
+
+
+@pytest.mark.parametrize(
+    ("saved_seed", "resumed_seed", "resumed_global"),
+    [(None, None, 1), (3, 4, 0), (3, None, 0)],
+    ids=["global-generator-reseeded", "other-seed", "seed-then-none"],
+)
+def test_a_resumed_run_trains_on_the_saved_split(
+    saved_seed: int | None, resumed_seed: int | None, resumed_global: int
+) -> None:
+    whole = split_learner(saved_seed).run(4)
+    first = split_learner(saved_seed).run(2)
+    first.save("half.pth")
+    resumed = split_learner(resumed_seed, global_seed=resumed_global)
+    assert not torch.equal(split_of(resumed)[1], split_of(first)[1])  # a split of its own
+    resumed.load("half.pth")
+    for ours, theirs in zip(split_of(resumed), split_of(first), strict=True):
+        assert torch.equal(ours, theirs)
+    if (saved_seed is None) == (resumed_seed is None):  # generators in the same places:
+        resumed.run(2)  # the same training orders too, so the same run
+        assert resumed.Loss.train == whole.Loss.train and resumed.Loss.valid == whole.Loss.valid
+
+
+def test_a_checkpoint_of_another_dataset_loads_with_a_warning_and_keeps_the_split() -> None:
+    a = split_learner(1)
+    a.run(1).save("ck.pth")
+    b = split_learner(2, n=700)
+    before = split_of(b)
+    with pytest.warns(
+        UserWarning, match=r"split of a Data.fromDataset of 600 samples, but l.data's dataset has 700"
+    ):
+        b.load("ck.pth")
+    for ours, theirs in zip(split_of(b), before, strict=True):
+        assert torch.equal(ours, theirs)
+    assert b.Loss.train == a.Loss.train  # the rest loaded
+    for k, v in b.model.state_dict().items():
+        assert torch.equal(v, a.model.state_dict()[k]), k
+    c = split_learner(2)
+    c.data = Data(list(c.data.train), list(c.data.valid))
+    with pytest.warns(UserWarning, match=r"l.data was not made by Data.fromDataset"):
+        c.load("ck.pth")
+
+
+def test_a_checkpoint_of_version_2_without_a_split_loads_with_the_learners_split() -> None:
+    from k1lib._checkpoint import digest_of
+
+    a = split_learner(1)
+    a.run(1).save("ck.pth")
+    old = torch.load("ck.pth", weights_only=True)
+    del old["data"], old["digest"]
+    old["version"] = 2
+    torch.save({**old, "digest": digest_of(old)}, "v2.pth")
+    b = split_learner(2)
+    before = split_of(b)
+    b.load("v2.pth")
+    for ours, theirs in zip(split_of(b), before, strict=True):
+        assert torch.equal(ours, theirs)
+    assert b.Loss.train == a.Loss.train
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["split"].__setitem__("order", torch.zeros(600, dtype=torch.int32)), "not a permutation"),
+        (lambda d: d["split"].__setitem__("train", 0), r"need 0 < train < samples"),
+        (lambda d: d.__setitem__("split", "all"), "should be a dict of 'samples'"),
+    ],
+)
+def test_a_malformed_split_is_refused_before_anything_changes(
+    edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    a = split_learner(1)
+    a.opt = torch.optim.Adam(a.model.parameters(), lr=1e-2)
+    a.run(1).save("ck.pth")
+    b = split_learner(2)
+    b.run(1)
+    before, split = snapshot(b), split_of(b)
+    with pytest.raises(CheckpointError, match=rf"'edited\.pth' is malformed: .*{message}"):
+        b.load(_edited("ck.pth", lambda c: edit(c["data"])))
+    assert_same(snapshot(b), before)
+    for ours, theirs in zip(split_of(b), split, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_a_model_failing_to_load_puts_the_split_back() -> None:
+    a = split_learner(1)
+    a.model.append(Picky())
+    a.run(1).save("ck.pth")
+    b = split_learner(2)
+    b.model.append(Picky())
+    b.opt = torch.optim.Adam(b.model.parameters(), lr=1e-2)
+    split = split_of(b)
+    with pytest.raises(CheckpointError, match="wants layout 3"):
+        b.load("ck.pth")
+    for ours, theirs in zip(split_of(b), split, strict=True):
+        assert torch.equal(ours, theirs)
+
+
+# ---- an optimizer of another model (issue 13, point 13) --------------------------------------------
+
+
+def test_loading_into_a_learner_whose_optimizer_is_of_another_model_changes_nothing() -> None:
+    a = adam_learner()
+    a.run(1).save("ck.pth")
+    b = adam_learner()
+    b.run(1)
+    b.model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))  # the cell run again
+    before = snapshot(b)
+    with pytest.raises(
+        RuntimeError, match=r"^loading 'ck\.pth': 4 of the 4 tensors l\.opt optimizes are not"
+    ):
+        b.load("ck.pth")
+    assert_same(snapshot(b), before)
+    b.opt = torch.optim.Adam(b.model.parameters(), lr=1e-2)  # the fix the message names
+    b.load("ck.pth")
+    assert_same(snapshot(b), snapshot(a))
 
 
 def test_save_refuses_state_that_a_weights_only_load_could_not_read() -> None:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -335,9 +336,105 @@ def test_train_split_must_be_a_fraction(bad: object) -> None:
         Data.fromDataset(FunctionDataset.exp, trainSplit=bad)  # type: ignore[arg-type]
 
 
-def test_train_split_must_leave_both_sides_a_sample() -> None:
-    with pytest.raises(ValueError, match=r"trainSplit=0\.9 of 3 samples leaves 3 for train and 0 for valid"):
-        Data.fromDataset(FunctionDataset(torch.exp, n=3), trainSplit=0.9)
+@pytest.mark.parametrize(
+    ("n", "batch_size", "train_split", "sizes"),
+    [
+        (64, 16, 0.8, (48, 16)),  # 4 whole batches would hold more than 51.2: all 64
+        (64, 16, 0.75, (48, 16)),  # 48 is a multiple of 16: "more than 48" took 64
+        (80, 16, 0.8, (64, 16)),
+        (10_000, 64, 0.8, (8064, 1936)),  # the README's: unchanged
+        (17, 16, 0.5, (16, 1)),
+        (3, 32, 0.9, (2, 1)),  # not one whole batch: round(2.7) would take all 3
+        (10, 16, 0.8, (8, 2)),
+        (2, 32, 0.1, (1, 1)),
+    ],
+)
+def test_neither_side_is_ever_empty(
+    n: int, batch_size: int, train_split: float, sizes: tuple[int, int]
+) -> None:
+    data = Data.fromDataset(FunctionDataset(torch.exp, n=n), batchSize=batch_size, trainSplit=train_split)
+    assert (len(data.train.x), len(data.valid.x)) == sizes
+    assert len(data.valid) >= 1 and len(list(data.valid)) >= 1
+
+
+@given(n=st.integers(2, 400), batch_size=st.integers(1, 70), train_split=st.floats(0.01, 0.99))
+def test_any_split_leaves_both_sides_samples(n: int, batch_size: int, train_split: float) -> None:
+    data = Data.fromDataset((torch.arange(n), torch.arange(n)), batchSize=batch_size, trainSplit=train_split)
+    train, valid = len(data.train.x), len(data.valid.x)
+    assert train >= 1 and valid >= 1 and train + valid == n
+    if n > batch_size:  # whole training batches whenever one leaves validation a sample
+        assert train % batch_size == 0
+
+
+def test_one_sample_cannot_be_split() -> None:
+    with pytest.raises(ValueError, match=r"^1 sample cannot be split: train and valid need at least 1 each$"):
+        Data.fromDataset(FunctionDataset(torch.exp, n=1), trainSplit=0.9)
+
+
+def test_seed_makes_the_split_and_the_training_order_reproducible() -> None:
+    ds = FunctionDataset(torch.exp, n=200, dtype=torch.float64)
+
+    def epochs(seed: int) -> tuple[list[float], list[list[float]]]:
+        torch.manual_seed(seed + 100)  # torch's global generator plays no part
+        data = Data.fromDataset(ds, batchSize=16, seed=seed)
+        return data.valid.x.tolist(), [torch.cat([xb for xb, _ in data.train]).tolist() for _ in range(2)]
+
+    valid, train = epochs(1)
+    assert epochs(1) == (valid, train)
+    assert train[0] != train[1]  # a new order each epoch
+    assert epochs(2)[0] != valid
+    with pytest.raises(ValueError, match=r"^seed must be an int or None, got 1\.5$"):
+        Data.fromDataset(ds, seed=1.5)  # type: ignore[arg-type]
+
+
+def test_the_split_goes_into_another_data_of_the_same_dataset() -> None:
+    ds = FunctionDataset(torch.exp, n=100, dtype=torch.float64)
+    a = Data.fromDataset(ds, batchSize=8, seed=1)
+    b = Data.fromDataset(ds, batchSize=10, trainSplit=0.5, seed=2)
+    state = a.state_dict()
+    assert state["split"]["samples"] == 100 and state["split"]["train"] == 88
+    assert state["split"]["order"].dtype == torch.int32
+    b.load_state_dict(state)
+    assert torch.equal(b.train.x, a.train.x) and torch.equal(b.valid.x, a.valid.x)
+    assert torch.equal(b.train.y, a.train.y) and b.train.batchSize == 10  # b's batches, a's samples
+    in_order = Data.fromDataset(ds, batchSize=8, shuffle=False)
+    assert in_order.state_dict()["split"]["order"] is None
+    b.load_state_dict(in_order.state_dict())
+    assert torch.equal(b.valid.x, ds.x[88:])
+    assert Data([], []).state_dict() == {}
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        (
+            {"split": {"samples": 90, "train": 80, "order": None}},
+            "the split is of 90 samples; this Data's dataset has 100",
+        ),
+        ({"split": {"samples": 100, "train": 100, "order": None}}, "need 0 < train < samples"),
+        (
+            {"split": {"samples": 100, "train": 5, "order": torch.zeros(100, dtype=torch.long)}},
+            "not a permutation",
+        ),
+        ({"split": {"samples": 100, "train": 5, "order": torch.arange(100.0)}}, "not a permutation"),
+        ({"split": [1, 2]}, "should be a dict of 'samples', 'train' and 'order'"),
+    ],
+)
+def test_a_split_that_does_not_fit_changes_nothing(state: dict[str, Any], message: str) -> None:
+    data = Data.fromDataset(FunctionDataset(torch.exp, n=100), batchSize=8)
+    before = data.train.x.clone(), data.valid.x.clone()
+    with pytest.raises(ValueError, match=message):
+        data.load_state_dict(state)
+    assert torch.equal(data.train.x, before[0]) and torch.equal(data.valid.x, before[1])
+
+
+def test_replaced_loaders_have_no_split() -> None:
+    data = Data.fromDataset(FunctionDataset(torch.exp, n=100), batchSize=8)
+    state = data.state_dict()
+    data.valid = [(torch.zeros(2), torch.zeros(2))]
+    assert data.state_dict() == {}
+    with pytest.raises(ValueError, match=r"not made by Data\.fromDataset, or its loaders were replaced"):
+        data.load_state_dict(state)
 
 
 def test_from_dataset_rejects_what_is_not_a_dataset() -> None:

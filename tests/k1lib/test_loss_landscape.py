@@ -86,18 +86,20 @@ def reference(
     a: float,
     b: float,
 ) -> float:
-    """The plain loop: copy the weights moved along the directions into a copy, forward, loss."""
+    """The plain loop: copy the weights moved along the directions into a copy, forward, loss
+    (parameters without a direction stay)."""
     m = copy.deepcopy(model).eval()
     d1, d2 = pair
     with torch.no_grad():
         for name, p in m.named_parameters():
-            p.copy_(p + a * d1[name] + b * d2[name])
+            if name in d1:
+                p.copy_(p + a * d1[name] + b * d2[name])
         return float(lossF(m(xb), yb))
 
 
 def check_against_loop(l: Any, xb: Any, yb: Any, filterNorm: bool = False, seed: int = 0) -> None:
     cb = l.LossLandscape
-    pairs = directions(l.model, pairs=2, seed=seed, filterNorm=filterNorm)
+    pairs = directions(l.model, pairs=2, seed=seed, filterNorm=filterNorm, params=cb.perturbed)
     n = len(cb.surfaces[0].xs)
     for s in cb.surfaces:
         for i, j in [(0, 0), (n - 1, 1), (n // 2, n - 1), (2, 3)]:
@@ -180,6 +182,63 @@ def test_same_seed_same_surfaces_other_seed_other_surfaces() -> None:
     assert (cb.surfaces[0].losses == first).all()
     cb.plot(resolution=5, ranges=(1,), pairs=1, seed=4)
     assert not (cb.surfaces[0].losses == first).all()
+
+
+# ---- which parameters move (issue 13, point 7) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["vmap", "loop"])
+def test_trainable_leaves_out_frozen_parameters_and_those_l_css_freezes(engine: str) -> None:
+    l = readme_learner()
+    l.css = "#bulk > #0: frozen"  # frozen during runs only: requires_grad stays True here
+    l.model.bulk[5].bias.requires_grad_(False)
+    all_names = [n for n, _ in l.model.named_parameters()]
+    l.LossLandscape.plot(resolution=5, ranges=(0.5, 2), engine=engine)
+    cb = l.LossLandscape
+    moved = [n for n in all_names if n not in ("bulk.0.weight", "bulk.0.bias", "bulk.5.bias")]
+    assert cb.perturbed == moved and l.model.bulk[0].weight.requires_grad
+    assert cb.moved == f"{len(moved)} of {len(all_names)} parameter tensors (trainable)"
+    xb, yb = readme_batch(l)
+    pairs = directions(l.model, pairs=2, params=cb.perturbed)
+    assert set(pairs[0][0]) == set(moved)
+    n = len(cb.surfaces[0].xs)
+    for s in cb.surfaces:
+        for i, j in [(0, 0), (n - 1, 1), (2, 3)]:
+            want = reference(l.model, l.lossF, xb, yb, pairs[s.pair], s.xs[i], s.ys[j])
+            assert s.losses[i, j] == pytest.approx(want, rel=1e-5), (s.pair, s.radius, i, j)
+
+
+def test_all_moves_every_parameter_and_css_the_selected_modules() -> None:
+    l = readme_learner()
+    l.model.bulk[0].requires_grad_(False)
+    names = [n for n, _ in l.model.named_parameters()]
+    l.LossLandscape.compute(resolution=3, ranges=(1,), pairs=1, params="all")
+    assert l.LossLandscape.perturbed == names
+    assert l.LossLandscape.moved == f"{len(names)} of {len(names)} parameter tensors (all)"
+    l.css = "SkipBlock #0: LossLandscape"
+    l.LossLandscape.compute(resolution=3, ranges=(1,), pairs=1, params="css")
+    assert l.LossLandscape.perturbed == [f"bulk.{i}.seq.0.{w}" for i in (2, 3, 4) for w in ("weight", "bias")]
+    assert l.LossLandscape.moved == f"6 of {len(names)} parameter tensors (l.css: LossLandscape)"
+
+
+def test_directions_choose_parameters_by_mode_or_name() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    model[0].weight.requires_grad_(False)
+    assert list(directions(model, pairs=1)[0][0]) == ["0.bias", "1.weight", "1.bias"]
+    assert list(directions(model, pairs=1, params="all")[0][0]) == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+    ]
+    assert list(directions(model, pairs=1, params=["1.bias", "0.weight"])[0][0]) == ["0.weight", "1.bias"]
+    with pytest.raises(ValueError, match=r"the model has no parameters 2\.weight"):
+        directions(model, params=["2.weight"])
+    with pytest.raises(ValueError, match=r"params must be 'trainable', 'all' or parameter names, got 'css'"):
+        directions(model, params="css")
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"params='trainable' chooses no parameter of Sequential"):
+        directions(model)
 
 
 # ---- filter normalisation ------------------------------------------------------------------------
@@ -436,6 +495,7 @@ def test_it_handles_no_event_so_training_pays_nothing() -> None:
         ({"batchSize": 0}, "batchSize must be an int >= 1"),
         ({"ranges": (1, -2)}, "ranges must be positive numbers"),
         ({"engine": "fast"}, "engine must be one of 'auto', 'vmap', 'loop'"),
+        ({"params": "frozen"}, "params must be one of 'trainable', 'all', 'css', got 'frozen'"),
     ],
 )
 def test_bad_options_say_what_is_allowed(kwargs: dict[str, Any], message: str) -> None:
