@@ -39,7 +39,7 @@ class _Line:
     label: str  # "name: Class" or the fold summary
     params: tuple[int, int] | None  # (parameters in the subtree, how many of them are frozen)
     props: str
-    note: str = ""  # after the props: what a cut by max_depth hides ("… 3 selected below")
+    note: str = ""  # after the props: a tie ("(tied with x)"), what a cut hides ("… 3 selected below")
 
 
 def render_text(
@@ -287,16 +287,17 @@ def _layout(
         if keep is not None:
             kids = [kid for kid in kids if id(kid) in keep]
         label = f"{printable(node.name)}: {printable(node._tag)}"
+        # the tie mark goes after the columns, as the cut's note: a long path in the label
+        # would push this line's counts out of line with the others
         mark = marks.get(id(node))
-        if mark:
-            label += f" ({mark})"
-        note = ""
+        notes = [f"({mark})"] if mark else []
         if max_depth is not None and depth >= max_depth and kids:
             below, selected = _hidden_below(node)
             label += f" (+{below} module{'' if below == 1 else 's'})"
             if selected:
-                note = f"… {selected} selected below"
+                notes.append(f"… {selected} selected below")
             kids = []
+        note = " ".join(notes)
         props = printable(", ".join(node.props))
         lines.append(_Line(depth, label, counts.totals.get(id(node)) if params else None, props, note))
         pending: list[tuple[ModuleSelector, int, list[ModuleSelector] | None]] = []

@@ -96,7 +96,7 @@ def test_gpt2_tree() -> None:
         "drop: Dropout 0",
         "h: ModuleList (+26 modules) 25,408",
         "ln_f: LayerNorm 64",
-        "lm_head: Linear (tied with transformer.wte) 2,048 head",
+        "lm_head: Linear 2,048 head (tied with transformer.wte)",
     ]
 
 
@@ -136,7 +136,7 @@ def test_cli_params_of_gpt2() -> None:
     assert (code, err) == (0, "")
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert lines[1] == f"root: GPT2LMHeadModel {sum(p.numel() for p in gpt2().parameters()):,}"
-    assert "lm_head: Linear (tied with transformer.wte) 2,048 all" in lines
+    assert "lm_head: Linear 2,048 all (tied with transformer.wte)" in lines
 
 
 def test_cli_params_of_t5_with_constructor_arguments() -> None:
@@ -144,7 +144,7 @@ def test_cli_params_of_t5_with_constructor_arguments() -> None:
     assert code == 0
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert lines[1] == f"root: T5ForConditionalGeneration {sum(p.numel() for p in t5().parameters()):,}"
-    assert lines.count("embed_tokens: Embedding (tied with shared) 2,048 all") == 2
+    assert lines.count("embed_tokens: Embedding 2,048 all (tied with shared)") == 2
 
 
 def test_cli_depth_says_what_is_selected_below() -> None:

@@ -577,7 +577,7 @@ def test_a_tied_weight_counts_once_and_its_later_holder_is_marked() -> None:
         "    body: Sequential 60",
         "        0: Embedding 40",
         "        1: Linear 20",
-        "    head: Linear (tied with body.0) 50",
+        "    head: Linear 50 (tied with body.0)",
     ]
     assert _counts(text)[0] == _distinct(model) == 70
 
@@ -590,7 +590,7 @@ def test_a_module_at_two_places_counts_once() -> None:
         "root: Shared 12",
         "    a: Linear 6",
         "    b: Sequential 6",
-        "        inner: Linear (tied with a) 6",
+        "        inner: Linear 6 (tied with a)",
         "        relu: ReLU 0",
         "    c: Linear 6",
     ]
@@ -601,14 +601,14 @@ def test_frozen_tied_weights_count_once() -> None:
     model.head.weight.requires_grad_(False)  # the embedding's too: one tensor
     lines = modsel.select(model, "").tree(params=True).splitlines()
     assert lines[1].split() == ["root:", "TiedHead", "70", "(40", "frozen)"]
-    assert lines[5].split()[-3:] == ["50", "(40", "frozen)"]
+    assert lines[5].split()[-6:] == ["50", "(40", "frozen)", "(tied", "with", "body.0)"]
 
 
 def test_one_tensor_in_two_slots_of_one_module() -> None:
     model = nn.Linear(3, 3)
     model.register_parameter("again", model.weight)
     text = modsel.select(nn.Sequential(model), "").tree(params=True)
-    assert squeeze(text)[1:] == ["root: Sequential 12", "    0: Linear (tied with 0.weight) 12"]
+    assert squeeze(text)[1:] == ["root: Sequential 12", "    0: Linear 12 (tied with 0.weight)"]
 
 
 def test_marks_name_every_first_place() -> None:
@@ -620,7 +620,7 @@ def test_marks_name_every_first_place() -> None:
         "root: Sequential 12",
         "    0: Linear 6",
         "    1: Linear 6",
-        "    2: Linear (tied with 0, 1) 6",
+        "    2: Linear 6 (tied with 0, 1)",
     ]
 
 
@@ -636,7 +636,7 @@ def test_a_repeated_block_folds_and_its_run_counts_once() -> None:
         "            0: Linear 6",
         "            1: ReLU 0",
         "        1: Sequential 6",  # differs from 0 by its mark below, so shown
-        "            0: Linear (tied with 0.0.0) 6",
+        "            0: Linear 6 (tied with 0.0.0)",
         "            1: ReLU 0",
         "        2…11: Sequential ×10 (same as 1) 6",
         "    1: Linear 6",
@@ -700,6 +700,7 @@ def test_every_subtree_count_is_torchs(seed: int) -> None:
         params = list(node.module.parameters())
         total = sum(p.numel() for p in params)
         frozen = sum(p.numel() for p in params if not p.requires_grad)
+        line = line.split(" (tied with ")[0]  # the mark comes last
         words = line.split()
         assert f"{total:,}" in words, (path, line)
         if frozen:
