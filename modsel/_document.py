@@ -91,7 +91,7 @@ class ModuleSelector:
         self._kids = _NO_KIDS
         self._memo = parent._memo if parent is not None else {}
         tag = type(module).__name__
-        self._tag = tag if tag != "RecursiveScriptModule" else tag_of(module)
+        self._tag = tag if tag not in SCRIPT_CLASSES else tag_of(module)
 
     # ---- identity and navigation -------------------------------------------------------------
     @property
@@ -312,11 +312,15 @@ _ATTRIBUTES = object()
 SELECTED = object()
 
 
+# the classes of TorchScript modules, whatever class was scripted or traced
+SCRIPT_CLASSES = frozenset({"RecursiveScriptModule", "TracedModule", "TopLevelTracedModule"})
+
+
 def tag_of(module: Module) -> str:
     """The type name a type selector compares with.
 
-    The class name; for TorchScript modules (whose class is always ``RecursiveScriptModule``)
-    the name of the scripted class.
+    The class name; for TorchScript modules (whose class is one of ``SCRIPT_CLASSES``) the
+    name of the scripted or traced class.
     """
     original = getattr(module, "original_name", None)
     if isinstance(module, _script_module_type()) and isinstance(original, str):
@@ -638,7 +642,7 @@ def grow(
                     kid._kids = no_kids
                     kid._memo = memo
                     tag = type(mod).__name__
-                    kid._tag = tag if tag != "RecursiveScriptModule" else tag_of(mod)
+                    kid._tag = tag if tag not in SCRIPT_CLASSES else tag_of(mod)
                     kids.append(kid)
                 if kids:
                     node._kids = kids

@@ -190,8 +190,12 @@ def test_a_traced_model_refuses_attributes_it_lacks(traced: Any) -> None:
         paths(traced, "[in_features]")
 
 
+def test_a_traced_model_has_the_traced_classes_names(traced: Any, eager: nn.Module) -> None:
+    assert paths(traced, "Conv2d") == CONVS  # not TracedModule, which every module was
+    assert modsel.select(traced, "").tree() == modsel.select(eager, "").tree()
+
+
 def test_a_traced_model_still_has_path_training_parameter_slots_and_type(traced: Any) -> None:
-    # (Conv2d is no type selector here: a traced module's tag is TracedModule)
     assert paths(traced, "[path$=conv1][training=false][weight=true]") == [
         p for p in CONVS if p.endswith("conv1")
     ]
