@@ -174,13 +174,19 @@ class Learner:
         foreign = sum(id(p) not in ours for p in held)
         if not foreign:
             return
-        effect = "leave l.model untrained" if foreign == len(held) else "step tensors that are not l.model's"
+        if foreign == len(held):
+            raise RuntimeError(
+                f"{doing}: none of the {len(held)} tensors l.opt optimizes is a parameter of l.model: "
+                "l.opt was built for another model (was l.model set again after l.opt?), so the run "
+                "would leave l.model untrained. Rebuild it after setting l.model, e.g. "
+                "l.opt = optim.Adam(l.model.parameters(), lr=1e-3)"
+            )
         raise RuntimeError(
             f"{doing}: {foreign} of the {len(held)} tensors l.opt optimizes are not parameters of "
-            f"l.model: l.opt was built for another model (was l.model set again after l.opt?), so the "
-            f"run would {effect}. Rebuild it after setting l.model, e.g. "
-            "l.opt = optim.Adam(l.model.parameters(), lr=1e-3) (a tensor trained alongside the model "
-            "must be a parameter of l.model)"
+            "l.model. A tensor trained alongside the model (a learnable loss weight or temperature) "
+            "must be registered on it, e.g. l.model.temperature = nn.Parameter(...), so that "
+            "checkpoints save it; otherwise l.opt was built for another model: rebuild it after "
+            "setting l.model"
         )
 
     # ---- the loop (k1lib/_loop.py) ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import os
 import re
 import sys
@@ -39,6 +40,7 @@ from ._document import (
 from ._grad import Key, hook_grads
 from ._match import Selector, match
 from ._match import compile as compile_selector
+from ._wrappers import unwrap
 
 __all__ = ["Freeze", "freeze", "hooks", "param_groups", "paths", "tap", "to_regex", "unfreeze"]
 
@@ -72,7 +74,7 @@ def _warn_empty(what: str, css: Css, model: Module, result: str = "nothing was c
     id names of the selector that no module of the model has (class names change between
     library versions: a misspelt or renamed class is the usual cause)."""
     hints = "".join("; " + hint for hint in _hints(css, model))
-    empty = f"selector {_source(css)!r} selects no module of {type(model).__name__}"
+    empty = f"selector {_source(css)!r} selects no module of {type(unwrap(model)).__name__}"
     _warn(f"modsel.{what}: {empty}{hints}; {result}")
 
 
@@ -190,7 +192,8 @@ def set_requires_grad(model: Module, found: list[tuple[str, Module]], flag: bool
     before = [(param, param.requires_grad) for param in owned.values()]
     for param in owned.values():
         param.requires_grad_(flag)
-    names = [name for name, param in walk_parameters([("", model)]) if id(param) in owned]
+    # named as in the unwrapped model, as paths and param_groups name them
+    names = [name for name, param in walk_parameters([("", unwrap(model))]) if id(param) in owned]
     return Freeze(label, flag, before, names)
 
 
@@ -399,13 +402,37 @@ def _bind(callback: HookCallback, path: str) -> HookCallback:
     return hook
 
 
+def _backward_caller(callback: HookCallback) -> Callable[[str, Module, Tensor, Key], Any]:
+    """How to call ``backward``: as ``backward(path, module, grad, key=key)``, or positionally
+    when it takes ``*args`` without a ``key``. A callback written for torch's full backward
+    hook, ``(path, module, grad_input, grad_output)``, is refused here, before anything is
+    hooked: called positionally it would take the key for ``grad_output`` without a word."""
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: positional
+        return lambda path, module, grad, key: callback(path, module, grad, key)
+    try:
+        signature.bind("path", None, None, key=())
+    except TypeError:
+        if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+            return lambda path, module, grad, key: callback(path, module, grad, key)
+        raise TypeError(
+            f"modsel.hooks: backward={getattr(callback, '__name__', callback)!r} must take "
+            f"(path, module, grad, key), called once per output tensor with key=...; its "
+            f"signature is {signature} (torch's full backward hook's (grad_input, grad_output) "
+            "is not what modsel passes)"
+        ) from None
+    return lambda path, module, grad, key: callback(path, module, grad, key=key)
+
+
 def _grad_capture(callback: HookCallback, path: str, live: list[bool]) -> HookCallback:
     """A forward hook that puts a tensor hook on each output tensor that requires grad: it
-    calls ``callback(path, module, grad, key)`` while ``live[0]`` (the ``with`` block runs)."""
+    calls ``callback(path, module, grad, key=key)`` while ``live[0]`` (the ``with`` block runs)."""
+    call = _backward_caller(callback)
 
     def hook(module: Module, inputs: Any, output: Any) -> None:
         def on_grad(key: Key, grad: Tensor) -> Tensor | None:
-            return callback(path, module, grad, key) if live[0] else None
+            return call(path, module, grad, key) if live[0] else None
 
         hook_grads(output, on_grad)
 
@@ -433,7 +460,10 @@ def hooks(
     dict or ``ModelOutput`` field (Hugging Face blocks return those), longer when nested;
     a tensor no loss depends on gets no call. Returning a tensor replaces that gradient for the
     rest of the backward pass (as ``Tensor.register_hook``); return ``None`` to only observe.
-    There is no ``grad_input``: torch's full backward hook, which has it, wraps the output in a
+    ``key`` is passed by keyword (positionally to a ``*args`` callback), so a callback written
+    for torch's full backward hook, ``(path, module, grad_input, grad_output)``, is refused with
+    a TypeError when the block starts. There is no ``grad_input``: torch's full backward hook,
+    which has it, wraps the output in a
     view that an in-place op after the module (ResNets' ``ReLU(inplace=True)`` after a
     ``BatchNorm2d``) makes fail. An output changed in place later still reports the gradient of
     the value the module returned. A backward pass after the block calls nothing.
@@ -460,6 +490,8 @@ def hook_found(
     """``hooks`` for already selected ``(path, module)`` pairs; handles removed in ``finally``.
     The gradient capture is a forward hook registered after ``forward``, so it hooks the output
     that ``forward`` may have replaced."""
+    if backward is not None:
+        _backward_caller(backward)  # a callback of the wrong shape raises before any hook
     handles: list[RemovableHandle] = []
     live = [True]
     try:

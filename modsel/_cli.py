@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"modsel: bad stylesheet{where}: {e}", file=err)
         return EXIT_BAD_INPUT
     except ModselError as e:  # a target or stylesheet file that cannot be loaded or read
-        print(f"modsel: {e}", file=err)
+        print(f"modsel: {_one_line(str(e))}", file=err)
         return EXIT_BAD_INPUT
     selected = _selected(root)
     if args.paths:
@@ -138,6 +138,14 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print("modsel: the stylesheet selected no module", file=err)
         return EXIT_NO_MATCH
     return EXIT_MATCHED
+
+
+def _one_line(message: str, limit: int = 1000) -> str:
+    """``message`` as one terminal-safe line (control characters escaped, an ESC from a
+    target cannot reach the terminal), cut to ``limit`` characters (a 100k-character target
+    is not echoed whole)."""
+    line = printable(message)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _selected(root: ModuleSelector) -> list[ModuleSelector]:

@@ -395,8 +395,15 @@ _QUALNAMES: dict[type, str] = {}
 
 
 def _qualified_name(cls: type) -> str:
-    module = getattr(cls, "__module__", None)
-    return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
+    """``module.QualName`` of ``cls``; the plain ``__name__`` when a class's ``__module__`` or
+    ``__qualname__`` cannot be read as text (one odd class must not break matching)."""
+    try:
+        module, qualname = getattr(cls, "__module__", None), cls.__qualname__
+        if not isinstance(qualname, str):
+            return cls.__name__
+        return f"{module}.{qualname}" if isinstance(module, str) and module else qualname
+    except Exception:
+        return cls.__name__
 
 
 class PartialAttributes(dict[str, str]):

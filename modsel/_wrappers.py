@@ -5,8 +5,11 @@
 modsel reads the tree of the unwrapped module, so paths are those of the original
 (``bulk.2.seq.0``, not ``_orig_mod.bulk.2.seq.0`` or ``module.bulk.2.seq.0``) whether or not the
 model is wrapped: a regex from ``to_regex`` on a compiled model matches the names PEFT and
-torchao see. The wrappers share the original's parameters and submodules, so hooks and
-``requires_grad`` set through the tree act on the wrapped model too. k1lib follows the same rule
+torchao see. The wrappers share the original's parameters and submodules, so
+``requires_grad`` and hooks set through the tree act on the wrapped model too, with one
+caveat of torch's: a compiled model that has already run may keep running its compiled graph
+without calling hooks added afterwards (dynamo does not always guard on hooks); add hooks
+before the first call, or call ``torch._dynamo.reset()``. k1lib follows the same rule
 (its checkpoints' keys, HookParam's names).
 """
 

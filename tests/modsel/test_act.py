@@ -358,3 +358,18 @@ def test_tree_hooks_are_removed_after_the_block() -> None:
     assert seen == ["bulk.2", "bulk.3", "bulk.4"]
     assert sorted(grads) == ["bulk.2", "bulk.3", "bulk.4"]
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_a_backward_written_for_torchs_full_backward_hook_is_refused_before_hooking() -> None:
+    # (path, module, grad_input, grad_output) would take the key for grad_output silently
+    model = nn.Sequential(nn.Linear(2, 2))
+    with (
+        pytest.raises(TypeError, match=r"must take \(path, module, grad, key\)"),
+        modsel.hooks(model, "Linear", backward=lambda path, module, grad_input, grad_output: None),
+    ):
+        pass
+    assert not model[0]._forward_hooks
+    seen = []
+    with modsel.hooks(model, "Linear", backward=lambda path, module, grad, key: seen.append((path, key))):
+        model(torch.ones(1, 2)).sum().backward()
+    assert seen == [("0", ())]

@@ -741,3 +741,13 @@ def test_main_imports_from_the_working_folder_and_restores_sys_path(
         assert sys.path == before
     finally:
         sys.modules.pop(CWD_MODULE, None)
+
+
+def test_a_target_with_control_characters_or_a_huge_one_gives_one_short_safe_line() -> None:
+    err = io.StringIO()
+    assert main(["torch.nn:Lin\x1b[2Jear", "Linear"], io.StringIO(), err) == 2
+    assert "\x1b" not in err.getvalue() and "\\x1b" in err.getvalue()
+    assert err.getvalue().count("\n") == 1
+    err = io.StringIO()
+    assert main(["x" * 100_000 + ":f", "Linear"], io.StringIO(), err) == 2
+    assert len(err.getvalue()) < 1100 and err.getvalue().count("\n") == 1

@@ -357,3 +357,15 @@ def test_a_float_subclass_reads_as_its_number() -> None:
     layer.eps = np.float64(1e-5)  # type: ignore[assignment]
     assert_selector(nn.Sequential(layer), "[eps=1e-5]", ["0"])
     assert_selector(nn.Sequential(layer), '[eps="1e-05"]', ["0"])
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("boom")
+
+
+def test_a_class_whose_module_is_not_text_does_not_break_attribute_selectors() -> None:
+    odd = type("Odd", (nn.Module,), {"__module__": _Unprintable()})
+    model = nn.Sequential(odd(), nn.Linear(1, 1))
+    assert paths(model, "[in_features=1]") == ["1"]
+    assert paths(model, '[type="Odd"]') == ["0"]

@@ -61,3 +61,14 @@ def test_param_groups_of_a_wrapped_model_hold_its_parameters() -> None:
 def test_unwrap_returns_a_plain_model_itself() -> None:
     model = _model()
     assert modsel.unwrap(model) is model
+
+
+def test_freeze_names_the_parameters_as_the_unwrapped_model_does() -> None:
+    inner = _model()
+    frozen = modsel.freeze(nn.DataParallel(inner), "#2 Linear")
+    assert frozen.parameters == ["2.0.weight", "2.0.bias"]
+
+
+def test_an_empty_selection_names_the_wrapped_models_class() -> None:
+    with pytest.warns(UserWarning, match="selects no module of Sequential"):
+        modsel.paths(nn.DataParallel(_model()), "Conv2d")
