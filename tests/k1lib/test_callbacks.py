@@ -398,7 +398,7 @@ def test_module_selector_freeze_hookF_hookB() -> None:
     seen: list[str] = []
     with (
         tree.hookF(lambda path, m, i, o: seen.append(path)),
-        tree.hookB(lambda path, m, gi, go: seen.append("back " + path)),
+        tree.hookB(lambda path, m, grad, key: seen.append("back " + path)),
     ):
         l.model(torch.randn(3, 2, requires_grad=True)).sum().backward()
     assert seen == ["0", "back 0"]
