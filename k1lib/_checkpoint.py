@@ -52,6 +52,7 @@ import modsel
 from . import _files, _opt_state
 from ._rng import loader_generators
 from ._unwrap import strip_wrapper_prefixes, unwrap
+from ._warn import warn
 from .data import Data, check_split
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ _LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written, read, or does not fit the learner loading it."""
+
+    __module__ = "k1lib"  # the public name, in tracebacks and for pickle
 
 
 # ---- writing -------------------------------------------------------------------------------------
@@ -400,14 +403,12 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     for set_state, state in rng:
         set_state(state)
     if unknown:
-        warnings.warn(
+        warn(
             f"{name!r} has state for callbacks this learner lacks: {', '.join(unknown)} (skipped); "
-            "append them to l.cbs before l.load to restore it",
-            UserWarning,
-            stacklevel=3,
+            "append them to l.cbs before l.load to restore it"
         )
     if kept:
-        warnings.warn(kept, UserWarning, stacklevel=3)
+        warn(kept)
 
 
 def _apply(

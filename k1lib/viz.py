@@ -1,11 +1,15 @@
 """``SliceablePlot``: a plot that can be zoomed by slicing and restyled with pyplot calls, each
-giving a new plot, drawn only when shown.
+giving a new plot.
 
 A ``SliceablePlot`` holds a draw function, the slice(s) to draw and a chain of pyplot calls to
-make afterwards; nothing is drawn until it is shown. In Jupyter it shows its image and then its
-text; in a script ``p.plot()`` returns the figure and ``p.save(path)`` writes a PNG. It never
-calls ``plt.show()`` and it closes the figures it opens, so building many plots costs no memory.
-pyplot is imported on first draw, not with this module.
+make afterwards. In Jupyter nothing is drawn until it is shown: it shows its image and then its
+text, once (it leaves no figure in pyplot for the inline backend to show a second time). In a
+script (no Jupyter kernel) each plot is also drawn at once as pyplot's current figure, so
+``l.Loss.plot(); plt.savefig("loss.png")`` saves it, and ``plt.show()`` shows it; the figure the
+previous plot left there is closed then, so building many plots holds one figure at most.
+``p.plot()`` returns a figure, ``p.save(path)`` writes an image. It never calls ``plt.show()``.
+Figures it opens get a tight layout (labels inside the image), and a drawing with no data at all
+says so in the figure instead of showing empty axes. pyplot is imported on first draw.
 
     >>> import matplotlib.pyplot as plt
     >>> def draw(sl):
@@ -21,6 +25,8 @@ import difflib
 import importlib
 import io
 import os
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +40,10 @@ __all__ = ["SliceablePlot"]
 _HEADER = """Sliceable plot. Can...
 - p[a:b]: to focus on a specific range of the plot
 - p.yscale("log"): to perform operation as if you're using plt"""
+
+# written on the axes of a drawing with no data at all: a plot made before any training, or
+# sliced past its end
+NO_DATA = "no data yet: run l.run(...) first\n(or the slice holds no data)"
 
 # pyplot functions a chain must not call: they would show, close or replace the figure drawn
 _NOT_IN_CHAIN = {
@@ -135,6 +145,39 @@ def _show(sl: slice) -> str:
     return f"[{text}:{sl.step}]" if sl.step is not None else f"[{text}]"
 
 
+def _in_jupyter() -> bool:
+    """Whether this runs in a Jupyter kernel, whose inline backend shows every figure pyplot
+    holds at the end of a cell (so a plot must leave none there, or it is shown twice)."""
+    ipython = sys.modules.get("IPython")  # never imported here: a script has no kernel
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return getattr(shell, "kernel", None) is not None
+
+
+class _Current:
+    """The figure the latest plot left as pyplot's current one (scripts only)."""
+
+    figure: Figure | None = None
+
+
+def _has_data(ax: Axes) -> bool:
+    if any(len(line.get_xdata()) for line in ax.lines):  # type: ignore[arg-type]
+        return True
+    return bool(ax.collections or ax.images or ax.patches or ax.texts or ax.tables)
+
+
+def _finish(fig: Figure) -> None:
+    """Say so on a figure with no data at all, and lay it out so labels are not clipped."""
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    if shown and not any(_has_data(ax) for ax in shown):
+        for ax in shown:
+            ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="gray")
+    if fig.get_layout_engine() is None:
+        with warnings.catch_warnings():  # axes tight_layout cannot fit (3D, say) stay as they are
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+
+
 class SliceablePlot:
     """A plot drawn by ``plotF(slices)`` with pyplot, zoomed by slicing, restyled by pyplot calls.
 
@@ -149,9 +192,13 @@ class SliceablePlot:
       plot that calls ``plt.f(...)`` after drawing, in the order the calls were chained. They act
       on the current axes, the last one drawn, as pyplot's functions do.
     - ``p.plot(ax=None)`` draws and returns the figure, ``p.save(path)`` writes an image file.
+
+    Outside Jupyter every new plot (built, sliced or restyled) is also drawn at once as pyplot's
+    current figure (see the module doc). ``text=False`` shows the image alone in Jupyter, without
+    the repr under it.
     """
 
-    __slots__ = ("_decorators", "_docs", "_plotF", "_slices")
+    __slots__ = ("_decorators", "_docs", "_plotF", "_slices", "_text")
 
     def __init__(
         self,
@@ -160,6 +207,7 @@ class SliceablePlot:
         docs: str | None = None,
         *,
         decorators: tuple[PlotCall, ...] = (),
+        text: bool = True,
     ) -> None:
         if not callable(plotF):
             raise TypeError(f"plotF must be a function that draws, got {type(plotF).__name__}")
@@ -175,6 +223,9 @@ class SliceablePlot:
         self._slices: slice | tuple[slice, ...] = slices
         self._docs = docs
         self._decorators = tuple(decorators)
+        self._text = text
+        if not _in_jupyter():
+            self._make_current()
 
     @property
     def plotF(self) -> Callable[[Any], object]:  # noqa: N802
@@ -202,6 +253,7 @@ class SliceablePlot:
             self._slices if slices is None else slices,
             self._docs,
             decorators=self._decorators if decorators is None else decorators,
+            text=self._text,
         )
 
     # ---- building --------------------------------------------------------------------------------
@@ -252,9 +304,14 @@ class SliceablePlot:
         Figures opened here are closed before returning (they stay usable, but pyplot no longer
         holds them), so nothing accumulates; ``ax``'s own figure is left open.
         """
+        return self._draw(ax, keep=False)
+
+    def _draw(self, ax: Axes | None, keep: bool) -> Figure:
+        """Draw; close the figures opened here, except the one returned when ``keep``."""
         import matplotlib.pyplot as plt
 
         before = set(plt.get_fignums())
+        fig: Figure | None = None
         try:
             if ax is None:
                 plt.figure()
@@ -264,13 +321,27 @@ class SliceablePlot:
             for call in self._decorators:
                 call()
             fig = plt.gcf()
+            if ax is None:  # a figure of ours: a caller's axes keep the caller's layout
+                _finish(fig)
         finally:
             for number in set(plt.get_fignums()) - before:
-                plt.close(number)
+                if not (keep and fig is not None and number == fig.number):
+                    plt.close(number)
         return fig
 
+    def _make_current(self) -> None:
+        """Draw as pyplot's current figure, in place of the one the previous plot left there."""
+        import matplotlib.pyplot as plt
+
+        previous, _Current.figure = _Current.figure, None
+        if previous is not None:
+            plt.close(previous)  # nothing happens if the user closed it already
+        _Current.figure = self._draw(None, keep=True)
+
     def save(self, path: str | os.PathLike[str], **savefig_kwargs: Any) -> None:
-        """Draw and write the image to ``path``; the format follows its extension (PNG for .png)."""
+        """Draw and write the image to ``path``; the format follows its extension (PNG for .png).
+        ``savefig_kwargs`` go to ``Figure.savefig`` (``bbox_inches="tight"`` unless given)."""
+        savefig_kwargs.setdefault("bbox_inches", "tight")
         self.plot().savefig(path, **savefig_kwargs)
 
     def _repr_png_(self) -> bytes:
@@ -283,7 +354,8 @@ class SliceablePlot:
         # would show the image alone, so both are published here as two outputs.
         display = importlib.import_module("IPython.display").display
         display({"image/png": self._repr_png_(), "text/plain": "<SliceablePlot image>"}, raw=True)
-        display({"text/plain": repr(self)}, raw=True)
+        if self._text:
+            display({"text/plain": repr(self)}, raw=True)
 
     def __repr__(self) -> str:
         return f"{_HEADER}\n\n{self._docs}" if self._docs else _HEADER

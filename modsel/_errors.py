@@ -6,9 +6,14 @@ The tree::
     ├── SelectorSyntaxError (also a ValueError)   a stylesheet or selector that does not parse
     └── TargetError                               a CLI target that cannot be loaded, or a
                                                   model whose _modules hold a non-module
+
+Each is defined here and re-exported by ``modsel``, and says so in ``__module__``: a traceback
+prints ``modsel.SelectorSyntaxError``, the name to catch, and pickle finds the class there.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ModselError", "SelectorSyntaxError", "TargetError"]
 
@@ -18,6 +23,8 @@ _CONTEXT = 60  # characters of the offending line shown on each side of the care
 class ModselError(Exception):
     """Base class of every error modsel raises on purpose."""
 
+    __module__ = "modsel"
+
 
 class SelectorSyntaxError(ModselError, ValueError):
     """A selector or stylesheet that does not parse.
@@ -26,6 +33,8 @@ class SelectorSyntaxError(ModselError, ValueError):
     under the column.
     """
 
+    __module__ = "modsel"
+
     def __init__(self, reason: str, pattern: str, line: int, column: int) -> None:
         self.reason = reason
         self.pattern = pattern
@@ -33,11 +42,17 @@ class SelectorSyntaxError(ModselError, ValueError):
         self.column = column
         super().__init__(f"{reason} at line {line}, column {column}\n{caret_context(pattern, line, column)}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException pickles ``self.args`` (the message alone), which __init__ cannot take
+        return (type(self), (self.reason, self.pattern, self.line, self.column), self.__dict__)
+
 
 class TargetError(ModselError):
     """A command-line target (``pkg.mod:factory`` or a saved model) that cannot be loaded, or a
     model modsel cannot walk: a value in some module's ``_modules`` that is neither a module
     nor ``None`` (the message names its path)."""
+
+    __module__ = "modsel"
 
 
 def caret_context(pattern: str, line: int, column: int) -> str:

@@ -3,13 +3,13 @@ include the callback's name or ``all``."""
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 import modsel
 
+from .. import _warn
 from .._unwrap import unwrap
 
 if TYPE_CHECKING:
@@ -28,10 +28,9 @@ def selected_modules(learner: Learner, prop: str, warn: bool = True) -> list[tup
             seen.add(id(node.module))
             found.append((path, node.module))
     if not found and warn and asks_for(learner.css, prop):
-        warnings.warn(
+        _warn.warn(
             f"{prop}: l.css selects no module with the prop {prop!r} (or 'all'), so {prop} records "
-            f"nothing; l.css is {learner.css!r}",
-            stacklevel=3,
+            f"nothing; l.css is {learner.css!r}"
         )
     return found
 
@@ -52,9 +51,8 @@ def selected_parameters(learner: Learner, prop: str, warn: bool = True) -> list[
     assert learner.model is not None  # moduleSelector needs it: raised above otherwise
     found = [(name, p) for name, p in unwrap(learner.model).named_parameters() if id(p) in chosen]
     if not found and warn and asks_for(learner.css, prop):
-        warnings.warn(
+        _warn.warn(
             f"{prop}: l.css selects no module with parameters and the prop {prop!r} (or 'all'), so "
-            f"{prop} records nothing; l.css is {learner.css!r}",
-            stacklevel=3,
+            f"{prop} records nothing; l.css is {learner.css!r}"
         )
     return found

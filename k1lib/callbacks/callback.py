@@ -54,17 +54,25 @@ _EVENT_LIKE = re.compile(r"(start|end|cancel)[A-Z]")
 class CancelException(Exception):  # noqa: N818 - named like the README's CancelRunException
     """Base of the cancel exceptions: control flow that ends part of a run early."""
 
+    __module__ = "k1lib.callbacks"  # the public name, in tracebacks and for pickle
+
 
 class CancelBatchException(CancelException):
     """Skip the rest of this batch (fires ``cancelBatch``)."""
+
+    __module__ = "k1lib"  # the public name, in tracebacks and for pickle
 
 
 class CancelEpochException(CancelException):
     """Skip the rest of this epoch (fires ``cancelEpoch``)."""
 
+    __module__ = "k1lib"  # the public name, in tracebacks and for pickle
+
 
 class CancelRunException(CancelException):
     """End the run (fires ``cancelRun``); the Learner prints its message."""
+
+    __module__ = "k1lib"  # the public name, in tracebacks and for pickle
 
 
 class Callback:

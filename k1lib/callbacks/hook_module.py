@@ -425,7 +425,10 @@ class HookModule(Callback):
         def draw(sl: slice) -> None:
             import matplotlib.pyplot as plt
 
-            fig, axes = plt.subplots(len(fields), 2, figsize=(10, 3 * len(fields)), squeeze=False)
+            # constrained layout makes room for the legend outside the panels, clear of the curves
+            fig, axes = plt.subplots(
+                len(fields), 2, figsize=(12, 3 * len(fields)), squeeze=False, layout="constrained"
+            )
             for r, field in enumerate(fields):
                 for c, direction in enumerate(_DIRECTIONS):
                     ax = axes[r][c]
@@ -442,8 +445,8 @@ class HookModule(Callback):
                     ax.set_title(f"{direction} {field}")
                     ax.set_xlabel("batch")
             if 0 < len(names) <= 12 and axes[0][0].get_lines():
-                axes[0][0].legend(fontsize="small")
-            fig.tight_layout()
+                handles, labels = axes[0][0].get_legend_handles_labels()
+                fig.legend(handles, labels, loc="outside right upper", fontsize="small")
 
         return SliceablePlot(draw)
 

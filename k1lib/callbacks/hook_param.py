@@ -136,15 +136,16 @@ class HookParam(Callback):
 
             start, stop, step = indices(sl, len(data))
             xs = list(range(start, stop, step))
-            fig, axes = plt.subplots(2, 2, figsize=(10, 6))
+            # constrained layout makes room for the legend outside the panels, clear of the curves
+            fig, axes = plt.subplots(2, 2, figsize=(12, 6), layout="constrained")
             for k, (ax, title) in enumerate(zip(axes.flat, STATS, strict=True)):
                 for i, name in enumerate(names):
                     ax.plot(xs, data[start:stop:step, i, k].tolist(), label=name)
                 ax.set_title(title)
                 ax.set_xlabel("batch")
             if 0 < len(names) <= 12:
-                axes.flat[0].legend(fontsize="small")
-            fig.tight_layout()
+                handles, labels = axes.flat[0].get_legend_handles_labels()
+                fig.legend(handles, labels, loc="outside right upper", fontsize="small")
 
         return SliceablePlot(draw)
 

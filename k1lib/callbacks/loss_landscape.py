@@ -43,12 +43,14 @@ from .. import _distributed
 from .._batch import forward, loss_of, split
 from .._rng import RngSnapshot
 from .._unwrap import unwrap
+from .._warn import warn
 from .callback import Callback
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .._learner import Learner
+    from ..viz import SliceablePlot
 
 __all__ = ["LossLandscape", "Surface", "directions"]
 
@@ -544,13 +546,25 @@ class LossLandscape(Callback):
         engine: str = "auto",
         memory: int = 256 * 2**20,
         params: str = "trainable",
-    ) -> Figure:
-        """Compute ``pairs x len(ranges)`` surfaces (``compute``) and return their figure
-        (matplotlib, closed: Jupyter shows it, a script calls ``fig.savefig(path)``)."""
+    ) -> SliceablePlot:
+        """Compute ``pairs x len(ranges)`` surfaces (``compute``) and return their plot, a
+        ``SliceablePlot`` as the other callbacks': ``p[1:]`` leaves out the first range (slices
+        pick columns), ``p.save(path)`` writes it, ``p.plot()`` returns the figure; in a script
+        ``plt.savefig(path)`` right after saves it too. Jupyter shows the image alone, as the
+        README does."""
+        from ..viz import SliceablePlot, indices
+
         surfaces = self.compute(
             resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory, params
         )
-        return _draw(surfaces, len(surfaces) // pairs, pairs, self.centre, self.moved)
+        cols, centre, moved = len(surfaces) // pairs, self.centre, self.moved
+
+        def draw(sl: slice) -> None:
+            picked = range(*indices(sl, cols))
+            chosen = [surfaces[p * cols + c] for p in range(pairs) for c in picked]
+            _draw(chosen, len(picked), pairs, centre, moved)
+
+        return SliceablePlot(draw, text=False)
 
     def compute(
         self,
@@ -682,12 +696,11 @@ class _EngineChoice:
         return True
 
     def _fall_back(self, why: str) -> None:
-        warnings.warn(
+        warn(
             f"LossLandscape: evaluating grid points in batches failed for this model and lossF: {why}. "
             "Falling back to one forward pass per point (slower, same values); pass engine='loop' "
             "to skip the attempt",
             RuntimeWarning,
-            stacklevel=6,
         )
         self.mode = "loop"
         self.checked = True
@@ -734,25 +747,26 @@ def _check_options(
 
 
 def _draw(surfaces: list[Surface], cols: int, pairs: int, centre: float | None, moved: str) -> Figure:
+    """The surfaces, ``cols`` per row, as pyplot's current figure (SliceablePlot closes it)."""
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(4 * cols, 3.6 * pairs))
-    try:
-        for k, s in enumerate(surfaces):
-            ax: Any = fig.add_subplot(pairs, cols, k + 1, projection="3d")
-            x, y = np.meshgrid(s.xs, s.ys, indexing="ij")
-            z = np.where(np.isfinite(s.losses), s.losses, np.nan)
-            if np.isfinite(z).any():
-                ax.plot_surface(x, y, z, cmap="viridis", linewidth=0, antialiased=False)
-            if centre is not None and math.isfinite(centre):
-                ax.scatter([0.0], [0.0], [centre], color="red", s=12)
-            ax.set_title(f"[{-s.radius:g}, {s.radius:g}]")
-            ax.set_xlabel(f"d{2 * s.pair + 1}")
-            ax.set_ylabel(f"d{2 * s.pair + 2}")
-        fig.suptitle(
-            f"Loss around the current weights (red: (0, 0)); rows: random direction pairs\nmoved: {moved}"
-        )
+    fig = plt.figure(figsize=(4 * max(cols, 1), 3.6 * pairs))
+    for k, s in enumerate(surfaces):
+        # computed_zorder off: the (0, 0) marker is drawn after the surface, not hidden behind it
+        ax: Any = fig.add_subplot(pairs, cols, k + 1, projection="3d", computed_zorder=False)
+        x, y = np.meshgrid(s.xs, s.ys, indexing="ij")
+        z = np.where(np.isfinite(s.losses), s.losses, np.nan)
+        if np.isfinite(z).any():
+            ax.plot_surface(x, y, z, cmap="viridis", linewidth=0, antialiased=False, zorder=1)
+        if centre is not None and math.isfinite(centre):
+            ax.scatter([0.0], [0.0], [centre], color="red", s=20, zorder=2, depthshade=False)
+        ax.set_title(f"[{-s.radius:g}, {s.radius:g}]")
+        ax.set_xlabel(f"d{2 * s.pair + 1}")
+        ax.set_ylabel(f"d{2 * s.pair + 2}")
+    fig.suptitle(
+        f"Loss around the current weights (red: (0, 0)); rows: random direction pairs\nmoved: {moved}"
+    )
+    with warnings.catch_warnings():  # tight_layout may not fit 3D axes exactly; they stay as they are
+        warnings.simplefilter("ignore")
         fig.tight_layout()
-    finally:
-        plt.close(fig)
     return fig

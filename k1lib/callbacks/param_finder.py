@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import torch
 
 from .. import _distributed
 from .._rng import RngSnapshot
+from .._warn import warn
 from .callback import Callback, CancelEpochException, CancelRunException
 
 if TYPE_CHECKING:
@@ -93,10 +93,9 @@ class ParamFinder(Callback):
         self.param, self.params, self.losses = param, test.params, test.losses
         self.suggestion = test.params[-1] / _DIVISOR
         if not test.diverged:
-            warnings.warn(
+            warn(
                 f"ParamFinder: the loss did not diverge up to {param}={test.params[-1]:.3g}, so the "
-                f"suggestion ({self.suggestion:.3g}) may be too low; try a larger end",
-                stacklevel=2,
+                f"suggestion ({self.suggestion:.3g}) may be too low; try a larger end"
             )
         return self.suggestion
 

@@ -448,7 +448,7 @@ def test_progress_prints_only_the_final_line_when_not_interactive(
 ) -> None:
     monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # as in a script
     l = readme_learner()
-    fig = l.LossLandscape.plot(resolution=3)
+    fig = l.LossLandscape.plot(resolution=3).plot()  # a SliceablePlot; .plot() is its figure
     assert capsys.readouterr().out == "Progress: 100%          8/8 Finished [-3.2, 3.2] range\n"
     assert len(fig.axes) == 8
     assert [ax.name for ax in fig.axes] == ["3d"] * 8
@@ -476,7 +476,7 @@ def test_progress_is_redrawn_in_place_when_interactive(monkeypatch: pytest.Monke
 
 def test_the_figure_has_a_panel_per_pair_and_range() -> None:
     l = readme_learner()
-    fig = l.LossLandscape.plot(resolution=3, ranges=(0.5, 2), pairs=3)
+    fig = l.LossLandscape.plot(resolution=3, ranges=(0.5, 2), pairs=3).plot()
     assert len(fig.axes) == 6 and len(l.LossLandscape.surfaces) == 6
     assert [ax.get_title() for ax in fig.axes] == ["[-0.5, 0.5]", "[-2, 2]"] * 3
 

@@ -93,7 +93,7 @@ def test_lora_landscape_moves_only_the_adapters(engine: str) -> None:
         with warnings.catch_warnings():
             # vmap runs CPU attention through its slow generic batching rule, and says so
             warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
-            fig = l.LossLandscape.plot(engine=engine, **SMALL)
+            fig = l.LossLandscape.plot(engine=engine, **SMALL).plot()
     finally:
         watch.handle.remove()
     cb = l.LossLandscape
@@ -116,7 +116,7 @@ def test_lora_landscape_all_moves_the_frozen_weights_too() -> None:
     before = state(model)
     watch = Watch(model, set(names))
     try:
-        fig = l.LossLandscape.plot(engine="loop", params="all", **SMALL)
+        fig = l.LossLandscape.plot(engine="loop", params="all", **SMALL).plot()
     finally:
         watch.handle.remove()
     assert l.LossLandscape.perturbed == names and watch.changed == set(names)
@@ -159,7 +159,7 @@ def test_the_readme_network_moves_everything_by_default() -> None:
     l.lossF = lambda x, y: ((x.squeeze() - y) ** 2).mean()
     l.cbs.withModifyBatch(lambda x, y: (x[:, None], y))
     l.cbs.withDType(torch.float32)
-    fig = l.LossLandscape.plot(**SMALL)
+    fig = l.LossLandscape.plot(**SMALL).plot()
     n = len(list(l.model.parameters()))
     assert l.LossLandscape.moved == f"{n} of {n} parameter tensors (trainable)"
     assert fig._suptitle.get_text().endswith(f"moved: {n} of {n} parameter tensors (trainable)")

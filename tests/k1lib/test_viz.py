@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib.axes import Axes
 
+import k1lib.viz
 from k1lib.viz import PlotCall, SliceablePlot, compose
 
 matplotlib.use("Agg")
@@ -55,6 +56,13 @@ class Recorder:
                 ax.plot(DATA[sl])
         else:
             plt.plot(DATA[slices])
+
+
+@pytest.fixture(autouse=True)
+def lazy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in Jupyter: plots are drawn only when shown. Outside Jupyter each plot is also drawn at
+    once as pyplot's current figure (test_script_mode_* below, and tests/k1lib/test_plots.py)."""
+    monkeypatch.setattr(k1lib.viz, "_in_jupyter", lambda: True)
 
 
 @pytest.fixture(autouse=True)
@@ -341,3 +349,18 @@ def test_ipython_display_shows_image_then_text(monkeypatch: pytest.MonkeyPatch) 
     assert image_kwargs == text_kwargs == {"raw": True}
     assert image["image/png"].startswith(PNG_MAGIC)
     assert text == {"text/plain": f"{HEADER}\n\n{LOSS_DOCS}"}
+
+
+# ---- scripts -------------------------------------------------------------------------------------
+
+
+def test_script_mode_draws_at_once_as_the_current_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(k1lib.viz, "_in_jupyter", lambda: False)
+    draw = Recorder()
+    p = SliceablePlot(draw)[10:].yscale("log")
+    assert draw.calls == [slice(None), slice(10, None), slice(10, None)]
+    fig = plt.gcf()
+    assert plt.get_fignums() == [fig.number]  # the earlier plots' figures are closed
+    assert ydata(fig.axes[0]) == DATA[10:] and fig.axes[0].get_yscale() == "log"
+    assert p.plot() is not fig and plt.get_fignums() == [fig.number]
+    plt.close("all")
