@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 import modsel
 
 from ._unwrap import unwrap
+from ._warn import warn
 
 __all__ = ["cssOptimizer"]
 
@@ -27,4 +29,9 @@ def cssOptimizer(  # noqa: N802 - k1lib's camelCase public names
         l.opt = k1lib.cssOptimizer(l.model, optim.AdamW, {"#head Linear": {"lr": 1e-3}}, lr=1e-4)
     """
     # a compiled or DDP-wrapped model shares its parameters with the module it wraps
-    return optimizerClass(modsel.param_groups(unwrap(model), rules, **defaults), **defaults)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        groups = modsel.param_groups(unwrap(model), rules, **defaults)
+    for w in caught:  # modsel's warnings point at this file: point them at the caller's line
+        warn(str(w.message), w.category)
+    return optimizerClass(groups, **defaults)

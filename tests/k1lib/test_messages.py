@@ -143,3 +143,12 @@ def test_selector_syntax_error_pickles_with_its_position() -> None:
         error.column,
     )
     assert str(back) == str(error) and back.args == error.args
+
+
+def test_css_optimizer_warnings_point_at_the_callers_line() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k1lib.cssOptimizer(model, torch.optim.SGD, {"Conv2d": {"lr": 0.1}}, lr=0.01)
+    assert [w.filename for w in caught] == [__file__]
+    assert "selects no module of Sequential" in str(caught[0].message)
