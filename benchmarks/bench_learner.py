@@ -119,6 +119,84 @@ def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: floa
     return report(name, ("raw", "learner"), times, len(data.train) + len(data.valid), goal)
 
 
+# ---- with a metric and the progress bar (issue 14: <= 1.05x a raw loop computing the same) -----
+
+
+def mlp_classifier_case() -> tuple[nn.Module, Batches]:
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(512, 10))
+    x = torch.randn(256 * 24 - 100, 512)  # an uneven last batch
+    y = x[:, :10].argmax(1)
+    batches = [(x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256)]
+    return model, Batches(batches[:20], batches[20:])
+
+
+def correct(y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    return y.argmax(-1) == yb
+
+
+def absolute_error(y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    return (y - yb).abs().reshape(-1)
+
+
+def raw_metric_loop(
+    model: nn.Module,
+    data: Batches,
+    opt: torch.optim.Optimizer,
+    lossF: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],  # noqa: N803
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[float, float]:
+    """The raw loop computing the metric as one would by hand, without a sync per batch:
+    sums on the device, read once at the end of each phase."""
+    sums = []
+    for training, batches in ((True, data.train), (False, data.valid)):
+        model.train(training)
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        with torch.set_grad_enabled(training):
+            for xb, yb in batches:
+                y = model(xb)
+                loss = lossF(y, yb)
+                if training:
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad()
+                with torch.no_grad():
+                    value = metric(y, yb)
+                    total += value.double().sum()
+                    count += value.numel()
+        sums.append(float(total) / count)
+    return sums[0], sums[1]
+
+
+def compare_metric(
+    name: str,
+    case: Callable[[], tuple[nn.Module, Batches]],
+    lossF: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],  # noqa: N803
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    goal: float,
+    repeats: int,
+) -> bool:
+    torch.manual_seed(0)
+    model, data = case()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    l = k1lib.Learner()  # noqa: E741
+    l.model, l.data, l.opt, l.lossF = model, data, opt, lossF
+    l.cbs.ProgressBar.stream = io.StringIO()  # measure the callback, not the terminal
+    for cb in ("HookModule", "HookParam", "Autosave"):
+        l.cbs.remove(cb)
+    if metric is correct:
+        l.cbs.withAccuracy()
+    else:
+        l.cbs.withMetric("metric", metric)
+    raw = lambda: raw_metric_loop(model, data, opt, lossF, metric)  # noqa: E731
+    raw()  # warm up both
+    l.run(1)
+    times = alternate(raw, lambda: l.run(1), repeats)
+    return report(name, ("raw", "learner"), times, len(data.train) + len(data.valid), goal)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -128,6 +206,17 @@ def main() -> int:
     print(f"k1lib {k1lib.__version__}, torch {torch.__version__}, {repeats} alternated repeats, 1 thread")
     ok = compare("README network, batch 64", readme_case, 1.05, repeats)
     ok &= compare("MLP 512 x 6, batch 256", mlp_case, 1.02, repeats)
+    ok &= compare_metric(
+        "README network + |error| metric, bar", readme_case, loss_f, absolute_error, 1.05, repeats
+    )
+    ok &= compare_metric(
+        "MLP classifier + accuracy, bar",
+        mlp_classifier_case,
+        nn.functional.cross_entropy,
+        correct,
+        1.05,
+        repeats,
+    )
     return 0 if ok else 1
 
 

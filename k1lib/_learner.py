@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,6 +41,9 @@ from ._record import record
 from ._unwrap import unwrap
 from .callbacks.callback import Callback
 from .callbacks.callbacks import Callbacks
+
+if TYPE_CHECKING:
+    from ._predict import Predictions
 
 __all__ = ["Learner"]
 
@@ -286,6 +289,17 @@ class Learner:
 
         load(self, path)
         return self
+
+    def predict(self, loader: Iterable[Any] | None = None) -> Predictions:
+        """The model's outputs and the targets over ``loader`` (default: the validation loader),
+        in eval mode without autograd, each batch shaped as in training (Device, DType,
+        ModifyBatch, ModifyOutput, Autocast) and nothing recorded (Loss, HookModule, ... are
+        suspended): ``outputs, targets = l.predict()``, tensors concatenated along dim 0 (see
+        ``k1lib._predict.Predictions``). The learner, the model's mode and the random
+        generators are as before afterwards, also after an exception."""
+        from ._predict import predict
+
+        return predict(self, loader)
 
     def evaluate(self) -> None:
         """Show how the model does (set your own: ``l.evaluate = partial(f, l)``)."""

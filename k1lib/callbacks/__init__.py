@@ -3,6 +3,7 @@
 from .autocast import Autocast
 from .autosave import Autosave
 from .batch_limit import BatchLimit
+from .best_checkpoint import BestCheckpoint
 from .callback import (
     EVENTS,
     Callback,
@@ -18,6 +19,7 @@ from .device import Device
 from .dont_train import DontTrain
 from .dont_train_valid import DontTrainValid
 from .dtype import DType
+from .early_stopping import EarlyStopping
 from .epoch_limit import EpochLimit
 from .grad_accumulation import GradAccumulation
 from .grad_clipping import GradClipping
@@ -28,16 +30,21 @@ from .inspect_loss import InspectLoss
 from .inspect_output import InspectOutput
 from .loss import Loss
 from .loss_landscape import LossLandscape
+from .metrics import Accuracy, Metric
 from .modify_batch import ModifyBatch
 from .modify_output import ModifyOutput
+from .one_cycle import OneCycle
 from .param_finder import ParamFinder
 from .progress_bar import ProgressBar
+from .scheduler import Scheduler
 
 __all__ = [
     "EVENTS",
+    "Accuracy",
     "Autocast",
     "Autosave",
     "BatchLimit",
+    "BestCheckpoint",
     "Callback",
     "Callbacks",
     "CancelBatchException",
@@ -50,6 +57,7 @@ __all__ = [
     "Device",
     "DontTrain",
     "DontTrainValid",
+    "EarlyStopping",
     "EpochLimit",
     "GradAccumulation",
     "GradClipping",
@@ -60,9 +68,12 @@ __all__ = [
     "InspectOutput",
     "Loss",
     "LossLandscape",
+    "Metric",
     "ModifyBatch",
     "ModifyOutput",
+    "OneCycle",
     "ParamFinder",
     "ProgressBar",
+    "Scheduler",
     "Timings",
 ]

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from .callback import _EVENT_SET, EVENTS, Callback, CancelException
 
 if TYPE_CHECKING:
+    import os
+
     import torch
 
     from .._learner import Learner
@@ -305,6 +307,40 @@ class Callbacks:
 
         return self.append(Loss())
 
+    def withMetric(self, name: str, f: Callable[[Any, Any], torch.Tensor]) -> Callbacks:  # noqa: N802
+        """Record ``f(y, yb)`` per epoch as ``"train {name}"`` / ``"valid {name}"`` (``Metric``)."""
+        from .metrics import Metric
+
+        return self.append(Metric(name, f))
+
+    def withAccuracy(self, topk: int = 1, name: str | None = None) -> Callbacks:  # noqa: N802
+        """Record the (top-k) accuracy per epoch (``Accuracy``: ``"valid accuracy"``, ...)."""
+        from .metrics import Accuracy
+
+        return self.append(Accuracy(topk, name))
+
+    def withEarlyStopping(  # noqa: N802
+        self,
+        monitor: str = "valid loss",
+        patience: int = 3,
+        mode: str = "min",
+        minDelta: float = 0.0,  # noqa: N803
+    ) -> Callbacks:
+        from .early_stopping import EarlyStopping
+
+        return self.append(EarlyStopping(monitor, patience, mode, minDelta))
+
+    def withBestCheckpoint(  # noqa: N802
+        self,
+        path: str | os.PathLike[str],
+        monitor: str = "valid loss",
+        mode: str = "min",
+        restoreBest: bool = False,  # noqa: N803
+    ) -> Callbacks:
+        from .best_checkpoint import BestCheckpoint
+
+        return self.append(BestCheckpoint(path, monitor, mode, restoreBest))
+
     def withDontTrainValid(self) -> Callbacks:  # noqa: N802
         from .dont_train_valid import DontTrainValid
 
@@ -380,6 +416,45 @@ class Callbacks:
         from .grad_clipping import GradClipping
 
         return self.append(GradClipping(maxNorm, normType))
+
+    def withScheduler(self, sched: Any, every: str = "batch") -> Callbacks:  # noqa: N802
+        """Step ``sched`` (a ``torch.optim.lr_scheduler`` scheduler on ``l.opt``) after each
+        optimizer step taken (``every="batch"``) or at each training epoch's end (``"epoch"``)."""
+        from .scheduler import Scheduler
+
+        return self.append(Scheduler(sched, every))
+
+    def withOneCycle(  # noqa: N802
+        self,
+        maxLr: float | list[float] | str,  # noqa: N803
+        pctStart: float = 0.25,  # noqa: N803
+        divFactor: float = 25.0,  # noqa: N803
+        finalDivFactor: float = 1e4,  # noqa: N803
+        annealStrategy: str = "cos",  # noqa: N803
+        cycleMomentum: bool = False,  # noqa: N803
+        baseMomentum: float = 0.85,  # noqa: N803
+        maxMomentum: float = 0.95,  # noqa: N803
+        epochs: int | None = None,
+        totalSteps: int | None = None,  # noqa: N803
+    ) -> Callbacks:
+        """The 1cycle lr policy (warmup, then cosine annealing) over each run; ``maxLr`` may be
+        ``"suggested"``: the ParamFinder's suggestion."""
+        from .one_cycle import OneCycle
+
+        return self.append(
+            OneCycle(
+                maxLr,
+                pctStart,
+                divFactor,
+                finalDivFactor,
+                annealStrategy,
+                cycleMomentum,
+                baseMomentum,
+                maxMomentum,
+                epochs,
+                totalSteps,
+            )
+        )
 
     def withInspectBatch(self, f: Callable[[Any, Any], Any]) -> Callbacks:  # noqa: N802
         from .inspect_batch import InspectBatch

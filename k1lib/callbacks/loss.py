@@ -85,6 +85,11 @@ class Loss(Callback):
     def endRun(self) -> None:
         self._flush()
 
+    def quantities(self) -> dict[str, list[float]]:
+        """The per-epoch quantities it publishes (``k1lib.callbacks.metrics.quantities``):
+        ``{"train loss": epoch.train, "valid loss": epoch.valid}``."""
+        return {"train loss": self.epoch.train, "valid loss": self.epoch.valid}
+
     def plot(self) -> Any:
         """Training and validation losses; slicing picks a range of training batches and the
         validation curve follows the same fraction of the run."""

@@ -7,12 +7,15 @@ import time
 from typing import TextIO
 
 from .callback import Callback
+from .metrics import latest
 
 __all__ = ["ProgressBar"]
 
 
 class ProgressBar(Callback):
-    """Prints ``Progress:  20%, epoch:  1/10, batch: 152/157, elapsed:    1.2s``.
+    """Prints ``Progress:  20%, epoch:  1/10, batch: 152/157, elapsed:    1.2s``, then the
+    latest epoch's published quantities (``train loss: 0.31, valid accuracy: 0.9``; see
+    ``k1lib.callbacks.metrics.latest``).
 
     On a terminal or in Jupyter the line is redrawn in place (at most ``refresh`` times a
     second); when output goes to a file or a CI log, a full line is printed at most every
@@ -45,9 +48,12 @@ class ProgressBar(Callback):
         progress = (learner.epoch + min(learner.batch, batches) / batches) / max(learner.epochs, 1)
         learner.progress = progress
         elapsed = time.perf_counter() - self._start
+        # the latest epoch's losses and metrics (k1lib.callbacks.metrics.latest): host floats
+        # recorded once an epoch, so showing them costs no device sync
+        values = "".join(f", {name}: {value:.4g}" for name, value in latest(learner.cbs).items())
         return (
             f"Progress: {round(progress * 100):3}%, epoch: {learner.epoch:2}/{learner.epochs}, "
-            f"batch: {learner.batch:3}/{learner.batches}, elapsed: {elapsed:6.1f}s  "
+            f"batch: {learner.batch:3}/{learner.batches}, elapsed: {elapsed:6.1f}s{values}  "
         )
 
     def endBatch(self) -> None:
