@@ -74,7 +74,7 @@ def predict(learner: Learner, loader: Iterable[Any] | None) -> Predictions:
             try:
                 _raise(cbs.collect("startRun")[1])
                 for learner.batch, batch in enumerate(loader):
-                    learner.xb, learner.yb = split(batch)
+                    learner.xb, learner.yb = _inputs_and_targets(batch)
                     cbs("startBatch")
                     cbs("startPass")
                     learner.y = forward(model, learner.xb)
@@ -92,6 +92,17 @@ def predict(learner: Learner, loader: Iterable[Any] | None) -> Predictions:
         for snapshot in reversed(generators):
             snapshot.restore()
     return Predictions(_join(outputs), _join(targets))
+
+
+def _inputs_and_targets(batch: Any) -> tuple[Any, Any]:
+    """``(xb, yb)`` as the loop splits batches, plus what inference loaders give: a bare tensor
+    or a 1-tuple (``TensorDataset(x)``) is the inputs alone (targets None). Unlike in training,
+    a bare tensor is not ambiguous here: nothing is expected besides the inputs."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, tuple | list) and len(batch) == 1:
+        return batch[0], None
+    return split(batch)
 
 
 def _raise(error: BaseException | None) -> None:

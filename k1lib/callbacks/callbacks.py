@@ -313,11 +313,16 @@ class Callbacks:
 
         return self.append(Metric(name, f))
 
-    def withAccuracy(self, topk: int = 1, name: str | None = None) -> Callbacks:  # noqa: N802
+    def withAccuracy(  # noqa: N802
+        self,
+        topk: int = 1,
+        name: str | None = None,
+        ignoreIndex: int | None = -100,  # noqa: N803
+    ) -> Callbacks:
         """Record the (top-k) accuracy per epoch (``Accuracy``: ``"valid accuracy"``, ...)."""
         from .metrics import Accuracy
 
-        return self.append(Accuracy(topk, name))
+        return self.append(Accuracy(topk, name, ignoreIndex))
 
     def withEarlyStopping(  # noqa: N802
         self,

@@ -4,8 +4,10 @@ validation; and the per-epoch quantities the callbacks publish (``quantities``, 
 A metric is a function ``f(y, yb)`` of one batch's output and targets returning a tensor: per
 sample values (1-d or more: summed, counted by elements) or the batch's mean (0-d: weighted by
 the batch's sample count, ``yb.shape[0]``), so an epoch's value is the exact mean over its
-samples, not a mean of batch means. Sums stay on the model's device during an epoch (counts come
-from shapes, known on the host) and reach the host once at its end: no device sync per batch.
+samples, not a mean of batch means; or a pair ``(sum, count)`` of tensors, when some samples
+do not count (Accuracy's ignored targets). Sums stay on the model's device during an epoch
+(counts come from shapes, or stay on the device too) and reach the host once at its end: no
+device sync per batch.
 With several processes the sums and counts of all ranks are combined once an epoch, so every
 rank records the same values.
 
@@ -89,16 +91,25 @@ class Metric(Callback):
         self.epoch = _EpochValues()
         # per phase (True: training): the sum on the device, and the sample count (host int)
         self._sums: dict[bool, torch.Tensor | None] = {True: None, False: None}
-        self._counts: dict[bool, int] = {True: 0, False: 0}
+        self._counts: dict[bool, int | torch.Tensor] = {True: 0, False: 0}
 
     # ---- the hot path: no host sync ---------------------------------------------------------
     def endLoss(self) -> None:
         learner = self.learner
         with torch.no_grad():
             value = self.f(learner.y, learner.yb)
+            n: int | torch.Tensor
+            pair = isinstance(value, tuple) and len(value) == 2
+            if pair and all(isinstance(v, torch.Tensor) for v in value):
+                # (sum, count): samples the metric leaves out (ignored targets) are not counted
+                dtype = torch.float32 if value[0].device.type == "mps" else torch.float64
+                total, n = value[0].detach().sum(dtype=dtype), value[1].detach().sum()
+                self._add(learner.training, total, n)
+                return
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
-                    f"metric {self.name!r}: f(y, yb) must return a tensor, got {type(value).__name__}"
+                    f"metric {self.name!r}: f(y, yb) must return a tensor (or a (sum, count) pair of "
+                    f"tensors), got {type(value).__name__}"
                 )
             value = value.detach()
             dtype = torch.float32 if value.device.type == "mps" else torch.float64
@@ -109,10 +120,12 @@ class Metric(Callback):
             else:
                 n = value.numel()
                 total = value.sum(dtype=dtype)
-        phase = learner.training
+        self._add(learner.training, total, n)
+
+    def _add(self, phase: bool, total: torch.Tensor, n: int | torch.Tensor) -> None:
         held = self._sums[phase]
         self._sums[phase] = total if held is None else held + total
-        self._counts[phase] += n
+        self._counts[phase] = self._counts[phase] + n  # a tensor count stays on the device
 
     # ---- once an epoch ----------------------------------------------------------------------
     def _group(self) -> Group | None:
@@ -179,16 +192,28 @@ class Metric(Callback):
         self.epoch.train, self.epoch.valid = list(state["epoch_train"]), list(state["epoch_valid"])
 
 
-def _top_k(k: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    def correct(y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+def _top_k(k: int, ignore: int | None) -> Callable[[Any, Any], Any]:
+    def correct(y: Any, yb: Any) -> Any:
+        if not isinstance(y, torch.Tensor) or not isinstance(yb, torch.Tensor):
+            raise ValueError(
+                f"accuracy: expected y and yb to be tensors (scores and class indices), got "
+                f"{type(y).__name__} and {type(yb).__name__}; for a Hugging Face output, give the "
+                "logits and labels yourself, e.g. withMetric('accuracy', lambda y, yb: "
+                "(y.logits[:, :-1].argmax(-1) == yb['labels'][:, 1:]).float()) for a causal LM"
+            )
         if y.dim() < 2 or y.shape[:-1] != yb.shape:
             raise ValueError(
                 f"accuracy: expected scores (..., classes) and class indices (...), got y of shape "
                 f"{tuple(y.shape)} and yb of shape {tuple(yb.shape)}"
             )
         if k == 1:
-            return y.argmax(-1) == yb
-        return (y.topk(min(k, y.shape[-1]), dim=-1).indices == yb.unsqueeze(-1)).any(-1)
+            hit = y.argmax(-1) == yb
+        else:
+            hit = (y.topk(min(k, y.shape[-1]), dim=-1).indices == yb.unsqueeze(-1)).any(-1)
+        if ignore is None:
+            return hit
+        kept = yb != ignore  # as cross_entropy's ignore_index: padding is neither right nor wrong
+        return (hit & kept).sum(), kept.sum()
 
     return correct
 
@@ -197,10 +222,13 @@ class Accuracy(Metric):
     """The fraction of samples whose target class is among the ``topk`` highest scores:
     ``y`` holds scores ``(..., classes)``, ``yb`` class indices ``(...)``. Named ``accuracy``
     (``top{k} accuracy`` for ``topk > 1``) unless ``name`` is given: correct samples over
-    samples of the epoch, exactly."""
+    samples of the epoch, exactly. Targets equal to ``ignoreIndex`` (-100, as ``cross_entropy``'s
+    ``ignore_index``: padding) count neither as right nor as wrong; None counts every target."""
 
-    def __init__(self, topk: int = 1, name: str | None = None) -> None:
+    def __init__(self, topk: int = 1, name: str | None = None, ignoreIndex: int | None = -100) -> None:  # noqa: N803
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise ValueError(f"Accuracy: topk must be an int of 1 or more, got {topk!r}")
-        super().__init__(name or ("accuracy" if topk == 1 else f"top{topk} accuracy"), _top_k(topk))
+        name = name or ("accuracy" if topk == 1 else f"top{topk} accuracy")
+        super().__init__(name, _top_k(topk, ignoreIndex))
+        self.ignoreIndex = ignoreIndex
         self.topk = topk

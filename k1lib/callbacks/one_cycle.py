@@ -18,8 +18,10 @@ the cycle untaken.
 last suggestion (``l.ParamFinder.run()`` or ``.plot()`` first), read when a cycle starts, for
 every param group. ``cycleMomentum`` (False by default, unlike torch) also cycles the
 momentum (or Adam's beta1) between ``baseMomentum`` and ``maxMomentum``; off, the optimizer's
-momentum is left alone. The checkpoint holds the cycle: ``l.load`` then ``l.run`` continues
-it where the saved learner was.
+momentum is left alone. The checkpoint holds the cycle: with ``epochs=`` (one cycle over
+several runs), ``l.load`` then ``l.run`` continues it where the saved learner was, also from a
+checkpoint written mid-run. Without ``epochs=`` each run is its own cycle, so a run after
+``l.load`` starts a new one, even from a checkpoint written in the middle of a cycle.
 """
 
 from __future__ import annotations

@@ -272,3 +272,45 @@ def test_two_ranks_record_the_accuracy_of_all_samples_and_stop_together(tmp_path
 
 if __name__ == "__main__":
     _ddp_rank(Path(sys.argv[1]))
+
+
+class _Scores(nn.Module):
+    """Returns fixed token scores: class 1 everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.zeros(1, 4, 3)
+        y[..., 1] = 1
+        return y + self.p
+
+
+def _token_learner(labels: torch.Tensor) -> k1lib.Learner:
+    l = k1lib.Learner()
+    l.model = _Scores()
+    l.data = k1lib.data.Data([(torch.zeros(1), labels)], [(torch.zeros(1), labels)])
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.0)
+    l.lossF = lambda y, yb: nn.functional.cross_entropy(y.flatten(0, 1), yb.flatten())
+    l.cbs.remove("ProgressBar")
+    l.cbs.remove("Autosave")
+    return l
+
+
+def test_accuracy_leaves_out_ignored_targets_as_cross_entropy_does() -> None:
+    labels = torch.tensor([[1, 0, -100, -100]])  # 1 of the 2 labelled tokens right; 2 padding
+    l = _token_learner(labels)
+    l.cbs.withAccuracy().withAccuracy(name="counting padding", ignoreIndex=None)
+    l.run(1)
+    assert l.accuracy.epoch.valid == [0.5]
+    assert l.cbs["counting padding"].epoch.valid == [0.25]
+
+
+def test_accuracy_on_a_model_output_that_is_not_a_tensor_says_what_to_do() -> None:
+    @dataclass
+    class Output:
+        logits: torch.Tensor
+
+    with pytest.raises(ValueError, match=r"y and yb to be tensors.*got Output and Tensor.*withMetric"):
+        Accuracy().f(Output(torch.zeros(2, 3)), torch.zeros(2))

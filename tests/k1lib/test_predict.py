@@ -217,3 +217,14 @@ def test_autocast_applies_and_is_left_after_predict() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = torch.cat([model(x) for x, _ in l.data.valid])
     assert torch.equal(outputs, expected)
+
+
+def test_loaders_of_inputs_alone_give_no_targets() -> None:
+    l = learner()
+    xs = [x for x, _ in l.data.valid]
+    outputs, targets = l.predict(xs)
+    assert torch.equal(outputs, by_hand(l.model, xs)) and targets is None
+    sizes = [len(x) for x in xs]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs)), batch_size=sizes[0])
+    outputs, targets = l.predict(loader)
+    assert torch.equal(outputs, by_hand(l.model, xs)) and targets is None
