@@ -34,19 +34,23 @@ def gpt2(seed: int = 0) -> Any:
     return _seeded(lambda: GPT2LMHeadModel(config), seed)
 
 
-def llama(seed: int = 0, tied: bool = True) -> Any:
-    """Llama causal LM, 2 layers, tied embeddings by default (as the small Llamas ship)."""
+def llama(seed: int = 0, tied: bool = True, **options: Any) -> Any:
+    """Llama causal LM, 2 layers, tied embeddings by default (as the small Llamas ship);
+    ``options`` add to or override LlamaConfig's arguments."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
+        **{
+            "vocab_size": VOCAB,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": tied,
+            **options,
+        }
     )
     return _seeded(lambda: LlamaForCausalLM(config), seed)
 

@@ -14,15 +14,17 @@ if TYPE_CHECKING:
 __all__ = ["Loss"]
 
 
-class _EpochLosses:
-    """``cb.epoch.train`` / ``cb.epoch.valid``: the mean loss of each epoch."""
+class EpochValues:
+    """``cb.epoch.train`` / ``cb.epoch.valid``: one value per epoch (Loss's mean losses, a
+    Metric's values); ``what`` names them in the repr."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "losses") -> None:
+        self.what = what
         self.train: list[float] = []
         self.valid: list[float] = []
 
     def __repr__(self) -> str:
-        return f"epoch losses: train {self.train}, valid {self.valid}"
+        return f"epoch {self.what}: train {self.train}, valid {self.valid}"
 
 
 class Loss(Callback):
@@ -43,7 +45,7 @@ class Loss(Callback):
         super().__init__()
         self.train: list[float] = []
         self.valid: list[float] = []
-        self.epoch = _EpochLosses()
+        self.epoch = EpochValues()
         # losses not on the host yet, with their batch numbers (averaged by batch under DDP)
         self._pending: dict[bool, list[tuple[int, torch.Tensor]]] = {True: [], False: []}
 

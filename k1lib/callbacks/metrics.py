@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .callback import Callback
+from .loss import EpochValues
 
 if TYPE_CHECKING:
     from .._group import Group
@@ -56,17 +57,6 @@ def latest(cbs: Callbacks) -> dict[str, float]:
     return {name: values[-1] for name, values in quantities(cbs).items() if values}
 
 
-class _EpochValues:
-    """``cb.epoch.train`` / ``cb.epoch.valid``: the metric's value of each epoch."""
-
-    def __init__(self) -> None:
-        self.train: list[float] = []
-        self.valid: list[float] = []
-
-    def __repr__(self) -> str:
-        return f"epoch values: train {self.train}, valid {self.valid}"
-
-
 class Metric(Callback):
     """Records ``f(y, yb)`` per epoch, for training and validation: ``cb.epoch.train``,
     ``cb.epoch.valid`` (the mean over the epoch's samples). The callback's name is the
@@ -88,7 +78,7 @@ class Metric(Callback):
             raise TypeError(f"Metric {name!r}: f must be a function of (y, yb), got {type(f).__name__}")
         self.name = name
         self.f = f
-        self.epoch = _EpochValues()
+        self.epoch = EpochValues("values")
         # per phase (True: training): the sum on the device, and the sample count (host int)
         self._sums: dict[bool, torch.Tensor | None] = {True: None, False: None}
         self._counts: dict[bool, int | torch.Tensor] = {True: 0, False: 0}

@@ -44,18 +44,39 @@ def learner(train: int = 3, valid: int = 2, quiet: bool = True) -> Any:
     return l
 
 
-def assert_same(before: Any, after: Any, where: str = "state") -> None:
-    """Bitwise equal, nested (tensors with their dtype, dicts, lists, tuples)."""
+def assert_same(before: Any, after: Any, where: str = "state", nan: bool = False) -> None:
+    """Bitwise equal, nested (tensors with their dtype, dicts, lists, tuples); with ``nan``, a
+    NaN where a NaN was counts as equal (recorded statistics hold some)."""
     if isinstance(before, torch.Tensor):
         assert isinstance(after, torch.Tensor), where
-        assert before.dtype == after.dtype and torch.equal(before, after), where
+        if nan:
+            torch.testing.assert_close(after, before, rtol=0, atol=0, equal_nan=True, msg=where)
+        else:
+            assert before.dtype == after.dtype and torch.equal(before, after), where
     elif isinstance(before, dict):
         assert before.keys() == after.keys(), where
         for k in before:
-            assert_same(before[k], after[k], f"{where}[{k!r}]")
+            assert_same(before[k], after[k], f"{where}[{k!r}]", nan)
     elif isinstance(before, list | tuple):
         assert len(before) == len(after), where
         for i, (b, a) in enumerate(zip(before, after, strict=True)):
-            assert_same(b, a, f"{where}[{i}]")
+            assert_same(b, a, f"{where}[{i}]", nan)
     else:
-        assert before is after or before == after, where
+        assert before is after or before == after or (nan and before != before and after != after), where
+
+
+def readme_learner() -> Any:
+    """The README's learner (untrained): bfloat16 data made (N, 1) float32 by its callbacks."""
+    import k1lib
+
+    from ..modsel.models import Network
+
+    torch.manual_seed(0)
+    l = k1lib.Learner()
+    l.model = Network()
+    l.data = k1lib.data.Data.fromDataset(k1lib.data.FunctionDataset.exp, batchSize=64)
+    l.opt = torch.optim.Adam(l.model.parameters(), lr=1e-2)
+    l.lossF = lambda x, y: ((x.squeeze() - y) ** 2).mean()
+    l.cbs.withModifyBatch(lambda x, y: (x[:, None], y))
+    l.cbs.withDType(torch.float32)
+    return l

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 
 import k1lib
 
-VOCAB = 64
+# absolute: ddp_worker.py and test_distributed.py import this file as the top-level hf_models
+from tests.real_models import VOCAB, llama
+
 LENGTH = 12  # tokens a row, padding included
 ROW_LENGTHS = (12, 10, 9, 11)  # the rows of every batch (shuffled): the rest of each row is padding
 BATCH_SIZE = len(ROW_LENGTHS)
@@ -40,23 +42,10 @@ DDP_LR, DDP_MOMENTUM = 0.5, 0.9
 
 
 def tiny_lm(seed: int = 0) -> nn.Module:
-    """A 2-layer Llama causal LM with a vocabulary of ``VOCAB``, random weights from ``seed``
-    (torch's global generator is left as it was)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model: nn.Module = LlamaForCausalLM(config)
+    """A 2-layer Llama causal LM with a vocabulary of ``VOCAB``, untied embeddings, ``PAD`` as
+    its padding token, random weights from ``seed`` (torch's global generator is left as it
+    was): ``real_models.llama``."""
+    model: nn.Module = llama(seed, tied=False, pad_token_id=PAD)
     return model
 
 

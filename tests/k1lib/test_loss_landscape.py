@@ -19,23 +19,9 @@ import k1lib
 from k1lib.callbacks import EVENTS, LossLandscape
 from k1lib.callbacks.loss_landscape import directions
 
-from ..modsel.models import Network
-from .helpers import Batches, batches
+from .helpers import Batches, batches, readme_learner
 
 matplotlib.use("Agg")
-
-
-def readme_learner() -> Any:
-    """The README's learner (untrained): bfloat16 data made (N, 1) float32 by its callbacks."""
-    torch.manual_seed(0)
-    l = k1lib.Learner()
-    l.model = Network()
-    l.data = k1lib.data.Data.fromDataset(k1lib.data.FunctionDataset.exp, batchSize=64)
-    l.opt = torch.optim.Adam(l.model.parameters(), lr=1e-2)
-    l.lossF = lambda x, y: ((x.squeeze() - y) ** 2).mean()
-    l.cbs.withModifyBatch(lambda x, y: (x[:, None], y))
-    l.cbs.withDType(torch.float32)
-    return l
 
 
 def readme_batch(l: Any, samples: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

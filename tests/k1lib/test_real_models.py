@@ -13,11 +13,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import k1lib
-
 from .. import real_models
-from ..modsel.models import Network
-from .helpers import learner
+from .helpers import learner, readme_learner
 from .hf_models import lm_learner, tiny_lm
 
 matplotlib.use("Agg")
@@ -151,14 +148,7 @@ def test_a_model_with_everything_frozen_is_a_clear_error() -> None:
 
 
 def test_the_readme_network_moves_everything_by_default() -> None:
-    torch.manual_seed(0)
-    l = k1lib.Learner()
-    l.model = Network()
-    l.data = k1lib.data.Data.fromDataset(k1lib.data.FunctionDataset.exp, batchSize=64)
-    l.opt = torch.optim.Adam(l.model.parameters(), lr=1e-2)
-    l.lossF = lambda x, y: ((x.squeeze() - y) ** 2).mean()
-    l.cbs.withModifyBatch(lambda x, y: (x[:, None], y))
-    l.cbs.withDType(torch.float32)
+    l = readme_learner()
     fig = l.LossLandscape.plot(**SMALL).plot()
     n = len(list(l.model.parameters()))
     assert l.LossLandscape.moved == f"{n} of {n} parameter tensors (trainable)"
