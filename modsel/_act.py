@@ -425,10 +425,12 @@ def _backward_caller(callback: HookCallback) -> Callable[[str, Module, Tensor, K
     return lambda path, module, grad, key: callback(path, module, grad, key=key)
 
 
-def _grad_capture(callback: HookCallback, path: str, live: list[bool]) -> HookCallback:
+def _grad_capture(
+    call: Callable[[str, Module, Tensor, Key], Any], path: str, live: list[bool]
+) -> HookCallback:
     """A forward hook that puts a tensor hook on each output tensor that requires grad: it
-    calls ``callback(path, module, grad, key=key)`` while ``live[0]`` (the ``with`` block runs)."""
-    call = _backward_caller(callback)
+    calls ``call(path, module, grad, key)`` (``_backward_caller``) while ``live[0]`` (the
+    ``with`` block runs)."""
 
     def hook(module: Module, inputs: Any, output: Any) -> None:
         def on_grad(key: Key, grad: Tensor) -> Tensor | None:
@@ -490,8 +492,8 @@ def hook_found(
     """``hooks`` for already selected ``(path, module)`` pairs; handles removed in ``finally``.
     The gradient capture is a forward hook registered after ``forward``, so it hooks the output
     that ``forward`` may have replaced."""
-    if backward is not None:
-        _backward_caller(backward)  # a callback of the wrong shape raises before any hook
+    # one signature check for every module, and a callback of the wrong shape raises first
+    call = _backward_caller(backward) if backward is not None else None
     handles: list[RemovableHandle] = []
     live = [True]
     try:
@@ -500,8 +502,8 @@ def hook_found(
                 handles.append(module.register_forward_pre_hook(_bind(forward_pre, path)))
             if forward is not None:
                 handles.append(module.register_forward_hook(_bind(forward, path)))
-            if backward is not None:
-                handles.append(module.register_forward_hook(_grad_capture(backward, path, live)))
+            if call is not None:
+                handles.append(module.register_forward_hook(_grad_capture(call, path, live)))
         yield
     finally:
         live[0] = False  # tensor hooks already on outputs stay there: they must stop calling
