@@ -3,21 +3,19 @@
 Many of k1lib's warnings are raised inside callbacks that the training loop calls, or inside
 forward hooks that torch calls, so no fixed ``stacklevel`` reaches the user's ``l.run(...)`` or
 ``l.load(...)`` line. ``warn`` walks the stack to the first frame outside k1lib, modsel, torch and
-contextlib and gives ``warnings.warn`` that level (``skip_file_prefixes`` does this from Python
-3.12; k1lib supports 3.10). modsel's actions do the same for their own warnings (``modsel._act``);
-this is k1lib's copy of that small loop, with k1lib's and torch's folders added.
+contextlib and gives ``warnings.warn`` that level: modsel's ``warn_outside`` (which modsel's
+actions use for their own warnings), with k1lib's and torch's folders added.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import warnings
 
 import torch
 
 import modsel
+from modsel._stack import warn_outside
 
 __all__ = ["warn"]
 
@@ -37,16 +35,7 @@ _INTERNAL = (
 )
 
 
-def _is_internal(filename: str) -> bool:
-    return filename.startswith(_INTERNAL)
-
-
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` attributed to the innermost caller outside k1lib,
     modsel, torch and contextlib (the outermost frame when every frame is internal)."""
-    frame = sys._getframe(1)
-    level = 1  # the caller of warn(): warnings.warn's stacklevel 2
-    while frame.f_back is not None and _is_internal(frame.f_code.co_filename):
-        frame = frame.f_back
-        level += 1
-    warnings.warn(message, category, stacklevel=level + 1)
+    warn_outside(message, category, _INTERNAL)

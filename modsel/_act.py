@@ -18,8 +18,6 @@ import difflib
 import inspect
 import os
 import re
-import sys
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +38,7 @@ from ._document import (
 from ._grad import Key, hook_grads
 from ._match import Selector, match
 from ._match import compile as compile_selector
+from ._stack import warn_outside
 from ._wrappers import unwrap
 
 __all__ = ["Freeze", "freeze", "hooks", "param_groups", "paths", "tap", "to_regex", "unfreeze"]
@@ -61,12 +60,7 @@ _INTERNAL = (os.path.dirname(os.path.abspath(__file__)) + os.sep, contextlib.__f
 def _warn(message: str) -> None:
     """A ``UserWarning`` attributed to the first caller outside modsel (and contextlib): the
     user's line, whether the action was called plainly or as a ``with`` block."""
-    frame = sys._getframe(1)
-    level = 1  # warnings.warn's stacklevel 1 is the caller of _warn
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
-        frame = frame.f_back
-        level += 1
-    warnings.warn(message, UserWarning, stacklevel=level + 1)
+    warn_outside(message, UserWarning, _INTERNAL)
 
 
 def _warn_empty(what: str, css: Css, model: Module, result: str = "nothing was changed") -> None:
