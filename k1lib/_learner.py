@@ -199,12 +199,13 @@ class Learner:
         agree across ranks under DDP and are identities in one process (and outside runs)."""
         return self._loop.group if self._loop is not None else _ALONE
 
-    def run(self, epochs: int, batches: int | None = None) -> Learner:
+    def run(self, epochs: int, batches: int | None = None) -> None:
         """Train for ``epochs`` epochs (``batches``: at most this many batches an epoch).
 
+        Returns None, so a notebook cell ending in ``l.run(...)`` shows only the progress.
         Afterwards the model's train/eval mode is as before; after an exception in a callback,
         ``endRun`` has run and the exception names the callback and the event."""
-        return self._run(epochs, batches, local=False)
+        self._run(epochs, batches, local=False)
 
     def _run(self, epochs: int, batches: int | None, local: bool) -> Learner:
         self.check_ready()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._batch import check_backward, forward, loss_of, split
 from ._group import Group
+from ._live import say
 from ._step import OptimizerStep
 from .callbacks.callback import CancelBatchException, CancelEpochException, CancelRunException
 
@@ -63,7 +64,7 @@ class Loop:
             except CancelRunException as cancelled:
                 group.fire(learner.cbs, "cancelRun")  # the progress bar writes its last line here
                 if learner.rank == 0:
-                    print(f"Run cancelled: {cancelled}.")
+                    say(f"Run cancelled: {cancelled}.")
             except BaseException:
                 self.step.drop(failed=True)
                 raise

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .._live import say
 from .callback import Callback
 
 __all__ = ["Autosave"]
@@ -101,4 +102,4 @@ class Autosave(Callback):
             return
         path = self.save()
         if self.learner.rank == 0:
-            print(f"Saved to {path}")
+            say(f"Saved to {path}")

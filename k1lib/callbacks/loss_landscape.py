@@ -27,7 +27,6 @@ exactly as before: parameters (their storage is never written), buffers, train/e
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from torch import Tensor, nn
 
 from .. import _distributed
 from .._batch import forward, loss_of, split
+from .._live import Live
 from .._rng import RngSnapshot
 from .._unwrap import unwrap
 from .._warn import warn
@@ -58,7 +58,6 @@ Direction = dict[str, Tensor]
 _RANGES = (0.1, 0.32, 1.0, 3.2)
 _ENGINES = ("auto", "vmap", "loop")
 _PARAMS = ("trainable", "all", "css")
-_WIDTH = 60  # the progress line is padded so a redraw with "\r" covers the previous one
 
 
 @dataclass(frozen=True, eq=False)
@@ -463,46 +462,45 @@ def _grid(radius: float, resolution: int) -> npt.NDArray[np.float64]:
 
 
 class _Progress:
-    """``Progress:  50%          4/8 Finished [-3.2, 3.2] range``: redrawn in place with "\\r" on
-    a terminal or in Jupyter (at most 10 times a second, and after each surface), only the final
-    line otherwise, as ProgressBar does."""
+    """``Progress:  50%          4/8 Finished [-3.2, 3.2] range``: a live line (``k1lib._live``:
+    one display updated in place in Jupyter, redrawn with "\\r" on a terminal, the final line
+    only in logs); rank 0 shows it."""
 
     def __init__(self, surfaces: int, points: int) -> None:
         self.total, self.points = surfaces, points
         self.done = self.done_points = 0
         self.radius = 0.0
-        self.out = sys.stdout
-        self.interactive = bool(getattr(self.out, "isatty", lambda: False)()) or "ipykernel" in sys.modules
-        self.last = 0.0
+        self.live = Live() if _distributed.rank() == 0 else None
 
     def start(self, radius: float) -> None:
         self.radius = radius
 
     def tick(self, points: int) -> None:
         self.done_points += points
-        if self.interactive and self.done_points < (self.done + 1) * self.points:
-            self._show("Computing", time.perf_counter() - self.last >= 0.1)
+        live, surface_done = self.live, self.done_points >= (self.done + 1) * self.points
+        if live is not None and live.mode != "log" and live.due() and not surface_done:
+            live.show(self._line("Computing"), self._fraction())
 
     def finished(self) -> None:
         self.done += 1
         self.done_points = self.done * self.points
-        self._show("Finished", True)
+        if self.live is not None:
+            self.live.show(self._line("Finished"), self._fraction(), force=self.live.mode != "log")
+            if self.done == self.total:
+                self.close()
 
-    def _show(self, word: str, draw: bool) -> None:
-        if _distributed.rank() != 0:
-            return  # with several processes, rank 0 shows progress
-        fraction = self.done_points / (self.total * self.points)
-        line = (
-            f"Progress: {round(100 * fraction):3}%          {self.done}/{self.total} "
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+
+    def _fraction(self) -> float:
+        return self.done_points / (self.total * self.points)
+
+    def _line(self, word: str) -> str:
+        return (
+            f"Progress: {round(100 * self._fraction()):3}%          {self.done}/{self.total} "
             f"{word} [{-self.radius:g}, {self.radius:g}] range"
         )
-        final = self.done == self.total
-        if self.interactive and draw:
-            self.last = time.perf_counter()
-            self.out.write("\r" + line.ljust(_WIDTH) + ("\n" if final else ""))
-        elif final:
-            self.out.write(line + "\n")
-        self.out.flush()
 
 
 # ---- the callback --------------------------------------------------------------------------------
@@ -617,18 +615,20 @@ def _surfaces(
 ) -> list[Surface]:
     surfaces: list[Surface] = []
     progress = _Progress(count * len(radii), resolution**2)
-    for pair, (d1, d2) in enumerate(pairs):
-        ev.set_directions(d1, d2)
-        for radius in radii:
-            progress.start(radius)
-            grid = _grid(radius, resolution)
-            a, b = np.meshgrid(grid, grid, indexing="ij")
-            coeffs = torch.from_numpy(np.stack([np.ones(a.size), a.ravel(), b.ravel()], axis=1))
-            losses = engine.evaluate(ev, coeffs, progress.tick)
-            surfaces.append(
-                Surface(pair, radius, grid, grid.copy(), losses.reshape(resolution, resolution), engine.used)
-            )
-            progress.finished()
+    try:
+        for pair, (d1, d2) in enumerate(pairs):
+            ev.set_directions(d1, d2)
+            for radius in radii:
+                progress.start(radius)
+                grid = _grid(radius, resolution)
+                a, b = np.meshgrid(grid, grid, indexing="ij")
+                coeffs = torch.from_numpy(np.stack([np.ones(a.size), a.ravel(), b.ravel()], axis=1))
+                losses = engine.evaluate(ev, coeffs, progress.tick)
+                surface = losses.reshape(resolution, resolution)
+                surfaces.append(Surface(pair, radius, grid, grid.copy(), surface, engine.used))
+                progress.finished()
+    finally:
+        progress.close()  # also on an error or Ctrl-C: the next output starts on its own line
     return surfaces
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import _distributed
+from .._live import say
 from .._rng import RngSnapshot
 from .._warn import warn
 from .callback import Callback, CancelEpochException, CancelRunException
@@ -127,7 +128,7 @@ class ParamFinder(Callback):
 
         suggestion = self.run(samples, start, end, param)
         if _distributed.rank() == 0:
-            print(f"Suggested param: {suggestion}")
+            say(f"Suggested param: {suggestion}")
         params, losses = list(self.params), list(self.losses)
         smoothed = _smooth(losses)
 

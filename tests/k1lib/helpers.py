@@ -44,6 +44,12 @@ def learner(train: int = 3, valid: int = 2, quiet: bool = True) -> Any:
     return l
 
 
+def ran(l: Any, epochs: int, batches: int | None = None) -> Any:
+    """``l`` after ``l.run(epochs, batches)`` (which returns None, for notebooks)."""
+    l.run(epochs, batches)
+    return l
+
+
 def assert_same(before: Any, after: Any, where: str = "state", nan: bool = False) -> None:
     """Bitwise equal, nested (tensors with their dtype, dicts, lists, tuples); with ``nan``, a
     NaN where a NaN was counts as equal (recorded statistics hold some)."""

@@ -19,7 +19,7 @@ import k1lib
 from k1lib._checkpoint import FORMAT, VERSION, CheckpointError
 from k1lib.data import Data, DataLoader, FunctionDataset
 
-from .helpers import learner
+from .helpers import learner, ran
 
 # each test gets its own directory: Autosave writes into the current one
 pytestmark = pytest.mark.usefixtures("own_dir")
@@ -139,9 +139,9 @@ def build(loader_seed: int | None) -> Any:
 
 @pytest.mark.parametrize("loader_seed", [None, 7], ids=["global-generator", "loader-generator"])
 def test_a_resumed_run_continues_identically(loader_seed: int | None) -> None:
-    whole = build(loader_seed).run(5)
+    whole = ran(build(loader_seed), 5)
 
-    first = build(loader_seed).run(3)
+    first = ran(build(loader_seed), 3)
     first.save("half.pth")
     resumed = build(loader_seed)
     torch.manual_seed(12345)  # whatever happened in between
@@ -178,8 +178,8 @@ def split_of(l: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def test_a_resumed_run_trains_on_the_saved_split(
     saved_seed: int | None, resumed_seed: int | None, resumed_global: int
 ) -> None:
-    whole = split_learner(saved_seed).run(4)
-    first = split_learner(saved_seed).run(2)
+    whole = ran(split_learner(saved_seed), 4)
+    first = ran(split_learner(saved_seed), 2)
     first.save("half.pth")
     resumed = split_learner(resumed_seed, global_seed=resumed_global)
     assert not torch.equal(split_of(resumed)[1], split_of(first)[1])  # a split of its own
@@ -193,7 +193,8 @@ def test_a_resumed_run_trains_on_the_saved_split(
 
 def test_a_checkpoint_of_another_dataset_loads_with_a_warning_and_keeps_the_split() -> None:
     a = split_learner(1)
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = split_learner(2, n=700)
     before = split_of(b)
     with pytest.warns(
@@ -215,7 +216,8 @@ def test_a_checkpoint_of_version_2_without_a_split_loads_with_the_learners_split
     from k1lib._checkpoint import digest_of
 
     a = split_learner(1)
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     old = torch.load("ck.pth", weights_only=True)
     del old["data"], old["digest"]
     old["version"] = 2
@@ -241,7 +243,8 @@ def test_a_malformed_split_is_refused_before_anything_changes(
 ) -> None:
     a = split_learner(1)
     a.opt = torch.optim.Adam(a.model.parameters(), lr=1e-2)
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = split_learner(2)
     b.run(1)
     before, split = snapshot(b), split_of(b)
@@ -255,7 +258,8 @@ def test_a_malformed_split_is_refused_before_anything_changes(
 def test_a_model_failing_to_load_puts_the_split_back() -> None:
     a = split_learner(1)
     a.model.append(Picky())
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = split_learner(2)
     b.model.append(Picky())
     b.opt = torch.optim.Adam(b.model.parameters(), lr=1e-2)
@@ -271,7 +275,8 @@ def test_a_model_failing_to_load_puts_the_split_back() -> None:
 
 def test_loading_into_a_learner_whose_optimizer_is_of_another_model_changes_nothing() -> None:
     a = adam_learner()
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = adam_learner()
     b.run(1)
     b.model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))  # the cell run again
@@ -459,7 +464,9 @@ def test_not_a_checkpoint_and_newer_versions_are_refused() -> None:
 
 
 def test_a_mismatched_model_names_the_keys_and_changes_nothing() -> None:
-    adam_learner().run(1).save("small.pth")
+    small = adam_learner()
+    small.run(1)
+    small.save("small.pth")
     l = adam_learner(hidden=5)
     l.css = "Linear: HookModule, HookParam"
     l.run(1)
@@ -482,7 +489,9 @@ def test_a_mismatched_model_names_the_keys_and_changes_nothing() -> None:
 
 
 def test_another_optimizer_class_is_refused() -> None:
-    adam_learner().run(1).save("adam.pth")
+    adam = adam_learner()
+    adam.run(1)
+    adam.save("adam.pth")
     l = learner()  # SGD
     l.cbs.remove("Autosave")
     l.run(1)
@@ -511,7 +520,8 @@ class Counter(k1lib.Callback):
 def test_state_for_a_callback_the_learner_lacks_is_skipped_with_a_warning() -> None:
     a = adam_learner()
     a.cbs.append(Counter(5))
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = adam_learner()
     with pytest.warns(UserWarning, match=r"state for callbacks this learner lacks: Counter \(skipped\)"):
         b.load("ck.pth")
@@ -525,7 +535,8 @@ def test_state_for_a_callback_the_learner_lacks_is_skipped_with_a_warning() -> N
 def test_a_callback_failing_to_load_undoes_the_others() -> None:
     a = adam_learner()
     a.cbs.append(Counter(5))
-    a.run(2).save("ck.pth")
+    a.run(2)
+    a.save("ck.pth")
     b = adam_learner()
     b.cbs.append(Counter(1, fail=True))
     b.run(1)
@@ -638,7 +649,7 @@ def cuda_learner() -> Any:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_checkpoints_load_onto_the_models_device() -> None:
-    gpu = cuda_learner().run(1)
+    gpu = ran(cuda_learner(), 1)
     gpu.save("gpu.pth")
     cuda_rng = torch.cuda.get_rng_state()
     torch.cuda.manual_seed(5)
@@ -649,14 +660,15 @@ def test_checkpoints_load_onto_the_models_device() -> None:
     for k, v in cpu.model.state_dict().items():
         assert v.device.type == "cpu" and torch.equal(v, gpu.model.state_dict()[k].cpu()), k
     assert all(t.device.type == "cpu" for s in cpu.opt.state.values() for t in s.values())
-    cpu.run(1).save("cpu.pth")
+    cpu.run(1)
+    cpu.save("cpu.pth")
 
     back = cuda_learner()
     back.load("cpu.pth")
     for k, v in back.model.state_dict().items():
         assert v.device.type == "cuda" and torch.equal(v.cpu(), cpu.model.state_dict()[k]), k
     assert back.opt.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
-    assert back.run(1).Loss.train[:6] == cpu.Loss.train
+    assert ran(back, 1).Loss.train[:6] == cpu.Loss.train
 
 
 def test_a_numpy_scalar_in_a_callback_state_is_refused_at_save(tmp_path: Path) -> None:
@@ -920,7 +932,8 @@ def test_the_state_of_an_unknown_optimizer_is_checked_by_a_trial_step(read_value
     try:
         a = adam_learner()
         a.opt = Momentum(a.model.parameters(), read_values=read_values)
-        a.run(1).save("ck.pth")
+        a.run(1)
+        a.save("ck.pth")
         STEPS.clear()
         b = adam_learner()
         b.opt = Momentum(b.model.parameters(), read_values=read_values)
@@ -963,7 +976,8 @@ def test_a_model_failing_halfway_through_its_load_is_put_back() -> None:
     a = adam_learner()
     a.model.append(Picky())
     a.cbs.append(Counter(5))
-    a.run(2).save("ck.pth")
+    a.run(2)
+    a.save("ck.pth")
     b = adam_learner()
     b.model.append(Picky())
     b.cbs.append(Counter(1))
@@ -1012,7 +1026,8 @@ def test_every_valid_optimizer_state_loads(make: Callable[[Any], torch.optim.Opt
         return l
 
     a = build()
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = build()
     b.load("ck.pth")  # torch itself casts some scalars of bf16 parameters' state (NAdam, ASGD)
     assert all(torch.equal(v, a.model.state_dict()[k]) for k, v in b.model.state_dict().items())
@@ -1098,7 +1113,8 @@ def test_hostile_states_are_refused_before_anything_changes(
 ) -> None:
     a = adam_learner()
     a.opt = make(a.model.parameters())
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = adam_learner()
     b.opt = make(b.model.parameters())
     b.run(1)
@@ -1111,7 +1127,8 @@ def test_hostile_states_are_refused_before_anything_changes(
 def test_a_transposed_buffer_is_made_dense_and_loads() -> None:
     a = adam_learner()
     a.opt = torch.optim.Adam(a.model.parameters(), fused=True)
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     exp_avg = torch.load("ck.pth", weights_only=True)["opt"]["state"]["state"][0]["exp_avg"]
     b = adam_learner()
     b.opt = torch.optim.Adam(b.model.parameters(), fused=True)
@@ -1146,7 +1163,8 @@ class Wrapper(torch.optim.Optimizer):
 def test_a_wrapped_optimizer_that_cannot_be_copied_still_loads() -> None:
     a = adam_learner()
     a.opt = Wrapper(torch.optim.Adam(a.model.parameters()))
-    a.run(1).save("ck.pth")
+    a.run(1)
+    a.save("ck.pth")
     b = adam_learner()
     b.opt = Wrapper(torch.optim.Adam(b.model.parameters()))
     b.load("ck.pth")

@@ -176,8 +176,10 @@ def test_quantities_are_published_by_name_and_the_progress_bar_shows_the_latest(
     values = latest(l.cbs)
     assert values["valid accuracy"] == l.accuracy.epoch.valid[-1]
     assert values["train loss"] == l.Loss.epoch.train[-1]
-    last = out.getvalue().strip().splitlines()[-1]
-    assert f"valid accuracy: {values['valid accuracy']:.4g}" in last
+    *epochs, last = out.getvalue().strip().splitlines()
+    assert epochs[-1].startswith("epoch 1/2  train loss ")
+    assert f"  valid accuracy {values['valid accuracy']:.4g}" in epochs[-1]
+    assert f"  train accuracy {l.accuracy.epoch.train[0]:.4g}" in epochs[0]
     assert last.startswith("Progress: 100%, epoch:  1/2")
 
 

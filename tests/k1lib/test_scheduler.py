@@ -17,7 +17,7 @@ import torch
 import k1lib
 from k1lib.viz import SliceablePlot
 
-from .helpers import learner
+from .helpers import learner, ran
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.usefixtures("own_dir")
@@ -308,9 +308,9 @@ SCHEDULES: dict[str, Callable[[Any], None]] = {
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_a_resumed_run_continues_the_schedule(name: str) -> None:
     add = SCHEDULES[name]
-    whole = build(add).run(5)
+    whole = ran(build(add), 5)
 
-    first = build(add).run(3)
+    first = ran(build(add), 3)
     first.save("half.pth")
     resumed = build(add)
     resumed.load("half.pth").run(2)
@@ -324,12 +324,12 @@ def test_a_resumed_run_continues_the_schedule(name: str) -> None:
 
 
 def test_a_one_cycle_loaded_mid_cycle_saves_its_state_before_the_next_run() -> None:
-    first = build(SCHEDULES["OneCycle"]).run(2)
+    first = ran(build(SCHEDULES["OneCycle"]), 2)
     first.save("a.pth")
     again = build(SCHEDULES["OneCycle"]).load("a.pth")
     again.save("b.pth")  # not run in between: the loaded cycle is still in the file
-    resumed = build(SCHEDULES["OneCycle"]).load("b.pth").run(3)
-    whole = build(SCHEDULES["OneCycle"]).run(5)
+    resumed = ran(build(SCHEDULES["OneCycle"]).load("b.pth"), 3)
+    whole = ran(build(SCHEDULES["OneCycle"]), 5)
     assert resumed.OneCycle.lrs == whole.OneCycle.lrs
 
 
