@@ -38,8 +38,8 @@ from ._errors import ModselError, SelectorSyntaxError, TargetError
 from ._match import Selector, compile, match  # noqa: A004 - modsel.compile is the API
 from ._parser import parse
 from ._pseudo import known_names as pseudo_classes
-from ._render import render_html, render_text
-from ._select import explain, select
+from ._render import Tree, render_html, render_text
+from ._select import Explanation, explain, select
 from ._wrappers import unwrap
 
 __version__ = "0.1.0"
@@ -49,6 +49,7 @@ __all__ = [
     "ClassSelector",
     "Complex",
     "Compound",
+    "Explanation",
     "Freeze",
     "HasPseudo",
     "IdSelector",
@@ -65,6 +66,7 @@ __all__ = [
     "SelectorSyntaxError",
     "Stylesheet",
     "TargetError",
+    "Tree",
     "TypeSelector",
     "UniversalSelector",
     "compile",

@@ -29,6 +29,8 @@ from ._wrappers import unwrap
 if TYPE_CHECKING:
     from ._act import Freeze
     from ._ast import Rule, Stylesheet
+    from ._render import Tree
+    from ._select import Explanation
 
 __all__ = [
     "ModuleSelector",
@@ -262,8 +264,9 @@ class ModuleSelector:
 
         return hook_found(self._chosen(prop), backward=f)
 
-    def explain(self) -> str:
-        """Which rules select this node, and for each other rule what failed."""
+    def explain(self) -> Explanation:
+        """Which rules select this node, and for each other rule what failed (a ``str`` that
+        notebooks show as a block, ``modsel.Explanation``)."""
         from ._select import explain
 
         return explain(self)
@@ -288,11 +291,12 @@ class ModuleSelector:
 
         return render_html(self)
 
-    def tree(self, **options: Any) -> str:
-        """The annotated tree as text; options as ``modsel.render``."""
-        from ._render import render_text
+    def tree(self, **options: Any) -> Tree:
+        """The annotated tree as text, a ``str`` that notebooks show as collapsible HTML
+        (``modsel.Tree``); options as ``modsel.render_text``."""
+        from ._render import render_tree
 
-        return render_text(self, **options)
+        return render_tree(self, **options)
 
 
 _NO_KIDS: list[ModuleSelector] = []

@@ -9,16 +9,22 @@ by ``max_depth`` says how many modules, and how many selected ones, it hides.
 Parameter counts are those of ``module.parameters()``: a tensor held in several places (tied
 embeddings) counts once in every subtree that holds it, and each later holder is marked
 ``(tied with <first place>)``, so that the root's count is the one model cards give.
+
+The HTML shows the same text in a monospace block (a notebook's CSS cannot make its columns
+ragged); each node with children is a ``<details open>`` that folds its subtree. ``tree()``
+returns a ``Tree``: the text, with that HTML for notebooks.
 """
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._document import SELECTED, ModuleSelector, preorder
+from ._shown import MONOSPACE, Shown
 
-__all__ = ["printable", "render_html", "render_text"]
+__all__ = ["Tree", "printable", "render_html", "render_text", "render_tree"]
 
 INDENT = "    "
 MAX_LABEL_COLUMN = 72  # the props column never starts further right than this
@@ -62,9 +68,7 @@ def render_text(
     ``only_selected``: print only nodes with props and their ancestors.
     """
     rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
-    out = ["ModuleSelector:"] if header else []
-    out.extend((left + props + (" " if props and note else "") + note).rstrip() for left, props, note in rows)
-    return "\n".join(out)
+    return _text(rows, header)
 
 
 def render_html(
@@ -75,23 +79,118 @@ def render_html(
     fold: int | None = FOLD,
     only_selected: bool = False,
 ) -> str:
-    """The same tree for notebooks: a ``<pre>`` block, props in bold colour (what a cut node
-    hides in italics)."""
+    """The same tree for notebooks (options as ``render_text``): a monospace block whose
+    text is ``render_text``'s, each node with children a ``<details open>`` that folds its
+    subtree, props in bold colour (tie marks and what a cut hides in italics)."""
     rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
-    body = "\n".join(
-        html.escape(left if props or note else left.rstrip())
-        + (f'<b style="color:#b5176b">{html.escape(props)}</b>' if props else "")
-        + (" " if props and note else "")
-        + (f'<i style="color:#b5176b">{html.escape(note)}</i>' if note else "")
-        for left, props, note in rows
-    )
-    return f'<pre class="modsel-tree" style="line-height:1.25">ModuleSelector:\n{body}</pre>'
+    return _html(rows, header=True)
+
+
+class _Row(NamedTuple):
+    depth: int
+    left: str  # the indentation, the label and the count columns, padded to the props column
+    props: str
+    note: str
+
+
+def _text(rows: list[_Row], header: bool) -> str:
+    out = ["ModuleSelector:"] if header else []
+    out.extend((r.left + r.props + (" " if r.props and r.note else "") + r.note).rstrip() for r in rows)
+    return "\n".join(out)
+
+
+class Tree(Shown):
+    """The annotated tree ``ModuleSelector.tree()`` returns: its text, a ``str`` that a REPL or
+    notebook shows as is, and in notebooks (``_repr_html_``) the same tree as ``render_html``."""
+
+    _rows: list[_Row]
+    _header: bool
+
+    def __new__(cls, rows: list[_Row], header: bool = True) -> Tree:
+        self = super().__new__(cls, _text(rows, header))
+        self._rows, self._header = rows, header
+        return self
+
+    def _repr_html_(self) -> str:
+        return _html(self._rows, self._header)
+
+
+def render_tree(
+    root: ModuleSelector,
+    *,
+    params: bool = False,
+    max_depth: int | None = None,
+    fold: int | None = FOLD,
+    only_selected: bool = False,
+    header: bool = True,
+) -> Tree:
+    """``render_text`` as a ``Tree`` (what ``ModuleSelector.tree`` returns), which keeps the
+    rows for its HTML."""
+    rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
+    return Tree(rows, header)
+
+
+# The disclosure triangle is drawn in the two columns of indentation left of a node's name (the
+# root's in the block's left padding) by an empty span that takes no width, so every line keeps
+# render_text's text and the columns stay aligned; the browser's own marker is hidden.
+_STYLE = (
+    "<style>"
+    ".modsel-tree summary{display:block;list-style:none;cursor:pointer}"
+    ".modsel-tree summary::-webkit-details-marker{display:none}"
+    ".modsel-tree summary:hover{background:rgba(127,127,127,.12)}"
+    ".modsel-tree .modsel-fold::before{content:'\\25be';display:inline-block;width:2ch;"
+    "margin-left:-2ch;color:#888}"
+    ".modsel-tree details:not([open])>summary>.modsel-fold::before{content:'\\25b8'}"
+    "</style>"
+)
+_PROPS = '<b style="color:#b5176b;background:rgba(181,23,107,.1)">'
+_NOTE = '<i style="color:#b5176b">'
+
+
+def _html(rows: list[_Row], header: bool) -> str:
+    """The rows as nested ``<details>``, without recursion: a stack of the open ones' depths.
+
+    Each line ends with its newline (the last one without), inside its ``<summary>`` if it has
+    one, so no text sits between blocks and the tags stripped leave ``_text``'s text.
+    """
+    out = [_STYLE, f'<div class="modsel-tree" style="{MONOSPACE};padding-left:2ch">']
+    if header:
+        out.append("ModuleSelector:\n" if rows else "ModuleSelector:")
+    open_depths: list[int] = []
+    for i, row in enumerate(rows):
+        while open_depths and open_depths[-1] >= row.depth:
+            open_depths.pop()
+            out.append("</details>")
+        last = i + 1 == len(rows)
+        parent = not last and rows[i + 1].depth > row.depth
+        indent = len(INDENT) * row.depth
+        left = row.left if row.props or row.note else row.left.rstrip()
+        line = "".join(
+            (
+                left[:indent],
+                '<span class="modsel-fold"></span>' if parent else "",
+                html.escape(left[indent:]),
+                f"{_PROPS}{html.escape(row.props)}</b>" if row.props else "",
+                " " if row.props and row.note else "",
+                f"{_NOTE}{html.escape(row.note)}</i>" if row.note else "",
+                "" if last else "\n",
+            )
+        )
+        if parent:
+            out.append(f"<details open><summary>{line}</summary>")
+            open_depths.append(row.depth)
+        else:
+            out.append(line)
+    out.append("</details>" * len(open_depths))
+    out.append("</div>")
+    return "".join(out)
 
 
 def _rows(
     root: ModuleSelector, *, params: bool, max_depth: int | None, fold: int | None, only_selected: bool
-) -> list[tuple[str, str, str]]:
-    """(everything left of the props column, padded; the props; the note) for each printed line."""
+) -> list[_Row]:
+    """(depth; everything left of the props column, padded; the props; the note) for each
+    printed line."""
     lines = _layout(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
     width = min(MAX_LABEL_COLUMN, max((len(INDENT * ln.depth + ln.label) for ln in lines), default=0))
     counts = [ln.params for ln in lines if ln.params is not None]
@@ -106,7 +205,7 @@ def _rows(
             left += (f"{total:,}" if total is not None else "").rjust(pwidth) + "    "
             if any_frozen:
                 left += (f"({frozen:,} frozen)" if frozen else "").ljust(fwidth) + "    "
-        rows.append((left, ln.props, ln.note))
+        rows.append(_Row(ln.depth, left, ln.props, ln.note))
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 
 from torch.nn import Module
 
@@ -10,8 +11,10 @@ from ._ast import Complex, Rule, SelectorList, Stylesheet
 from ._document import SELECTED, ModuleSelector, grow, new_root, paused_gc
 from ._match import Pred, compile_complex, compile_compound, compile_list
 from ._parser import parse
+from ._render import printable
+from ._shown import MONOSPACE, Shown
 
-__all__ = ["explain", "select"]
+__all__ = ["Explanation", "explain", "select"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -52,21 +55,56 @@ def select(
     return root
 
 
-def explain(node: ModuleSelector) -> str:
+_STRESS = {
+    "props": '<b style="color:#b5176b;background:rgba(181,23,107,.1)">{}</b>',
+    "selects": '<b style="color:#1a7f37">{}</b>',
+    "": "{}",
+}
+
+
+class Explanation(Shown):
+    """What ``explain()`` returns: its text, a ``str`` that a REPL or notebook shows as is, and
+    in notebooks (``_repr_html_``) a monospace block with the props and the rules that select
+    the node in bold."""
+
+    _parts: list[tuple[str, str, str]]
+
+    def __new__(cls, parts: list[tuple[str, str, str]]) -> Explanation:
+        """``parts``: (plain text, stressed text, how to stress it: ``props``,
+        ``selects`` or ``""``) for each line."""
+        self = super().__new__(cls, "\n".join(plain + stressed for plain, stressed, _ in parts))
+        self._parts = parts
+        return self
+
+    def _repr_html_(self) -> str:
+        body = "\n".join(
+            html.escape(plain) + (_STRESS[kind].format(html.escape(stressed)) if stressed else "")
+            for plain, stressed, kind in self._parts
+        )
+        return f'<div class="modsel-explain" style="{MONOSPACE}">{body}</div>'
+
+
+def explain(node: ModuleSelector) -> Explanation:
     """Which rules of the stylesheet select ``node``, and for the others, what failed."""
     root = node
     while root.parent is not None:
         root = root.parent
     sheet = root.sheet
-    where = f"{node.path or '(root)'} ({node.tag})"
+    where = printable(f"{node.path or '(root)'} ({node.tag})")  # a name cannot forge lines
     if sheet is None:
-        return f"{where}: no stylesheet was applied (use modsel.select(model, css))"
-    lines = [f"{where}: props {', '.join(node.props) if node.props else '(none)'}"]
+        return Explanation([(f"{where}: no stylesheet was applied (use modsel.select(model, css))", "", "")])
+    parts = [
+        (f"{where}: props ", ", ".join(node.props), "props")
+        if node.props
+        else (f"{where}: props (none)", "", "")
+    ]
     if not sheet.rules:
-        lines.append("  the stylesheet has no rules")
+        parts.append(("  the stylesheet has no rules", "", ""))
     for number, rule in enumerate(sheet.rules, 1):
-        lines.append(f"  rule {number} (line {rule.position.line}) `{rule}`: {_verdict(rule, node)}")
-    return "\n".join(lines)
+        verdict = _verdict(rule, node)
+        kind = "selects" if verdict.startswith("selects") else ""
+        parts.append((f"  rule {number} (line {rule.position.line}) `{rule}`: ", verdict, kind))
+    return Explanation(parts)
 
 
 def _verdict(rule: Rule, node: ModuleSelector) -> str:

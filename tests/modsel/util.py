@@ -1,7 +1,10 @@
-"""One helper for selector tests: the paths a selector matches, compared with the expected ones."""
+"""Helpers for the tests: the paths a selector matches, compared with the expected ones; the text
+that modsel's HTML shows."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Sequence
 
 from torch import nn
@@ -22,3 +25,9 @@ def assert_selector(model: nn.Module, css: str, expected: Sequence[str], **kwarg
 def in_seqs(*indices: int) -> list[str]:
     """``bulk.B.seq.I`` for each SkipBlock B of Network() and each I, in document order."""
     return [f"bulk.{b}.seq.{i}" for b in (2, 3, 4) for i in indices]
+
+
+def shown_text(markup: str) -> str:
+    """The text a browser shows of modsel's HTML: the ``<style>`` dropped, tags stripped,
+    entities unescaped."""
+    return html.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<style>.*?</style>", "", markup, flags=re.S)))
