@@ -15,6 +15,7 @@ from .callback import (
 from .callbacks import Callbacks, Timings
 from .cancel_on_explosion import CancelOnExplosion
 from .cancel_on_low_loss import CancelOnLowLoss
+from .csv_logger import CSVLogger
 from .device import Device
 from .dont_train import DontTrain
 from .dont_train_valid import DontTrainValid
@@ -37,6 +38,7 @@ from .one_cycle import OneCycle
 from .param_finder import ParamFinder
 from .progress_bar import ProgressBar
 from .scheduler import Scheduler
+from .tensorboard import TensorBoard
 
 __all__ = [
     "EVENTS",
@@ -45,6 +47,7 @@ __all__ = [
     "Autosave",
     "BatchLimit",
     "BestCheckpoint",
+    "CSVLogger",
     "Callback",
     "Callbacks",
     "CancelBatchException",
@@ -75,5 +78,6 @@ __all__ = [
     "ParamFinder",
     "ProgressBar",
     "Scheduler",
+    "TensorBoard",
     "Timings",
 ]

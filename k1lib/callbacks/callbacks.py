@@ -346,6 +346,23 @@ class Callbacks:
 
         return self.append(BestCheckpoint(path, monitor, mode, restoreBest))
 
+    def withTensorBoard(  # noqa: N802
+        self, logdir: str | os.PathLike[str], histograms: bool = False
+    ) -> Callbacks:
+        """Write the published quantities, the lr and HookModule / HookParam statistics (and,
+        with ``histograms``, parameter histograms) to ``logdir`` once an epoch, for TensorBoard
+        (``TensorBoard``; needs the ``tensorboard`` package)."""
+        from .tensorboard import TensorBoard
+
+        return self.append(TensorBoard(logdir, histograms))
+
+    def withCSV(self, path: str | os.PathLike[str]) -> Callbacks:  # noqa: N802
+        """Write a CSV row per epoch to ``path``: the epoch, the published quantities, the lr
+        and the seconds trained (``CSVLogger``)."""
+        from .csv_logger import CSVLogger
+
+        return self.append(CSVLogger(path))
+
     def withDontTrainValid(self) -> Callbacks:  # noqa: N802
         from .dont_train_valid import DontTrainValid
 

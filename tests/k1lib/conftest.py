@@ -5,10 +5,14 @@ makes them many times slower, not faster."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+import k1lib
 
 torch.set_num_threads(1)
 
@@ -25,3 +29,50 @@ def own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory of the test's own (for tests that count the files in it)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+class _NoHostReads(k1lib.Callback):
+    """From the first startBatch handler of each batch (``flag["on"]``) ..."""
+
+    order = -1000
+
+    def __init__(self, flag: dict[str, bool]) -> None:
+        super().__init__()
+        self.flag = flag
+
+    def startBatch(self) -> None:
+        self.flag["on"] = True
+
+
+class _BatchOver(k1lib.Callback):
+    """... to its last endBatch handler."""
+
+    order = 1000
+
+    def __init__(self, flag: dict[str, bool]) -> None:
+        super().__init__()
+        self.flag = flag
+
+    def endBatch(self) -> None:
+        self.flag["on"] = False
+
+
+@pytest.fixture
+def host_reads_raise_in_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], None]]:
+    """``guard(cbs)``: from then on, reading a tensor on the host (item, tolist, float, bool,
+    cpu, numpy) inside a batch of a run with ``cbs`` raises (a host sync per batch)."""
+    flag = {"on": False}
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self: torch.Tensor, *args: Any, _f: Any = original, _n: str = name, **kw: Any) -> Any:
+            if flag["on"]:
+                raise AssertionError(f"Tensor.{_n} inside a batch: a host sync")
+            return _f(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+
+    def guard(cbs: Any) -> None:
+        cbs.append(_NoHostReads(flag)).append(_BatchOver(flag))
+
+    yield guard

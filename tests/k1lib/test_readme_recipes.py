@@ -46,3 +46,11 @@ def test_the_everyday_training_recipe(tmp_path: Path) -> None:
     assert abs(lrs[0] - 3e-2 / 25) < 1e-12 and lrs == sorted(lrs[: peak + 1]) + lrs[peak + 1 :]  # warmup
     assert peak == len(lrs) - 1 or lrs[-1] < lrs[peak]  # then down, where the run got that far
     assert torch.is_tensor(outputs)
+    # TensorBoard has each epoch's validation accuracy (float32) and each step's lr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    valid = EventAccumulator(str(tmp_path / "runs/quadrants/valid")).Reload()
+    logged = [(e.step, e.value) for e in valid.Scalars("accuracy")]
+    assert logged == [(i, torch.tensor(a).float().item()) for i, a in enumerate(accuracies)]
+    lr = EventAccumulator(str(tmp_path / "runs/quadrants/lr")).Reload()
+    assert [e.value for e in lr.Scalars("lr")] == [torch.tensor(v).float().item() for v in lrs]
