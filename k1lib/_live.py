@@ -16,13 +16,16 @@ live terminal line first, so the message is never glued to the progress.
 from __future__ import annotations
 
 import html
+import shutil
 import sys
 import time
+import weakref
 from typing import Any, TextIO
 
 __all__ = ["Live", "duration", "say"]
 
-_active: list[Live] = []  # the live outputs open now, innermost last (say() ends their lines)
+# the live outputs open now (say() ends their lines); weak: one dropped unclosed goes with it
+_active: weakref.WeakSet[Live] = weakref.WeakSet()
 _STYLE = (
     "font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace; "
     "white-space: pre; line-height: 1.35; font-size: 12px"
@@ -62,7 +65,10 @@ class Live:
     def __init__(self, stream: TextIO | None = None, refresh: float = 10.0, logEvery: float = 10.0) -> None:  # noqa: N803
         self.out = stream if stream is not None else sys.stdout
         self.mode = "jupyter" if _kernel_stdout(self.out) else "terminal" if _isatty(self.out) else "log"
-        self.every = logEvery if self.mode == "log" else 1 / refresh
+        # a notebook display is resent whole at each update: at most 4 a second there
+        self.every = (
+            logEvery if self.mode == "log" else max(1 / refresh, 0.25 if self.mode == "jupyter" else 0)
+        )
         self.lines: list[str] = []  # the permanent lines (kept for the Jupyter display)
         self.text = ""  # the live line
         self.fraction: float | None = None
@@ -71,8 +77,9 @@ class Live:
         self._drawn = 0  # terminal: width of the live line on screen now (0: none)
         self._handle: Any = None  # Jupyter: the display updated in place
         self._current: tuple[str, float | None] | None = None  # the live line as last drawn
+        self._dirty = False  # Jupyter: permanent lines not displayed yet
         self._closed = False
-        _active.append(self)
+        _active.add(self)
 
     def __enter__(self) -> Live:
         return self
@@ -92,6 +99,8 @@ class Live:
         if self.mode == "jupyter":
             self._display()
         elif self.mode == "terminal":
+            # one row at most: a wrapped line would leave a row behind at each redraw
+            text = text[: max(shutil.get_terminal_size().columns - 1, 20)]
             self._write("\r" + text.ljust(self._drawn))
             self._drawn = len(text)
         else:
@@ -107,7 +116,12 @@ class Live:
             return
         self.lines.append(text)
         if self.mode == "jupyter":
-            self._display()
+            # the display is resent whole: at most every `every` seconds, so a run of
+            # thousands of short epochs does not send thousands of ever longer displays
+            self._dirty = True
+            if self.due():
+                self._last = time.perf_counter()
+                self._display()
         elif self.mode == "terminal":
             self._write("\r" + text.ljust(self._drawn) + "\n")
             self._drawn, self._current = 0, None
@@ -129,21 +143,25 @@ class Live:
             return
         if text is not None:
             self.text, self.fraction = text, fraction
-        if self.text and self._current != (self.text, self.fraction):
+        if (self.text and self._current != (self.text, self.fraction)) or self._dirty:
             self.show(self.text, self.fraction, force=True)
         self.end_line()
         self._closed = True
-        if self in _active:
-            _active.remove(self)
+        _active.discard(self)
 
     # ---- the forms -------------------------------------------------------------------------------
     def _write(self, text: str) -> None:
+        if self.mode == "terminal":
+            for other in list(_active):  # a live line of another (a run inside a run) ends first
+                if other is not self:
+                    other.end_line()
         self.out.write(text)
         self.out.flush()
 
     def _display(self) -> None:
         from IPython.display import display
 
+        self._dirty = False
         data = {"text/plain": "\n".join([*self.lines, self.text]), "text/html": self.html()}
         if self._handle is None:
             self._handle = display(data, raw=True, display_id=True)  # type: ignore[no-untyped-call]

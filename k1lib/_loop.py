@@ -52,9 +52,11 @@ class Loop:
         self.step = OptimizerStep(learner.opt)
         group.watch(self.step)
         self._version = -1  # of the callbacks the step was configured from
+        self.running = False  # from startRun until after endRun
 
     def run(self, epochs: int, limit: int | None) -> None:
         learner, group = self.learner, self.group
+        self.running = True
         try:
             try:
                 group.fire(learner.cbs, "startRun")
@@ -72,6 +74,7 @@ class Loop:
                 self.step.drop()
                 group.fire(learner.cbs, "endRun")
         finally:
+            self.running = False
             group.unwrap()
 
     def _configure(self) -> None:

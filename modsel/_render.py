@@ -78,12 +78,13 @@ def render_html(
     max_depth: int | None = None,
     fold: int | None = FOLD,
     only_selected: bool = False,
+    header: bool = True,
 ) -> str:
     """The same tree for notebooks (options as ``render_text``): a monospace block whose
     text is ``render_text``'s, each node with children a ``<details open>`` that folds its
     subtree, props in bold colour (tie marks and what a cut hides in italics)."""
     rows = _rows(root, params=params, max_depth=max_depth, fold=fold, only_selected=only_selected)
-    return _html(rows, header=True)
+    return _html(rows, header=header)
 
 
 class _Row(NamedTuple):

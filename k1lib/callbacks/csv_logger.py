@@ -67,6 +67,10 @@ class CSVLogger(EpochLogger):
     def begin(self) -> None:
         if not Path(self.path).parent.is_dir():
             raise FileNotFoundError(f"CSVLogger: the folder of {str(self.path)!r} does not exist")
+        if Path(self.path).is_dir():
+            raise IsADirectoryError(f"CSVLogger: {str(self.path)!r} is a folder; give a file, e.g. 'log.csv'")
+        if not os.access(Path(self.path).parent, os.W_OK):
+            raise PermissionError(f"CSVLogger: the folder of {str(self.path)!r} is not writable")
         self._started, self._before = time.perf_counter(), self.elapsed
         self._columns, self._file = [], None
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
 from .._live import Live, duration
 from .callback import Callback
 from .metrics import quantities
+
+if TYPE_CHECKING:
+    from .._loop import Loop
 
 __all__ = ["ProgressBar"]
 
@@ -24,7 +28,8 @@ class ProgressBar(Callback):
     In Jupyter it is one display updated in place; on a terminal the live line is redrawn with
     ``\\r`` (at most ``refresh`` times a second); in a file or a CI log the live line is printed
     at most every ``logEvery`` seconds and at the end. With several processes only rank 0
-    prints. It reads no tensor: the epoch's values are host floats recorded once an epoch."""
+    prints (samples/s is then rank 0's share). It reads no tensor: the epoch's values are
+    host floats recorded once an epoch."""
 
     # before the callbacks of the default order (10): its final line is drawn before their
     # endRun messages ("Saved to ...") also when the bar was added after them
@@ -38,42 +43,47 @@ class ProgressBar(Callback):
         self.refresh = refresh
         self.logEvery = logEvery
         self.stream = stream
-        self._live: Live | None = None
-        self._start = self._epoch_start = 0.0
-        self._samples = 0  # training samples of this epoch so far
-        self._train_seconds: float | None = None  # of this epoch, once validation starts
-        self._pending: tuple[int, float, float | None] | None = None  # an ended epoch's line to print
-        self._seen: dict[str, int] = {}  # how many values each quantity had at the last line
+        self._runs: list[_Run] = []  # the runs going on, innermost last (ParamFinder inside a run)
 
     def startRun(self) -> None:
-        self._start = self._epoch_start = time.perf_counter()
-        self._pending = None
-        self._seen = _lengths(self.learner)
-        if self.learner.rank == 0:  # other ranks print nothing
-            self._live = Live(self.stream, self.refresh, self.logEvery)
+        # runs that ended while the bar was suspended (it got no endRun) are over
+        self._runs = [run for run in self._runs if run.loop is not None and run.loop.running]
+        run = _Run(time.perf_counter(), _lengths(self.learner), loop=self.learner._loop)
+        if self.learner.rank == 0 and not self.suspended:  # other ranks print nothing
+            run.live = Live(self.stream, self.refresh, self.logEvery)
+        self._runs.append(run)
 
     def startEpoch(self) -> None:
-        self._print_pending()
-        self._epoch_start = time.perf_counter()
-        self._samples, self._train_seconds = 0, None
+        if not self._runs:
+            return
+        run = self._runs[-1]
+        self._print_pending(run)
+        run.epoch_start = time.perf_counter()
+        run.samples, run.train_seconds, run.epoch_ended = 0, None, False
 
     def endBatch(self) -> None:
-        learner = self.learner
+        if not self._runs:
+            return
+        run, learner = self._runs[-1], self.learner
         if learner.training:
-            self._samples += _count(learner.xb)
-        if self._live is not None and self._live.due():
-            self._live.show(self.line(), learner.progress)  # line() sets learner.progress
+            run.samples += _count(learner.xb)
+        if run.live is not None and run.live.due():
+            run.live.show(self.line(), learner.progress)  # line() sets learner.progress
 
     def startValidBatches(self) -> None:
-        self._train_seconds = time.perf_counter() - self._epoch_start
+        if self._runs:
+            self._runs[-1].train_seconds = time.perf_counter() - self._runs[-1].epoch_start
 
     def endEpoch(self) -> None:
         # the epoch's values are recorded by callbacks that come later (Loss, the metrics):
         # the line is printed at the next startEpoch, or as the run ends
-        seconds = time.perf_counter() - self._epoch_start
-        train = self._train_seconds if self._train_seconds is not None else seconds
-        rate = self._samples / train if self._samples and train > 0 else None
-        self._pending = (self.learner.epoch, seconds, rate)
+        if not self._runs:
+            return
+        run = self._runs[-1]
+        seconds = time.perf_counter() - run.epoch_start
+        train = run.train_seconds if run.train_seconds is not None else seconds
+        rate = run.samples / train if run.samples and train > 0 else None
+        run.pending, run.epoch_ended = (self.learner.epoch, seconds, rate), True
 
     def cancelRun(self) -> None:
         self._finish()  # before the learner's "Run cancelled: ..." message
@@ -81,45 +91,86 @@ class ProgressBar(Callback):
     def endRun(self) -> None:
         self._finish()
 
+    def suspendChanged(self) -> None:  # noqa: N802
+        """Suspended: the live line ends where it is; restored: a new one starts."""
+        for run in self._runs:
+            if self.suspended and run.live is not None:
+                run.live.close()
+                run.live = None
+        if self.suspended or not self._runs:
+            return
+        last = self._runs[-1]
+        if last.live is None and last.loop is not None and last.loop.running and self.learner.rank == 0:
+            last.live = Live(self.stream, self.refresh, self.logEvery)
+
     def _finish(self) -> None:
-        self._print_pending()
-        if self._live is not None:
+        # once per run: cancelRun then endRun both come here; a run inside a run (ParamFinder
+        # from a callback) finishes its own line and leaves the outer one going
+        if not self._runs or self._runs[-1].loop is not self.learner._loop:
+            return
+        run = self._runs[-1]
+        self._print_pending(run)
+        if run.live is not None:
             text = self.line(final=True)
-            self._live.close(text, self.learner.progress)
-            self._live = None
+            run.live.close(text, self.learner.progress)
+            run.live = None
+        self._runs.pop()
 
     # ---- the lines -------------------------------------------------------------------------------
     def line(self, final: bool = False) -> str:
-        """The live line (``final``: as the run ends, with no time left)."""
+        """The live line (``final``: as the run ends, with no time left). A loader without a
+        length (``l.batches`` 0) gives progress by whole epochs and the batch count alone."""
         learner = self.learner
-        batches = learner.batches or 1
-        progress = (learner.epoch + min(learner.batch, batches) / batches) / max(learner.epochs, 1)
+        run = self._runs[-1] if self._runs else _Run(time.perf_counter(), {})
+        batches = learner.batches
+        if batches:
+            within = min(learner.batch, batches) / batches
+            count = f"{learner.batch:3}/{batches}"
+        else:
+            within = 1.0 if run.epoch_ended else 0.0
+            count = f"{learner.batch:3}"
+        progress = (learner.epoch + within) / max(learner.epochs, 1)
         learner.progress = progress
-        elapsed = time.perf_counter() - self._start
+        elapsed = time.perf_counter() - run.start
         going = 0 < progress < 1 and not final
-        left = f", left: {duration(elapsed / progress - elapsed):>7}" if going else ""
+        left = f", left: {duration(elapsed / progress - elapsed):>6}" if going else ""
         return (
             f"Progress: {round(progress * 100):3}%, epoch: {learner.epoch:2}/{learner.epochs}, "
-            f"batch: {learner.batch:3}/{learner.batches}, elapsed: {elapsed:6.1f}s{left}"
+            f"batch: {count}, elapsed: {duration(elapsed):>6}{left}"
         )
 
-    def _print_pending(self) -> None:
+    def _print_pending(self, run: _Run) -> None:
         """The line of an ended epoch, with the values recorded for it since the last line."""
-        if self._pending is None:
+        if run.pending is None:
             return
-        epoch, seconds, rate = self._pending
-        self._pending = None
+        epoch, seconds, rate = run.pending
+        run.pending = None
         learner = self.learner
         parts = [f"epoch {epoch:{len(str(learner.epochs))}}/{learner.epochs}"]
         for name, values in quantities(learner.cbs).items():
-            if len(values) > self._seen.get(name, 0):
+            if len(values) > run.seen.get(name, 0):
                 parts.append(f"{name} {values[-1]:<8.4g}")
-            self._seen[name] = len(values)
+            run.seen[name] = len(values)
         parts.append(f"{duration(seconds):>6}")
         if rate is not None:
             parts.append(f"{_rate(rate)} samples/s")
-        if self._live is not None:
-            self._live.line("  ".join(parts))
+        if run.live is not None:
+            run.live.line("  ".join(parts))
+
+
+@dataclass
+class _Run:
+    """What the bar keeps of one run."""
+
+    start: float
+    seen: dict[str, int]  # how many values each quantity had at the last epoch line
+    live: Live | None = None
+    loop: Loop | None = None  # the learner's run this is
+    epoch_start: float = 0.0
+    samples: int = 0  # training samples of this epoch so far
+    train_seconds: float | None = None  # of this epoch, once validation starts
+    epoch_ended: bool = False
+    pending: tuple[int, float, float | None] | None = None  # an ended epoch's line to print
 
 
 def _lengths(learner: Any) -> dict[str, int]:
@@ -127,15 +178,16 @@ def _lengths(learner: Any) -> dict[str, int]:
 
 
 def _count(xb: Any) -> int:
-    """Samples in a batch's inputs: the first dimension of its first tensor (no device sync)."""
+    """Samples in a batch's inputs: the first dimension of its first tensor that has one (no
+    device sync)."""
     if isinstance(xb, torch.Tensor):
         return int(xb.shape[0]) if xb.dim() else 1
     if isinstance(xb, Mapping):
         xb = list(xb.values())
     if isinstance(xb, (list, tuple)):
-        for item in xb:
-            if isinstance(item, torch.Tensor):
-                return int(item.shape[0]) if item.dim() else 1
+        tensors = [item for item in xb if isinstance(item, torch.Tensor)]
+        batched = next((t for t in tensors if t.dim()), None)  # a scalar entry is not the batch
+        return int(batched.shape[0]) if batched is not None else 1 if tensors else 0
     return 0
 
 

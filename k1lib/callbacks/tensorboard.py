@@ -119,6 +119,14 @@ class TensorBoard(EpochLogger):
         return writer
 
     def begin(self) -> None:
+        # a logdir that cannot be a folder fails now, not after the first epoch's training
+        folder = Path(self.logdir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"TensorBoard: logdir {os.fspath(self.logdir)!r} cannot be a folder: {e}") from e
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"TensorBoard: logdir {os.fspath(self.logdir)!r} is not writable")
         self._hooks.start(self._callbacks())
 
     def write_epoch(self, epoch: int, values: dict[str, float], lrs: Lrs) -> None:

@@ -399,3 +399,18 @@ def test_bad_arguments_are_refused_naming_them(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'logged' should be an int of 0 or more, got -1"):
         TensorBoard("runs").load_state_dict({"logged": -1})
     assert "cb.logdir" in repr(TensorBoard("runs")) and "cb.elapsed" in repr(CSVLogger("log.csv"))
+
+
+def test_a_path_that_cannot_be_written_fails_before_any_training(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    for add, kind in (
+        (lambda l: l.cbs.withTensorBoard(tmp_path / "afile"), ValueError),
+        (lambda l: l.cbs.withTensorBoard(tmp_path / "afile" / "run"), ValueError),
+        (lambda l: l.cbs.withCSV(tmp_path / "adir"), IsADirectoryError),
+    ):
+        l = learner()
+        add(l)
+        with pytest.raises(kind, match=r"afile|adir"):
+            l.run(1)
+        assert l.Loss.train == []  # no batch ran

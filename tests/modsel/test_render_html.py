@@ -264,3 +264,10 @@ def test_explain_without_a_stylesheet_is_an_explanation_too() -> None:
     assert isinstance(explained, modsel.Explanation)
     assert repr(explained) == "(root) (Network): no stylesheet was applied (use modsel.select(model, css))"
     assert shown_text(explained._repr_html_()) == explained
+
+
+def test_render_html_takes_the_header_option_as_render_text_does() -> None:
+    node = modsel.select(nn.Sequential(nn.Linear(1, 1)), "Linear: a")
+    assert "ModuleSelector:" in modsel.render_html(node)
+    without = modsel.render_html(node, header=False)
+    assert "ModuleSelector:" not in without and "0: Linear" in without
