@@ -1,7 +1,8 @@
 """k1lib: a PyTorch training loop with callbacks for looking inside models while they train.
 
-``Learner`` runs the loop; ``Callbacks`` hook into its events; ``k1lib.data`` holds data
-helpers and ``k1lib.viz`` the sliceable plots. Modules are targeted with CSS (``l.css``,
+``Learner`` runs the loop; ``Callbacks`` hook into its events; ``watch`` records HookModule's
+and HookParam's statistics in a plain training loop; ``k1lib.data`` holds data helpers and
+``k1lib.viz`` the sliceable plots. Modules are targeted with CSS (``l.css``,
 through ``modsel``).
 """
 
@@ -9,6 +10,7 @@ from . import callbacks, data, viz
 from ._checkpoint import CheckpointError
 from ._css_optimizer import cssOptimizer
 from ._learner import Learner
+from ._watch import Watch, watch
 from .callbacks import (
     Callback,
     Callbacks,
@@ -27,8 +29,10 @@ __all__ = [
     "CancelRunException",
     "CheckpointError",
     "Learner",
+    "Watch",
     "callbacks",
     "cssOptimizer",
     "data",
     "viz",
+    "watch",
 ]

@@ -1,8 +1,10 @@
-"""What the learner's css selects for a callback: modules (and their parameters) whose props
-include the callback's name or ``all``."""
+"""What a stylesheet selects for a tool (HookModule, HookParam, ...): the modules (and their
+parameters) whose props include the tool's name or ``all``. The Learner's callbacks select
+with ``l.css``; ``k1lib.watch`` with its own css."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -15,23 +17,52 @@ from .._unwrap import unwrap
 if TYPE_CHECKING:
     from .._learner import Learner
 
-__all__ = ["selected_modules", "selected_parameters"]
+__all__ = [
+    "modules_with",
+    "parameters_of",
+    "selected_modules",
+    "selected_parameters",
+    "warn_if_empty",
+]
 
 
-def selected_modules(learner: Learner, prop: str, warn: bool = True) -> list[tuple[str, nn.Module]]:
-    """``(path, module)`` of each module the css gives ``prop`` (or ``all``), in document order,
-    each module once (a shared module at its first place). Warns when there is none."""
+def modules_with(tree: modsel.ModuleSelector, prop: str) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of each module of ``tree`` having ``prop`` (or ``all``), in document
+    order, each module once (a shared module at its first place)."""
     seen: set[int] = set()
     found: list[tuple[str, nn.Module]] = []
-    for path, node in learner.moduleSelector.named_modules(prop):
+    for path, node in tree.named_modules(prop):
         if id(node.module) not in seen:
             seen.add(id(node.module))
             found.append((path, node.module))
-    if not found and warn and asks_for(learner.css, prop):
+    return found
+
+
+def parameters_of(root: nn.Module, modules: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of the parameters of ``modules`` (their whole subtrees), each once,
+    named and ordered as in ``root.named_parameters()``."""
+    chosen: set[int] = set()
+    for _, module in modules:
+        chosen.update(id(p) for p in module.parameters())
+    return [(name, p) for name, p in root.named_parameters() if id(p) in chosen]
+
+
+def warn_if_empty(found: Sequence[object], css: str, prop: str, what: str, where: str) -> None:
+    """Warn that ``prop`` records nothing when ``found`` is empty although ``css`` asks for
+    ``prop`` (``what``: ``"module with"`` or ``"module with parameters and"``; ``where``: the
+    css's name in the message, ``l.css``)."""
+    if not found and asks_for(css, prop):
         _warn.warn(
-            f"{prop}: l.css selects no module with the prop {prop!r} (or 'all'), so {prop} records "
-            f"nothing; l.css is {learner.css!r}"
+            f"{prop}: {where} selects no {what} the prop {prop!r} (or 'all'), so {prop} records "
+            f"nothing; {where} is {css!r}"
         )
+
+
+def selected_modules(learner: Learner, prop: str, warn: bool = True) -> list[tuple[str, nn.Module]]:
+    """``modules_with`` of the learner's module tree (``l.css``). Warns when there is none."""
+    found = modules_with(learner.moduleSelector, prop)
+    if warn:
+        warn_if_empty(found, learner.css, prop, "module with", "l.css")
     return found
 
 
@@ -42,17 +73,11 @@ def asks_for(css: str, prop: str) -> bool:
 
 
 def selected_parameters(learner: Learner, prop: str, warn: bool = True) -> list[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` of the parameters of the modules the css gives ``prop`` (their
-    whole subtrees), each once, named and ordered as in ``model.named_parameters()`` (of the
-    original module when the model is wrapped by ``torch.compile`` or DDP)."""
-    chosen: set[int] = set()
-    for _, module in selected_modules(learner, prop, warn=False):
-        chosen.update(id(p) for p in module.parameters())
+    """``parameters_of`` the modules the css gives ``prop``, named as in the original module
+    when the model is wrapped by ``torch.compile`` or DDP. Warns when there is none."""
+    modules = selected_modules(learner, prop, warn=False)
     assert learner.model is not None  # moduleSelector needs it: raised above otherwise
-    found = [(name, p) for name, p in unwrap(learner.model).named_parameters() if id(p) in chosen]
-    if not found and warn and asks_for(learner.css, prop):
-        _warn.warn(
-            f"{prop}: l.css selects no module with parameters and the prop {prop!r} (or 'all'), so "
-            f"{prop} records nothing; l.css is {learner.css!r}"
-        )
+    found = parameters_of(unwrap(learner.model), modules)
+    if warn:
+        warn_if_empty(found, learner.css, prop, "module with parameters and", "l.css")
     return found

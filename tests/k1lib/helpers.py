@@ -86,3 +86,99 @@ def readme_learner() -> Any:
     l.cbs.withModifyBatch(lambda x, y: (x[:, None], y))
     l.cbs.withDType(torch.float32)
     return l
+
+
+# ---- the plain way to get what HookModule and HookParam record ---------------------------------------
+
+
+def plain_stats(t: torch.Tensor | None, names: tuple[str, ...] = ("means", "stds")) -> torch.Tensor:
+    """Statistics of ``t`` computed plainly in float64 (torch.std: the unbiased std); NaN for None."""
+    if t is None:
+        return torch.full((len(names),), float("nan"), dtype=torch.float64)
+    x = t.detach().double().reshape(-1)
+    std = x.std() if x.numel() > 1 else torch.tensor(float("nan"), dtype=torch.float64)  # no warning
+    values = {"means": x.mean(), "stds": std, "mins": x.min(), "maxs": x.max()}
+    return torch.stack([values[n] for n in names])
+
+
+def assert_stats_close(
+    got: torch.Tensor,
+    tensors: list[torch.Tensor | None],
+    names: tuple[str, ...] = ("means", "stds"),
+    what: str = "",
+) -> None:
+    """``got`` (one row per tensor, a column per statistic) equals ``plain_stats`` of each tensor,
+    within float32 error relative to the tensor's own scale."""
+    assert got.shape == (len(tensors), len(names)), (what, tuple(got.shape))
+    for i, t in enumerate(tensors):
+        scale = float(t.detach().double().abs().max()) if t is not None else 0.0
+        torch.testing.assert_close(
+            got[i].double(),
+            plain_stats(t, names),
+            rtol=1e-3,
+            atol=1e-4 * scale + 1e-12,
+            equal_nan=True,
+            msg=lambda m, i=i: f"{what} row {i}: {m}",
+        )
+
+
+class PlainHooks:
+    """For ``modules`` (path -> module), in a ``with`` block: each module's output (the first
+    tensor of a structure) at hook time and that output's gradient (a ``register_hook`` of our
+    own), of its last call with gradients enabled since ``close_batch()``; ``close_batch()``
+    appends them (None where none) to ``forward[path]`` / ``backward[path]``."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.forward: dict[str, list[torch.Tensor | None]] = {p: [] for p in modules}
+        self.backward: dict[str, list[torch.Tensor | None]] = {p: [] for p in modules}
+        self._handles: list[Any] = []
+        self._now: dict[str, list[torch.Tensor | None]] = {p: [None, None] for p in modules}
+        self._calls = dict.fromkeys(modules, 0)
+
+    def __enter__(self) -> PlainHooks:
+        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def close_batch(self) -> None:
+        for path, (fwd, bwd) in self._now.items():
+            self.forward[path].append(fwd)
+            self.backward[path].append(bwd)
+        self._now = {p: [None, None] for p in self.modules}
+        self._calls = dict.fromkeys(self.modules, 0)
+
+    def _hook(self, path: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            t = first_tensor(output)
+            if t is None or not torch.is_grad_enabled():
+                return
+            self._calls[path] += 1
+            call, now = self._calls[path], self._now[path]
+            now[0], now[1] = t.detach().clone(), None
+            if t.requires_grad:
+
+                def grad(g: torch.Tensor) -> None:
+                    if call == self._calls[path]:  # the last call's gradient
+                        now[1] = g.detach().clone()
+
+                t.register_hook(grad)
+
+        return hook
+
+    def stats(self, direction: str, path: str, names: tuple[str, ...] = ("means", "stds")) -> torch.Tensor:
+        """``(batches, len(names))`` plain statistics of what was seen."""
+        return torch.stack([plain_stats(t, names) for t in getattr(self, direction)[path]])
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The first tensor of an output: itself, or depth-first in tuples, lists and dicts."""
+    if isinstance(output, torch.Tensor):
+        return output
+    items = (
+        output.values() if isinstance(output, dict) else output if isinstance(output, tuple | list) else ()
+    )
+    return next((t for t in map(first_tensor, items) if t is not None), None)

@@ -1,4 +1,5 @@
-"""The README's "Everyday training" recipe runs as written and does what its comments say."""
+"""The README's recipes ("Everyday training", "Watching any training loop") run as written and
+do what their comments say."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
 README = Path(__file__).parents[2] / "README.md"
 
 
-def _recipe() -> str:
+def _recipe(heading: str = "### Everyday training") -> str:
+    """The first python block after ``heading``."""
     text = README.read_text(encoding="utf-8")
-    start = text.index("### Everyday training")
+    start = text.index(heading)
     block = re.search(r"```python\n(.*?)```", text[start:], re.S)
     assert block is not None
     return block.group(1)
@@ -54,3 +57,21 @@ def test_the_everyday_training_recipe(tmp_path: Path) -> None:
     assert logged == [(i, torch.tensor(a).float().item()) for i, a in enumerate(accuracies)]
     lr = EventAccumulator(str(tmp_path / "runs/quadrants/lr")).Reload()
     assert [e.value for e in lr.Scalars("lr")] == [torch.tensor(v).float().item() for v in lrs]
+
+
+def test_the_watching_any_training_loop_recipe() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    namespace: dict[str, object] = {}
+    exec(compile(_recipe("### Watching any training loop"), str(README), "exec"), namespace)
+    w: Any = namespace["w"]
+    model: Any = namespace["model"]
+    assert w.HookModule.names == ["0", "2", "4"] and w.HookParam.names == ["4.weight", "4.bias"]
+    assert len(w.HookModule[0].backward.stds) == 24 == len(w.HookParam.data)  # 8 batches x 3 epochs
+    assert w.HookModule[2].backward.means.isfinite().all()
+    assert repr(w.HookParam).startswith("HookParam record: 2 params, 24 means and stds each:")
+    assert isinstance(w.HookModule.plot("means", "stds").plot(), Figure)
+    assert all(not m._forward_hooks for m in model.modules())  # nothing left after the block

@@ -1,0 +1,211 @@
+"""``k1lib.watch``: HookModule's and HookParam's statistics from any training loop, no Learner.
+
+    with k1lib.watch(model, "Linear: HookModule; #2: HookParam") as w:
+        for xb, yb in loader:
+            loss = lossF(model(xb), yb)
+            loss.backward(); opt.step(); opt.zero_grad()
+            w.step()                       # closes the batch: statistics stay on the device
+    w.HookModule.plot("means", "stds"); w.HookParam
+
+The css selects as ``l.css`` does for the Learner's callbacks (props ``HookModule``,
+``HookParam`` or ``all``; ``*``, the default, selects every module for both), on the model
+seen through ``torch.compile`` / DDP wrappers. ``w.HookModule`` and ``w.HookParam`` are the
+records the Learner's callbacks are (``[i]``, ``[a:b]``, ``plot``, ``state_dict``), filled by
+the same captures (``ModuleCapture``, ``ParamCapture``).
+
+When things are recorded, mirroring a Learner training batch (whose ``endBatch`` comes after
+the optimizer step):
+- ``w.step()`` closes a training batch: one HookModule row (each module's last call since the
+  previous step, and the gradient of that output: call it after ``backward``) and one
+  HookParam row (the parameters as they are then: call it after ``opt.step()`` to see them
+  after the step, as the Learner does);
+- only module calls made with gradients enabled count: a validation pass under
+  ``torch.no_grad()`` or ``torch.inference_mode()`` is not recorded, and ``with w.pause():``
+  leaves out any other (a validation pass with gradients on);
+- ``w.step()`` with no forward pass of the model (gradients on, not paused) since the previous
+  step raises ``RuntimeError``: a row would stand for no batch;
+- rows stay on the device until the block ends (one copy to the host) or ``w.flush()``.
+
+Hooks exist only inside the ``with`` block: they are removed when it ends, however it ends (an
+exception, Ctrl-C), with the tensor hooks and retained gradients of a batch cut short. A
+``Watch`` may be entered again later: its records go on (a new selection is not possible).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+import modsel
+
+from ._unwrap import unwrap
+from .callbacks._module_capture import ModuleCapture
+from .callbacks._module_record import ModuleRecord
+from .callbacks._param_capture import ParamCapture
+from .callbacks._param_record import ParamRecord
+from .callbacks._selection import modules_with, parameters_of, warn_if_empty
+
+__all__ = ["Watch", "watch"]
+
+_WHERE = "k1lib.watch's css"
+
+
+_PROPS = ("HookModule", "HookParam", "all")
+
+
+def _check_props(css: str) -> None:
+    """The watch's css gives only its own props: any other is a typo that would record nothing
+    (``l.css`` is different: it also carries other callbacks' props)."""
+    for rule in modsel.parse(css).rules:  # a bad css raises here, with the caret
+        for prop in rule.props:
+            if prop not in _PROPS:
+                close = difflib.get_close_matches(prop, _PROPS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"k1lib.watch: css rule {str(rule)!r} gives the prop {prop!r}; the props it "
+                    f"reads are {', '.join(_PROPS)}{hint}"
+                )
+
+
+class Watch:
+    """What ``k1lib.watch`` returns: a context manager holding the records ``HookModule`` and
+    ``HookParam`` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, css: str = "*") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"k1lib.watch takes an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.css = css
+        root = unwrap(model)
+        _check_props(css)
+        tree = modsel.select(root, css)  # a bad css raises here, with the caret
+        self._root = root
+        self._modules = modules_with(tree, "HookModule")
+        self._params = parameters_of(root, modules_with(tree, "HookParam"))
+        warn_if_empty(self._modules, css, "HookModule", "module with", _WHERE)
+        warn_if_empty(self._params, css, "HookParam", "module with parameters and", _WHERE)
+        self._hookModule = ModuleRecord()
+        self._hookParam = ParamRecord()
+        self._capture: ModuleCapture | None = None  # inside the block
+        self._paramCapture: ParamCapture | None = None
+        self._rootHook: RemovableHandle | None = None
+        self._forwarded = False  # a forward pass of the model since the last step
+        self._paused = False
+
+    @property
+    def HookModule(self) -> ModuleRecord:  # noqa: N802 - the callback's name
+        """Statistics of the selected modules' outputs and output gradients, one row a step."""
+        return self._hookModule
+
+    @property
+    def HookParam(self) -> ParamRecord:  # noqa: N802 - the callback's name
+        """Mean, std, min and max of the selected parameters, one row a step."""
+        return self._hookParam
+
+    # ---- the block ----------------------------------------------------------------------------------
+    def __enter__(self) -> Watch:
+        if self._rootHook is not None:
+            raise RuntimeError("k1lib.watch: this watch is already inside a with block")
+        device = next(self._root.parameters(), torch.empty(0)).device
+        self._hookModule.begin([p for p, _ in self._modules], [type(m).__name__ for _, m in self._modules])
+        self._hookParam.begin([n for n, _ in self._params])
+        try:
+            if self._modules:
+                self._capture = ModuleCapture(self._modules, self._hookModule, device, grad_only=True)
+                self._capture.install()
+            if self._params:
+                self._paramCapture = ParamCapture(self._params, self._hookParam)
+                self._paramCapture.start()
+            self._rootHook = self._root.register_forward_hook(self._saw_forward)
+        except BaseException:
+            self._close()
+            raise
+        self._forwarded = self._paused = False
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Remove every hook, bring the rows to the host, let go of the model's tensors."""
+        hook, self._rootHook = self._rootHook, None
+        capture, self._capture = self._capture, None
+        params, self._paramCapture = self._paramCapture, None
+        if hook is not None:
+            hook.remove()
+        if capture is not None:
+            capture.remove()
+        if params is not None:
+            params.stop()
+        self._hookModule.end()
+        self._hookParam.flush()
+
+    def _saw_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._paused and torch.is_grad_enabled():
+            self._forwarded = True
+
+    # ---- inside it ----------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Close a training batch: one row of each record, on the device (see the module
+        docstring for when to call it)."""
+        if self._rootHook is None:
+            raise RuntimeError("k1lib.watch: w.step() outside its with block")
+        if not self._forwarded:
+            raise RuntimeError(
+                "k1lib.watch: w.step() with no forward pass of the model since the last step "
+                "(calls under torch.no_grad() or w.pause() are not recorded, nor model.forward(x) "
+                "called directly: call model(x); a torch.compile'd model that already ran before "
+                "the watch keeps its compiled graph without hooks: torch._dynamo.reset() first); "
+                "call w.step() once per training batch, after opt.step()"
+            )
+        self._forwarded = False
+        if self._capture is not None:
+            self._capture.end_batch()
+        if self._paramCapture is not None:
+            self._paramCapture.end_batch()
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """Record no module call inside this ``with`` (a validation pass with gradients on)."""
+        was = self._paused
+        self._paused = True
+        if self._capture is not None:
+            self._capture.paused = True
+        try:
+            yield
+        finally:
+            self._paused = was
+            if self._capture is not None:
+                self._capture.paused = was
+
+    def flush(self) -> None:
+        """Copy the rows recorded so far to the host, to read them inside the block (one
+        transfer; the block's end does it anyway)."""
+        self._hookModule.flush()
+        self._hookParam.flush()
+
+    def __repr__(self) -> str:
+        state = "recording" if self._rootHook is not None else "not recording"
+        return (
+            f"k1lib.watch of {type(self._root).__name__} ({state}), css {self.css!r}:\n"
+            f"- w.HookModule: {self._hookModule.summary()[0].rstrip(':')}\n"
+            f"- w.HookParam: {self._hookParam.summary()[0].rstrip(':')}\n"
+            "- w.step(): close a training batch; w.pause(): a with block not recorded"
+        )
+
+
+def watch(model: nn.Module, css: str = "*") -> Watch:
+    """HookModule's and HookParam's statistics of ``model`` in a plain training loop: use the
+    result in a ``with`` block and call ``w.step()`` after each optimizer step (see
+    ``k1lib/_watch.py``). ``css`` selects modules as ``l.css`` does (props ``HookModule``,
+    ``HookParam``, ``all``)."""
+    return Watch(model, css)

@@ -1,0 +1,41 @@
+"""``ParamCapture``: mean, std, min and max of parameters, one row a batch into a
+``ParamRecord``, on the parameters' device (no host sync; parameters of one shape are reduced
+together by ``_stats.Reducer``). No hooks and no Learner: whoever drives it calls ``end_batch``
+after the optimizer step (HookParam at ``endBatch``, ``k1lib.watch`` at ``w.step()``)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ._param_record import ParamRecord
+from ._stats import STATS, Reducer
+
+__all__ = ["ParamCapture"]
+
+
+class ParamCapture:
+    """Statistics of ``params`` (``(name, parameter)`` pairs) written into ``record``."""
+
+    def __init__(self, params: list[tuple[str, nn.Parameter]], record: ParamRecord) -> None:
+        self._params = [p for _, p in params]
+        self._record = record
+        self._views: list[Tensor] = []
+        self._reducer = Reducer(STATS)
+
+    def start(self, expected: int | None = None) -> None:
+        """Read the parameters from now on, with room for ``expected`` rows (when known).
+        Called again at each epoch: it takes plain tensors sharing each parameter's storage
+        (cheaper to read than Parameters), in case a parameter's ``.data`` was replaced."""
+        self._views = [p.detach() for p in self._params]
+        if self._views and expected:
+            self._record.reserve(expected, self._views[0].device)
+
+    def end_batch(self) -> None:
+        """One row: the statistics of every parameter now."""
+        views = self._views
+        if views:
+            self._reducer(views, into=self._record.next_row(views[0].device))
+
+    def stop(self) -> None:
+        """Let go of the parameters."""
+        self._params, self._views = [], []
