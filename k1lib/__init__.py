@@ -1,8 +1,9 @@
 """k1lib: a PyTorch training loop with callbacks for looking inside models while they train.
 
 ``Learner`` runs the loop; ``Callbacks`` hook into its events; ``watch`` records HookModule's
-and HookParam's statistics in a plain training loop; ``k1lib.data`` holds data helpers and
-``k1lib.viz`` the sliceable plots. Modules are targeted with CSS (``l.css``,
+and HookParam's statistics in a plain training loop; ``find_lr`` and ``loss_landscape`` are
+ParamFinder's range test and LossLandscape's surfaces without a Learner; ``k1lib.data`` holds
+data helpers and ``k1lib.viz`` the sliceable plots. Modules are targeted with CSS (``l.css``,
 through ``modsel``).
 """
 
@@ -18,6 +19,8 @@ from .callbacks import (
     CancelEpochException,
     CancelRunException,
 )
+from .callbacks.loss_landscape import loss_landscape
+from .callbacks.param_finder import find_lr
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,8 @@ __all__ = [
     "callbacks",
     "cssOptimizer",
     "data",
+    "find_lr",
+    "loss_landscape",
     "viz",
     "watch",
 ]

@@ -22,6 +22,11 @@ This callback handles no events: it costs nothing during ``l.run``. Afterwards t
 exactly as before: parameters (their storage is never written), buffers, train/eval modes,
 ``requires_grad`` flags, grads, and torch's global random state (directions come from a private
 ``torch.Generator`` seeded by ``seed``).
+
+``loss_landscape(model, batch, lossF)`` (``k1lib.loss_landscape``) computes the same surfaces
+without a Learner, on the batch it is given, with ``params`` "trainable", "all" or a modsel
+selector; both go through ``_landscape``, which knows neither a Learner nor where the batch
+came from.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
     from .._learner import Learner
     from ..viz import SliceablePlot
 
-__all__ = ["LossLandscape", "Surface", "directions"]
+__all__ = ["Landscape", "LossLandscape", "Surface", "directions", "loss_landscape"]
 
 Direction = dict[str, Tensor]
 _RANGES = (0.1, 0.32, 1.0, 3.2)
@@ -356,15 +361,15 @@ class _Evaluator:
         self,
         model: nn.Module,
         params: list[tuple[str, nn.Parameter]],
-        learner: Learner,
-        samples: int | None,
+        batch: tuple[Any, Any],
+        lossF: Callable[[Any, Any], Any] | None,  # noqa: N803
+        outputFs: list[Callable[[Any], Any]],  # noqa: N803
         snapshot: _Snapshot,
+        who: str,
     ) -> None:
-        from .modify_output import ModifyOutput
-
-        self.model, self.lossF, self.snapshot = model, learner.lossF, snapshot
-        self.outputFs = [cb.f for cb in learner.cbs if isinstance(cb, ModifyOutput) and not cb.suspended]
-        self.xb, self.yb = _validation_batch(learner, samples)
+        self.model, self.lossF, self.snapshot = model, lossF, snapshot
+        self.outputFs, self.who = outputFs, who
+        self.xb, self.yb = batch
         groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, nn.Parameter]]] = {}
         for name, p in params:
             groups.setdefault((p.device, p.dtype), []).append((name, p))
@@ -394,7 +399,7 @@ class _Evaluator:
         loss = loss if isinstance(loss, Tensor) else torch.as_tensor(loss)
         if loss.numel() != 1:
             raise ValueError(
-                f"LossLandscape: l.lossF must return one number, got a tensor of shape {tuple(loss.shape)}"
+                f"{self.who}: lossF must return one number, got a tensor of shape {tuple(loss.shape)}"
             )
         return loss.reshape(())
 
@@ -550,19 +555,10 @@ class LossLandscape(Callback):
         pick columns), ``p.save(path)`` writes it, ``p.plot()`` returns the figure; in a script
         ``plt.savefig(path)`` right after saves it too. Jupyter shows the image alone, as the
         README does."""
-        from ..viz import SliceablePlot, indices
-
         surfaces = self.compute(
             resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory, params
         )
-        cols, centre, moved = len(surfaces) // pairs, self.centre, self.moved
-
-        def draw(sl: slice) -> None:
-            picked = range(*indices(sl, cols))
-            chosen = [surfaces[p * cols + c] for p in range(pairs) for c in picked]
-            _draw(chosen, len(picked), pairs, centre, moved)
-
-        return SliceablePlot(draw, text=False)
+        return _plot(surfaces, pairs, self.centre, self.moved)
 
     def compute(
         self,
@@ -578,7 +574,11 @@ class LossLandscape(Callback):
     ) -> list[Surface]:
         """The surfaces, pair by pair and range by range, also kept in ``cb.surfaces``; the
         options are ``plot``'s (see the repr)."""
-        radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory, params)
+        from .modify_output import ModifyOutput
+
+        who = "LossLandscape.plot"
+        radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory, who)
+        _check_choice(who, "params", params, _PARAMS)
         learner = self.learner
         for name in ("model", "data"):  # no lossF: the model's output may carry its loss
             if getattr(learner, name) is None:
@@ -588,21 +588,191 @@ class LossLandscape(Callback):
         assert learner.model is not None  # checked just above
         model: nn.Module = unwrap(learner.model)
         chosen, moved = _chosen_params(learner, model, params)
-        snapshot = _Snapshot(model, chosen)
-        try:
-            model.eval()
-            with torch.no_grad():
-                ev = _Evaluator(model, chosen, learner, batchSize, snapshot)
-                self.centre = float(ev.centre)
-                weights = [(name, p.detach()) for name, p in chosen]  # as they are now
-                directions = _iter_directions(weights, pairs, seed, filterNorm)
-                choice = _EngineChoice(engine, ev, memory)
-                self.surfaces = _surfaces(ev, directions, pairs, radii, resolution, choice)
-                self.perturbed, self.moved = [name for name, _ in chosen], moved
-                self.engine = self.surfaces[-1].engine
-        finally:
-            snapshot.restore()
+        output_fs = [cb.f for cb in learner.cbs if isinstance(cb, ModifyOutput) and not cb.suspended]
+        self.surfaces, self.centre = _landscape(
+            model,
+            chosen,
+            lambda: _validation_batch(learner, batchSize),
+            learner.lossF,
+            output_fs,
+            _Options(radii, resolution, pairs, seed, filterNorm, engine, memory),
+            "LossLandscape",
+        )
+        self.perturbed, self.moved = [name for name, _ in chosen], moved
+        self.engine = self.surfaces[-1].engine
         return self.surfaces
+
+
+@dataclass(frozen=True)
+class _Options:
+    """``plot``'s options that shape the computation, checked."""
+
+    radii: tuple[float, ...]
+    resolution: int
+    pairs: int
+    seed: int
+    filterNorm: bool  # noqa: N815
+    engine: str
+    memory: int
+
+
+def _landscape(
+    model: nn.Module,
+    chosen: list[tuple[str, nn.Parameter]],
+    batch: Callable[[], tuple[Any, Any]],
+    lossF: Callable[[Any, Any], Any] | None,  # noqa: N803
+    outputFs: list[Callable[[Any], Any]],  # noqa: N803
+    options: _Options,
+    who: str,
+) -> tuple[list[Surface], float]:
+    """The surfaces around ``model``'s current weights moving ``chosen``, on the ``(xb, yb)``
+    that ``batch()`` gives (called in eval mode without gradients), and the loss at the centre;
+    the model is as before afterwards, also after an exception. What ``LossLandscape.compute``
+    and ``loss_landscape`` share: neither knows the other's way of finding the batch or the
+    parameters."""
+    snapshot = _Snapshot(model, chosen)
+    try:
+        model.eval()
+        with torch.no_grad():
+            ev = _Evaluator(model, chosen, batch(), lossF, outputFs, snapshot, who)
+            weights = [(name, p.detach()) for name, p in chosen]  # as they are now
+            directions = _iter_directions(weights, options.pairs, options.seed, options.filterNorm)
+            choice = _EngineChoice(options.engine, ev, options.memory)
+            surfaces = _surfaces(ev, directions, options.pairs, options.radii, options.resolution, choice)
+    finally:
+        snapshot.restore()
+    return surfaces, float(ev.centre)
+
+
+def _plot(surfaces: list[Surface], pairs: int, centre: float | None, moved: str) -> SliceablePlot:
+    """The figure of ``surfaces`` (``pairs`` rows of ranges) as a ``SliceablePlot`` whose slices
+    pick columns (ranges)."""
+    from ..viz import SliceablePlot, indices
+
+    cols = len(surfaces) // pairs
+
+    def draw(sl: slice) -> None:
+        picked = range(*indices(sl, cols))
+        chosen = [surfaces[p * cols + c] for p in range(pairs) for c in picked]
+        _draw(chosen, len(picked), pairs, centre, moved)
+
+    return SliceablePlot(draw, text=False)
+
+
+# ---- without a Learner ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Landscape:
+    """What ``loss_landscape`` returns: the ``surfaces`` (pair by pair, range by range, as
+    ``l.LossLandscape.surfaces``), the loss at the current weights (``centre``), the engine
+    used, the names of the parameters moved (``perturbed``) and the figure title's words for
+    them (``moved``); ``plot()`` is ``l.LossLandscape.plot()``'s figure."""
+
+    surfaces: list[Surface]
+    centre: float
+    engine: str
+    perturbed: list[str]
+    moved: str
+    pairs: int
+
+    def plot(self) -> SliceablePlot:
+        return _plot(self.surfaces, self.pairs, self.centre, self.moved)
+
+    def __repr__(self) -> str:
+        radii = ", ".join(f"{r:g}" for r in dict.fromkeys(s.radius for s in self.surfaces))
+        return (
+            f"Landscape: {len(self.surfaces)} surfaces ({self.pairs} direction pairs x ranges {radii}) "
+            f"moving {self.moved}; loss at the centre {self.centre:.4g}. Use .plot(), .surfaces"
+        )
+
+
+def loss_landscape(
+    model: nn.Module,
+    batch: Any,
+    lossF: Callable[[Any, Any], Any] | None = None,  # noqa: N803 - the Learner's name
+    *,
+    resolution: int = 51,
+    ranges: Sequence[float] = _RANGES,
+    pairs: int = 2,
+    seed: int = 0,
+    filterNorm: bool = False,  # noqa: N803 - plot()'s name
+    engine: str = "auto",
+    memory: int = 256 * 2**20,
+    params: str = "trainable",
+) -> Landscape:
+    """``l.LossLandscape.compute()`` without a Learner: the loss of ``batch`` around ``model``'s
+    current weights, on a ``resolution``-square grid per range and random direction pair, in
+    eval mode without gradients; the model is bitwise as before afterwards (parameters,
+    buffers, train/eval flags, grads) and so are torch's random generators. ``batch`` is an
+    ``(xb, yb)`` pair or a mapping of the model's keyword arguments, as the model takes it (on
+    its device); the loss is ``lossF(model(xb), yb)``, or with ``lossF=None`` the output's own
+    ``.loss``. The options are ``LossLandscape.plot``'s, with ``params`` one of "trainable"
+    (``requires_grad``), "all", or a modsel selector: the parameters of the modules it matches
+    (``params="Linear"``, ``"#lora_B"``), frozen or not.
+
+    Raises ``TypeError`` for a model that is not an ``nn.Module``, a batch that is neither a
+    pair nor a mapping or a ``lossF`` that is not callable, and ``ValueError`` for a bad option
+    or a ``params`` that moves nothing, before anything runs."""
+    who = "loss_landscape"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if lossF is not None and not callable(lossF):
+        raise TypeError(
+            f"{who}: lossF must be callable as lossF(y, yb), or None to use the output's .loss; "
+            f"got {type(lossF).__name__}"
+        )
+    try:
+        xb, yb = split(batch)
+    except TypeError:
+        got = f"a tensor of shape {tuple(batch.shape)}" if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(
+            f"{who}: batch must be a pair (xb, yb) or a mapping of the model's keyword arguments, got {got}"
+        ) from None
+    radii = _check_options(resolution, None, ranges, pairs, seed, engine, memory, who)
+    if not isinstance(params, str):
+        raise TypeError(
+            f"{who}: params must be 'trainable', 'all' or a modsel selector string, got "
+            f"{type(params).__name__}"
+        )
+    plain: nn.Module = unwrap(model)  # torch.compile / DDP: the original module and its names
+    chosen, moved = _params_of(plain, params, who)
+    options = _Options(radii, resolution, pairs, seed, filterNorm, engine, memory)
+    surfaces, centre = _landscape(plain, chosen, lambda: (xb, yb), lossF, [], options, who)
+    return Landscape(surfaces, centre, surfaces[-1].engine, [n for n, _ in chosen], moved, pairs)
+
+
+def _params_of(model: nn.Module, params: str, who: str) -> tuple[list[tuple[str, nn.Parameter]], str]:
+    """``loss_landscape``'s parameters for ``params`` and the title's words for them."""
+    import modsel
+
+    from ._selection import parameters_of
+
+    everything = _named_params(model)
+    total = len(everything)
+    if params == "all":
+        chosen, why = everything, "all"
+    elif params == "trainable":
+        chosen, why = [(n, p) for n, p in everything if p.requires_grad], "trainable"
+        if not chosen:
+            raise ValueError(
+                f"{who}: all {total} parameter tensors of {type(model).__name__} have "
+                "requires_grad=False, so none would move; pass params='all' to move every "
+                "parameter, or a selector (params='Linear') to move those of the modules it matches"
+            )
+    else:
+        chosen, why = parameters_of(model, modsel.match(model, params)), f"css {params!r}"
+        if not chosen:
+            hint = (
+                " (there is no l.css here: give the selector itself, e.g. params='Linear')"
+                if params == "css"
+                else ""
+            )
+            raise ValueError(
+                f"{who}: params={params!r} matches no module with parameters in "
+                f"{type(model).__name__}{hint}; pass 'trainable', 'all' or another selector"
+            )
+    return chosen, f"{len(chosen)} of {total} parameter tensors ({why})"
 
 
 def _surfaces(
@@ -643,7 +813,7 @@ class _EngineChoice:
         self.mode = engine
         self.chunk = max(1, memory // max(1, ev.param_bytes + ev.activation_bytes))
         self.probe = min(self.chunk, max(8, int(0.1 / max(ev.seconds, 1e-6))))
-        self.dtype = ev.dtype
+        self.dtype, self.who = ev.dtype, ev.who
         self.checked = engine == "loop"
 
     @property
@@ -697,7 +867,7 @@ class _EngineChoice:
 
     def _fall_back(self, why: str) -> None:
         warn(
-            f"LossLandscape: evaluating grid points in batches failed for this model and lossF: {why}. "
+            f"{self.who}: evaluating grid points in batches failed for this model and lossF: {why}. "
             "Falling back to one forward pass per point (slower, same values); pass engine='loop' "
             "to skip the attempt",
             RuntimeWarning,
@@ -714,11 +884,14 @@ def _check_options(
     seed: int,
     engine: str,
     memory: int,
-    params: str,
+    who: str,
 ) -> tuple[float, ...]:
+    """Check the options shared by ``LossLandscape.plot`` and ``loss_landscape`` (``who``
+    starts the messages); returns the ranges as floats."""
+
     def positive_int(name: str, value: object, least: int = 1) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"LossLandscape.plot: {name} must be an int >= {least}, got {value!r}")
+            raise ValueError(f"{who}: {name} must be an int >= {least}, got {value!r}")
 
     positive_int("resolution", resolution, 2)
     if samples is not None:
@@ -726,24 +899,20 @@ def _check_options(
     positive_int("pairs", pairs)
     positive_int("memory", memory)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"LossLandscape.plot: seed must be an int, got {seed!r}")
-    if engine not in _ENGINES:
-        raise ValueError(
-            f"LossLandscape.plot: engine must be one of {', '.join(map(repr, _ENGINES))}, got {engine!r}"
-        )
-    if params not in _PARAMS:
-        raise ValueError(
-            f"LossLandscape.plot: params must be one of {', '.join(map(repr, _PARAMS))}, got {params!r}"
-        )
+        raise ValueError(f"{who}: seed must be an int, got {seed!r}")
+    _check_choice(who, "engine", engine, _ENGINES)
     try:
         out = tuple(float(r) for r in ranges)
     except (TypeError, ValueError):
         out = ()
     if not out or not all(math.isfinite(r) and r > 0 for r in out):
-        raise ValueError(
-            f"LossLandscape.plot: ranges must be positive numbers, like (0.1, 1), got {ranges!r}"
-        )
+        raise ValueError(f"{who}: ranges must be positive numbers, like (0.1, 1), got {ranges!r}")
     return out
+
+
+def _check_choice(who: str, name: str, value: object, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{who}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def _draw(surfaces: list[Surface], cols: int, pairs: int, centre: float | None, moved: str) -> Figure:
