@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
@@ -201,7 +202,13 @@ class _Sweep:
         """The suggested value: where the loss diverged divided by ``_DIVISOR``; with a warning
         naming ``who`` when it never diverged (the suggestion may then be too low)."""
         suggestion = self.params[-1] / _DIVISOR
-        if not self.diverged:
+        if len(self.losses) < _WINDOW and not all(math.isfinite(x) for x in self.losses):
+            warn(
+                f"{who}: the loss was not a finite number at {self.param}={self.params[-1]:.3g}, "
+                f"after {len(self.losses)} batch(es): the suggestion ({suggestion:.3g}) means "
+                "nothing; check the loss function and the data"
+            )
+        elif not self.diverged:
             warn(
                 f"{who}: the loss did not diverge up to {self.param}={self.params[-1]:.3g}, so the "
                 f"suggestion ({suggestion:.3g}) may be too low; try a larger end"
@@ -350,6 +357,11 @@ def _plain_sweep(
             loss = loss_of(lossF, forward(model, xb), yb)
             if not isinstance(loss, torch.Tensor):
                 raise TypeError(f"find_lr: lossF must return a tensor, got {type(loss).__name__}")
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"find_lr: the loss must be one number, got a tensor of shape {tuple(loss.shape)}: "
+                    "reduce it in lossF (e.g. .mean())"
+                )
             if sweep.record(float(loss.detach().float().mean())):
                 return
             if not loss.requires_grad:
@@ -393,6 +405,12 @@ def _check_standalone(model: object, opt: object, loader: object, lossF: object)
         )
     if _sized(loader) == 0:
         raise ValueError(f"find_lr: the loader ({type(loader).__name__}) has no batches")
+    closure = inspect.signature(opt.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise TypeError(
+            f"find_lr: {type(opt).__name__}.step needs a closure (as LBFGS); the range test takes "
+            "one plain step per batch: use an optimizer such as SGD or Adam"
+        )
 
 
 def _sized(loader: object) -> int | None:

@@ -308,3 +308,25 @@ def test_the_readme_recipe() -> None:
     assert [g["lr"] for g in opt.param_groups] == [found.suggestion]
     assert land.surfaces[0].losses.shape == (21, 21) and len(land.surfaces) == 4
     assert land.centre == pytest.approx(land.surfaces[0].losses[10, 10], rel=1e-5)
+
+
+def test_find_lr_refuses_what_it_cannot_sweep_before_anything_runs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    data = [(torch.randn(8, 2), torch.randn(8, 1)) for _ in range(12)]
+    mse = lambda y, yb: ((y - yb) ** 2).mean()  # noqa: E731
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="needs a closure"):
+        k1lib.find_lr(model, torch.optim.LBFGS(model.parameters()), data, mse)
+    with pytest.raises(ValueError, match=r"one number.*\(8, 1\)"):
+        k1lib.find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), data, lambda y, yb: (y - yb) ** 2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_find_lr_warns_when_the_loss_is_not_a_number_from_the_start() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 1))
+    data = [(torch.randn(8, 2), torch.randn(8, 1)) for _ in range(12)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="not a finite number"):
+        k1lib.find_lr(model, opt, data, lambda y, yb: ((y - yb) ** 2).mean() * float("nan"))
