@@ -99,6 +99,18 @@ def _check_props(css: str) -> None:
                 )
 
 
+def _logs_now(trainer: pl.Trainer) -> bool:
+    """Whether the trainer's loggers write this batch's values: its logger connector's own
+    test (it counts batches that stepped, once per batch however many optimizers stepped:
+    ``global_step`` counts each optimizer's steps), or ``global_step`` where that is missing."""
+    connector = getattr(trainer, "_logger_connector", None)
+    due = getattr(connector, "should_update_logs", None)
+    if isinstance(due, bool):
+        return due
+    every: int = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by its logger connector
+    return every > 0 and trainer.global_step % every == 0
+
+
 class Watch(pl.Callback):
     """A Lightning callback recording HookModule's and HookParam's statistics of the
     LightningModule's training, one row per optimizer step (see the module docstring).
@@ -184,8 +196,7 @@ class Watch(pl.Callback):
             self._capture.end_batch()
         if self._paramCapture is not None:
             self._paramCapture.end_batch()
-        every: int = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by its logger connector
-        if self.log_every == "step" and every > 0 and trainer.global_step % every == 0:
+        if self.log_every == "step" and _logs_now(trainer):
             self._log(pl_module, on_step=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -264,6 +264,41 @@ def test_summaries_reach_the_logger_every_log_every_n_steps(tmp_path: Path) -> N
     assert "HookModule/backward/stds/down" in fit.callback_metrics
 
 
+class TwoOptimizers(Net):
+    """Manual optimization stepping two optimizers each batch: ``global_step`` goes up by 2 a
+    batch, the loggers' step by 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = ((self(x) - y) ** 2).mean()
+        opts = self.optimizers()
+        for opt in opts:  # type: ignore[union-attr]
+            opt.zero_grad()
+        self.manual_backward(loss)
+        for opt in opts:  # type: ignore[union-attr]
+            opt.step()
+        return loss
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:  # type: ignore[override]
+        first = [*self.up.parameters(), *self.down.parameters()]
+        return [torch.optim.SGD(first, lr=0.05), torch.optim.SGD(self.head.parameters(), lr=0.05)]
+
+
+def test_summaries_follow_the_loggers_steps_with_two_optimizers(tmp_path: Path) -> None:
+    cb, logger = k1lib.lightning.Watch(), CSVLogger(tmp_path)
+    fit = trainer(max_epochs=1, logger=logger, log_every_n_steps=2, callbacks=[cb], limit_val_batches=0)
+    fit.fit(TwoOptimizers(), loader(6))
+    assert cb.HookModule.batches() == 6  # one row a batch
+    logged = _rows_with(logger, "HookModule/forward/means/up")
+    assert len(logged) == 3  # every second batch, each summing up the two rows since the last
+    for r, start in zip(logged, (0, 2, 4), strict=True):
+        _assert_logged(r, _expected(cb, slice(start, start + 2)))
+
+
 def test_summaries_once_an_epoch(tmp_path: Path) -> None:
     cb, logger = k1lib.lightning.Watch("#down: all", log_every="epoch"), CSVLogger(tmp_path)
     trainer(max_epochs=2, logger=logger, callbacks=[cb]).fit(Net(), loader(4), loader(2))
