@@ -40,7 +40,7 @@ def line(name: str, times: tuple[list[float], list[float]], batches: int, goal: 
     ratio = ratio_of(times)
     base, other = (statistics.median(t) / batches * 1e6 for t in times)
     verdict = "" if goal is None else f"goal <= {goal:.3f}x  {'PASS' if ratio <= goal else 'FAIL'}"
-    added = statistics.median(o - b for o, b in zip(*times, strict=True)) / batches * 1e6
+    added = statistics.median(o - b for b, o in zip(*times, strict=True)) / batches * 1e6
     print(f"  {name:34s} {base:9.1f} -> {other:9.1f} us/batch (+{added:6.1f}) ratio {ratio:5.3f}x  {verdict}")
     return ratio
 

@@ -123,7 +123,7 @@ class Watch:
             if self._params:
                 self._paramCapture = ParamCapture(self._params, self._hookParam)
                 self._paramCapture.start()
-            self._rootHook = self._root.register_forward_hook(self._saw_forward)
+            self._rootHook = self._root.register_forward_pre_hook(self._before_forward)
         except BaseException:
             self._close()
             raise
@@ -149,8 +149,19 @@ class Watch:
         self._hookModule.end()
         self._hookParam.flush()
 
-    def _saw_forward(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._paused and torch.is_grad_enabled():
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        """A forward pass of the model starts: one with gradients on counts as a batch's; one
+        without (a validation pass) runs with the modules' hooks off, as the Learner's
+        validation does (they would only return at once), and they come back at the next pass
+        with gradients on."""
+        capture = self._capture
+        if not torch.is_grad_enabled():
+            if capture is not None and capture.installed:
+                capture.detach()
+            return
+        if capture is not None and not capture.installed:
+            capture.install()
+        if not self._paused:
             self._forwarded = True
 
     # ---- inside it ----------------------------------------------------------------------------------

@@ -96,6 +96,13 @@ class ModuleCapture:
                 m.register_forward_hook(self._forward_hook(i)) for i, m in enumerate(self._modules)
             ]
 
+    def detach(self) -> None:
+        """Take the forward hooks off but keep the batch: a pass that would record nothing (no
+        gradients: a validation pass) then runs at full speed; ``install`` puts them back."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
     def remove(self) -> None:
         """Take every hook off (forward hooks, tensor hooks of this batch) and forget the batch."""
         handles, self._handles = self._handles, []

@@ -351,3 +351,20 @@ def test_a_prop_the_watch_does_not_read_is_refused_with_a_suggestion() -> None:
     with pytest.raises(ValueError, match=r"prop 'HookModul'.*did you mean 'HookModule'"):
         k1lib.watch(m, "Linear: HookModul")
     assert not m[0]._forward_hooks
+
+
+def test_a_pass_without_gradients_runs_without_the_hooks() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(16, 4)
+    with k1lib.watch(m, "Linear: HookModule") as w:
+        m(x).pow(2).mean().backward()
+        w.step()
+        with torch.no_grad():
+            m(x)  # a validation pass: the Learner's runs with the hooks off too
+        assert not m[0]._forward_hooks and not m[2]._forward_hooks
+        m(x).pow(2).mean().backward()  # back on for the next training batch
+        assert m[0]._forward_hooks
+        w.step()
+    assert w.HookModule.batches() == 2 and not m[0]._forward_hooks
+    assert not w.HookModule[0].forward.means.isnan().any()
