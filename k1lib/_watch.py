@@ -95,7 +95,8 @@ class Watch:
         self._hookParam = ParamRecord()
         self._capture: ModuleCapture | None = None  # inside the block
         self._paramCapture: ParamCapture | None = None
-        self._rootHook: RemovableHandle | None = None
+        self._rootHook: RemovableHandle | None = None  # before each forward of the model
+        self._rootAfter: RemovableHandle | None = None  # after it
         self._forwarded = False  # a forward pass of the model since the last step
         self._paused = False
 
@@ -124,6 +125,7 @@ class Watch:
                 self._paramCapture = ParamCapture(self._params, self._hookParam)
                 self._paramCapture.start()
             self._rootHook = self._root.register_forward_pre_hook(self._before_forward)
+            self._rootAfter = self._root.register_forward_hook(self._saw_forward)
         except BaseException:
             self._close()
             raise
@@ -138,10 +140,12 @@ class Watch:
     def _close(self) -> None:
         """Remove every hook, bring the rows to the host, let go of the model's tensors."""
         hook, self._rootHook = self._rootHook, None
+        after, self._rootAfter = self._rootAfter, None
         capture, self._capture = self._capture, None
         params, self._paramCapture = self._paramCapture, None
-        if hook is not None:
-            hook.remove()
+        for handle in (hook, after):
+            if handle is not None:
+                handle.remove()
         if capture is not None:
             capture.remove()
         if params is not None:
@@ -150,18 +154,23 @@ class Watch:
         self._hookParam.flush()
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
-        """A forward pass of the model starts: one with gradients on counts as a batch's; one
-        without (a validation pass) runs with the modules' hooks off, as the Learner's
-        validation does (they would only return at once), and they come back at the next pass
-        with gradients on."""
+        """A forward pass of the model starts. One without gradients (a validation pass)
+        between batches (after ``w.step()``, before the next training forward) runs with the
+        modules' hooks off, as the Learner's validation does: they would only return at once.
+        They come back at the next pass with gradients. In the middle of a batch (a training
+        forward since the last step) they stay: the batch is still being recorded."""
         capture = self._capture
-        if not torch.is_grad_enabled():
-            if capture is not None and capture.installed:
-                capture.detach()
+        if capture is None:
             return
-        if capture is not None and not capture.installed:
-            capture.install()
-        if not self._paused:
+        if torch.is_grad_enabled():
+            if not capture.installed:
+                capture.install()
+        elif capture.installed and not self._forwarded:
+            capture.detach()
+
+    def _saw_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        """A forward pass of the model ended (one that raised does not count)."""
+        if not self._paused and torch.is_grad_enabled():
             self._forwarded = True
 
     # ---- inside it ----------------------------------------------------------------------------------

@@ -90,10 +90,13 @@ class ModuleCapture:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def install(self) -> None:
-        """Put a forward hook on each module (nothing when already installed)."""
+        """Put a forward hook on each module (nothing when already installed), ahead of the
+        module's other forward hooks: what is recorded is the module's own output, whatever
+        hooks were added before or after, and also once ``detach`` and ``install`` moved it."""
         if not self._handles:
             self._handles = [
-                m.register_forward_hook(self._forward_hook(i)) for i, m in enumerate(self._modules)
+                m.register_forward_hook(self._forward_hook(i), prepend=True)
+                for i, m in enumerate(self._modules)
             ]
 
     def detach(self) -> None:

@@ -368,3 +368,56 @@ def test_a_pass_without_gradients_runs_without_the_hooks() -> None:
         w.step()
     assert w.HookModule.batches() == 2 and not m[0]._forward_hooks
     assert not w.HookModule[0].forward.means.isnan().any()
+
+
+def test_a_pass_without_gradients_inside_a_batch_keeps_the_batch() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    xs = [torch.randn(16, 4) for _ in range(3)]
+    expected = []
+    with k1lib.watch(m, "#0: HookModule; #0: HookParam") as w:
+        for x in xs:
+            expected.append(m[0](x).detach().double().mean().item())
+            m(x).pow(2).mean().backward()
+            with torch.no_grad():
+                m(x)  # after backward, before the step: the batch is still being recorded
+            w.step()
+    assert w.HookModule.batches() == w.HookParam.batches() == 3
+    means = w.HookModule[0].forward.means.double()
+    torch.testing.assert_close(means, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_a_forward_that_raises_is_not_a_batch() -> None:
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.lin(x)
+            raise ValueError("boom")
+
+    m = Fails()
+    with k1lib.watch(m, "*") as w:
+        with pytest.raises(ValueError, match="boom"):
+            m(torch.randn(2, 4))
+        with pytest.raises(RuntimeError, match="no forward pass"):
+            w.step()
+
+
+def test_the_watch_records_the_modules_own_output_whatever_other_hooks_do() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(16, 4)
+    m[2].register_forward_hook(lambda mod, args, out: out * 100)  # before the watch
+    with k1lib.watch(m, "#2: HookModule") as w:
+        m[2].register_forward_hook(lambda mod, args, out: out * 100)  # inside it
+        for b in range(3):
+            m(x).pow(2).mean().backward()
+            w.step()
+            if b == 0:
+                with torch.no_grad():
+                    m(x)  # the hooks come off and back on: still ahead of the others
+    own = m[2](m[1](m[0](x))).detach().double().mean()  # hooks still apply here: undo them
+    means = w.HookModule[0].forward.means.double()
+    torch.testing.assert_close(means, (own / 10_000).expand(3))
