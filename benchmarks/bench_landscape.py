@@ -8,6 +8,9 @@ Goals (issue "Seeing inside training"):
   per point) is the baseline it is compared with.
 - MLP 512 x 6 on a batch of 256 (compute-bound): ``compute()`` within 1.1x of the same number of
   plain forward passes (``lossF(model(xb), yb)`` in a loop under ``no_grad``, one sync at the end).
+- (issue 17) a small CNN (38k parameters, 8 x 8 images, a batch of 256): the default call (no
+  ``resolution``: the grid fits the 10 s budget) within 15 s, with the grid it chose; the
+  README network's default grid stays 51 x 51.
 
 ``LossLandscape.compute`` (the figure is not drawn) is timed for the default options: both
 direction pairs and the four ranges, so the one-off costs (the batch, the centre, the engine's
@@ -64,6 +67,53 @@ def mlp_learner(device: str) -> Any:
     learner.opt = torch.optim.SGD(model.parameters(), lr=0.1)
     learner.lossF = lambda y, yb: ((y - yb) ** 2).mean()
     return learner
+
+
+class SmallCNN(nn.Module):
+    """38,186 parameters for 3 x 8 x 8 images and 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def cnn_learner(device: str) -> Any:
+    torch.manual_seed(0)
+    model = SmallCNN().to(device)
+    x = torch.randn(256, 3, 8, 8, device=device)
+    y = torch.randint(0, 10, (256,), device=device)
+    learner = k1lib.Learner()
+    learner.model = model
+    learner.data = Batches([(x, y)], [(x, y)])
+    learner.opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    learner.lossF = nn.functional.cross_entropy
+    return learner
+
+
+def default_call(learner: Any) -> tuple[float, str]:
+    """Seconds of ``compute()`` with the default options, once, and the line saying its grid."""
+    out = io.StringIO()
+    gc.collect()
+    with contextlib.redirect_stdout(out):
+        start = time.perf_counter()
+        learner.LossLandscape.compute()
+        seconds = time.perf_counter() - start
+    chosen = next(line for line in out.getvalue().splitlines() if "points a surface" in line)
+    return seconds, chosen
 
 
 def loop_2021(learner: Any, resolution: int, radius: float = 1.0) -> None:
@@ -128,6 +178,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller MLP grid")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="where the models and batches live (cpu, cuda)")
+    parser.add_argument("--only-default", action="store_true", help="only the default-call rows (issue 17)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +187,20 @@ def main() -> None:
     on_gpu = device.startswith("cuda")
     where = torch.cuda.get_device_name() if on_gpu else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {device}: {where}, repeats {repeats}")
+
+    # ---- the default call: the grid fits the budget ---------------------------------------------
+    cnn = cnn_learner(device)
+    params = sum(p.numel() for p in cnn.model.parameters())
+    seconds, chosen = default_call(cnn)
+    print(f"\nSmall CNN ({params} parameters), 8 x 8 images, batch 256: default compute()")
+    print(f"  {seconds:6.2f} s   {chosen}")
+    print(f"  goal <= 15 s: {'PASS' if seconds <= 15 else 'FAIL'}")
+    seconds, chosen = default_call(readme_learner(device))
+    print("README network, batch 64: default compute()")
+    print(f"  {seconds:6.2f} s   {chosen}")
+    print(f"  goal 51 x 51: {'PASS' if chosen.split(': ')[1].startswith('51 x 51') else 'FAIL'}")
+    if args.only_default:
+        return
 
     # ---- README network, 50 x 50 ---------------------------------------------------------------
     learner = readme_learner(device)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from .. import _distributed
 from .._batch import forward, loss_of, split
-from .._live import Live
+from .._live import Live, duration
 from .._rng import RngSnapshot
 from .._unwrap import unwrap
 from .._warn import warn
@@ -61,6 +61,9 @@ __all__ = ["Landscape", "LossLandscape", "Surface", "directions", "loss_landscap
 
 Direction = dict[str, Tensor]
 _RANGES = (0.1, 0.32, 1.0, 3.2)
+# resolution=None fits the grid to the time budget: the largest odd side (the centre is a grid
+# point) within these bounds
+_MOST, _FEWEST = 51, 5
 _ENGINES = ("auto", "vmap", "loop")
 _PARAMS = ("trainable", "all", "css")
 
@@ -467,15 +470,19 @@ def _grid(radius: float, resolution: int) -> npt.NDArray[np.float64]:
 
 
 class _Progress:
-    """``Progress:  50%          4/8 Finished [-3.2, 3.2] range``: a live line (``k1lib._live``:
-    one display updated in place in Jupyter, redrawn with "\\r" on a terminal, the final line
-    only in logs); rank 0 shows it."""
+    """``Progress:  50%          4/8 Finished [-3.2, 3.2] range, 1.20s left``: a live line
+    (``k1lib._live``: one display updated in place in Jupyter, redrawn with "\\r" on a terminal,
+    the final line only in logs), below ``note`` (what ``resolution=None`` chose) when given;
+    rank 0 shows them. The time left is the time so far scaled to the points left."""
 
-    def __init__(self, surfaces: int, points: int) -> None:
+    def __init__(self, surfaces: int, points: int, note: str | None = None) -> None:
         self.total, self.points = surfaces, points
         self.done = self.done_points = 0
         self.radius = 0.0
+        self.began = time.perf_counter()
         self.live = Live() if _distributed.rank() == 0 else None
+        if self.live is not None and note is not None:
+            self.live.line(note)
 
     def start(self, radius: float) -> None:
         self.radius = radius
@@ -502,10 +509,15 @@ class _Progress:
         return self.done_points / (self.total * self.points)
 
     def _line(self, word: str) -> str:
-        return (
+        line = (
             f"Progress: {round(100 * self._fraction()):3}%          {self.done}/{self.total} "
             f"{word} [{-self.radius:g}, {self.radius:g}] range"
         )
+        fraction = self._fraction()
+        if 0 < fraction < 1:
+            left = (time.perf_counter() - self.began) * (1 - fraction) / fraction
+            line += f", {duration(left)} left"
+        return line
 
 
 # ---- the callback --------------------------------------------------------------------------------
@@ -518,7 +530,10 @@ class LossLandscape(Callback):
     doc = """
 - cb.plot(): to compute and plot the loss around the current weights on one validation batch:
     rows are random direction pairs, columns ranges; (0, 0) is the model as it is. Options:
-    resolution=51 (points per side), batchSize=None (validation samples; None: one batch),
+    resolution=None (points per side; None: the largest odd number up to 51, at least 5, that
+    fits the time budget, chosen by timing grid points first and said in a line above the
+    progress), budget=10 (seconds the whole call aims at when resolution=None; about 10 s on a
+    CPU), batchSize=None (validation samples; None: one batch),
     ranges=(0.1, 0.32, 1, 3.2), pairs=2, seed=0 (the directions' generator),
     filterNorm=False (Li et al. 2018 filter-normalised directions), engine="auto"
     ("vmap": batched points, "loop": one point at a time), memory=256 MiB (per batched call),
@@ -540,7 +555,7 @@ class LossLandscape(Callback):
 
     def plot(
         self,
-        resolution: int = 51,
+        resolution: int | None = None,
         batchSize: int | None = None,  # noqa: N803
         ranges: Sequence[float] = _RANGES,
         pairs: int = 2,
@@ -549,6 +564,7 @@ class LossLandscape(Callback):
         engine: str = "auto",
         memory: int = 256 * 2**20,
         params: str = "trainable",
+        budget: float = 10.0,
     ) -> SliceablePlot:
         """Compute ``pairs x len(ranges)`` surfaces (``compute``) and return their plot, a
         ``SliceablePlot`` as the other callbacks': ``p[1:]`` leaves out the first range (slices
@@ -556,13 +572,13 @@ class LossLandscape(Callback):
         ``plt.savefig(path)`` right after saves it too. Jupyter shows the image alone, as the
         README does."""
         surfaces = self.compute(
-            resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory, params
+            resolution, batchSize, ranges, pairs, seed, filterNorm, engine, memory, params, budget
         )
         return _plot(surfaces, pairs, self.centre, self.moved)
 
     def compute(
         self,
-        resolution: int = 51,
+        resolution: int | None = None,
         batchSize: int | None = None,  # noqa: N803
         ranges: Sequence[float] = _RANGES,
         pairs: int = 2,
@@ -571,13 +587,18 @@ class LossLandscape(Callback):
         engine: str = "auto",
         memory: int = 256 * 2**20,
         params: str = "trainable",
+        budget: float = 10.0,
     ) -> list[Surface]:
         """The surfaces, pair by pair and range by range, also kept in ``cb.surfaces``; the
-        options are ``plot``'s (see the repr)."""
+        options are ``plot``'s (see the repr). With ``resolution=None`` the grid fits
+        ``budget`` seconds (the whole call, the batch and the timing included): grid points of
+        the first surface are timed with the engine that will evaluate them, and the side is the
+        largest odd number from 5 to 51 whose surfaces fit what is left; a line says what it
+        chose. An explicit ``resolution`` is used as it is, and ``budget`` is not looked at."""
         from .modify_output import ModifyOutput
 
         who = "LossLandscape.plot"
-        radii = _check_options(resolution, batchSize, ranges, pairs, seed, engine, memory, who)
+        radii = _check_options(resolution, budget, batchSize, ranges, pairs, seed, engine, memory, who)
         _check_choice(who, "params", params, _PARAMS)
         learner = self.learner
         for name in ("model", "data"):  # no lossF: the model's output may carry its loss
@@ -595,7 +616,7 @@ class LossLandscape(Callback):
             lambda: _validation_batch(learner, batchSize),
             learner.lossF,
             output_fs,
-            _Options(radii, resolution, pairs, seed, filterNorm, engine, memory),
+            _Options(radii, resolution, budget, pairs, seed, filterNorm, engine, memory),
             "LossLandscape",
         )
         self.perturbed, self.moved = [name for name, _ in chosen], moved
@@ -608,7 +629,8 @@ class _Options:
     """``plot``'s options that shape the computation, checked."""
 
     radii: tuple[float, ...]
-    resolution: int
+    resolution: int | None  # None: fit the budget
+    budget: float
     pairs: int
     seed: int
     filterNorm: bool  # noqa: N815
@@ -630,6 +652,7 @@ def _landscape(
     the model is as before afterwards, also after an exception. What ``LossLandscape.compute``
     and ``loss_landscape`` share: neither knows the other's way of finding the batch or the
     parameters."""
+    began = time.perf_counter()  # the budget counts from here: the batch and the centre too
     snapshot = _Snapshot(model, chosen)
     try:
         model.eval()
@@ -638,7 +661,7 @@ def _landscape(
             weights = [(name, p.detach()) for name, p in chosen]  # as they are now
             directions = _iter_directions(weights, options.pairs, options.seed, options.filterNorm)
             choice = _EngineChoice(options.engine, ev, options.memory)
-            surfaces = _surfaces(ev, directions, options.pairs, options.radii, options.resolution, choice)
+            surfaces = _surfaces(ev, directions, options, choice, began)
     finally:
         snapshot.restore()
     return surfaces, float(ev.centre)
@@ -692,7 +715,8 @@ def loss_landscape(
     batch: Any,
     lossF: Callable[[Any, Any], Any] | None = None,  # noqa: N803 - the Learner's name
     *,
-    resolution: int = 51,
+    resolution: int | None = None,
+    budget: float = 10.0,
     ranges: Sequence[float] = _RANGES,
     pairs: int = 2,
     seed: int = 0,
@@ -702,8 +726,9 @@ def loss_landscape(
     params: str = "trainable",
 ) -> Landscape:
     """``l.LossLandscape.compute()`` without a Learner: the loss of ``batch`` around ``model``'s
-    current weights, on a ``resolution``-square grid per range and random direction pair, in
-    eval mode without gradients; the model is bitwise as before afterwards (parameters,
+    current weights, on a ``resolution``-square grid per range and random direction pair (by
+    default the finest that fits ``budget`` seconds, as ``plot``'s), in eval mode without
+    gradients; the model is bitwise as before afterwards (parameters,
     buffers, train/eval flags, grads) and so are torch's random generators. ``batch`` is an
     ``(xb, yb)`` pair or a mapping of the model's keyword arguments, as the model takes it (on
     its device); the loss is ``lossF(model(xb), yb)``, or with ``lossF=None`` the output's own
@@ -729,7 +754,7 @@ def loss_landscape(
         raise TypeError(
             f"{who}: batch must be a pair (xb, yb) or a mapping of the model's keyword arguments, got {got}"
         ) from None
-    radii = _check_options(resolution, None, ranges, pairs, seed, engine, memory, who)
+    radii = _check_options(resolution, budget, None, ranges, pairs, seed, engine, memory, who)
     if not isinstance(params, str):
         raise TypeError(
             f"{who}: params must be 'trainable', 'all' or a modsel selector string, got "
@@ -737,7 +762,7 @@ def loss_landscape(
         )
     plain: nn.Module = unwrap(model)  # torch.compile / DDP: the original module and its names
     chosen, moved = _params_of(plain, params, who)
-    options = _Options(radii, resolution, pairs, seed, filterNorm, engine, memory)
+    options = _Options(radii, resolution, budget, pairs, seed, filterNorm, engine, memory)
     surfaces, centre = _landscape(plain, chosen, lambda: (xb, yb), lossF, [], options, who)
     return Landscape(surfaces, centre, surfaces[-1].engine, [n for n, _ in chosen], moved, pairs)
 
@@ -778,17 +803,26 @@ def _params_of(model: nn.Module, params: str, who: str) -> tuple[list[tuple[str,
 def _surfaces(
     ev: _Evaluator,
     pairs: Iterator[tuple[Direction, Direction]],
-    count: int,
-    radii: tuple[float, ...],
-    resolution: int,
+    options: _Options,
     engine: _EngineChoice,
+    began: float,
 ) -> list[Surface]:
     surfaces: list[Surface] = []
-    progress = _Progress(count * len(radii), resolution**2)
+    count = options.pairs * len(options.radii)
+    progress: _Progress | None = None
+    resolution = options.resolution or 0
     try:
         for pair, (d1, d2) in enumerate(pairs):
             ev.set_directions(d1, d2)
-            for radius in radii:
+            if progress is None:  # the first pair: with resolution=None, time points of it first
+                note = None
+                if options.resolution is None:
+                    per_point = _seconds_per_point(ev, engine, options.radii[0], options.budget)
+                    left = options.budget - (time.perf_counter() - began)
+                    resolution = _fit_resolution(count, per_point, left)
+                    note = _fit_note(ev.who, resolution, count, per_point, options.budget)
+                progress = _Progress(count, resolution**2, note)
+            for radius in options.radii:
                 progress.start(radius)
                 grid = _grid(radius, resolution)
                 a, b = np.meshgrid(grid, grid, indexing="ij")
@@ -798,8 +832,49 @@ def _surfaces(
                 surfaces.append(Surface(pair, radius, grid, grid.copy(), surface, engine.used))
                 progress.finished()
     finally:
-        progress.close()  # also on an error or Ctrl-C: the next output starts on its own line
+        if progress is not None:
+            progress.close()  # also on an error or Ctrl-C: the next output starts on its own line
     return surfaces
+
+
+def _seconds_per_point(ev: _Evaluator, engine: _EngineChoice, radius: float, budget: float) -> float:
+    """Seconds a grid point costs with the engine that will evaluate the surfaces: a first call
+    on points of the finest grid checks the engine (and in "auto" picks it), a second, timed
+    call of the same points measures it. Both together cost about 2% of ``budget`` (at least
+    two points each)."""
+    n = max(2, min(engine.probe, int(0.01 * budget / max(ev.seconds, 1e-6))))
+    grid = _grid(radius, _MOST)
+    a, b = np.meshgrid(grid, grid, indexing="ij")
+    coeffs = torch.from_numpy(np.stack([np.ones(a.size), a.ravel(), b.ravel()], axis=1)[:n])
+    engine.evaluate(ev, coeffs, lambda _: None)
+    began = time.perf_counter()
+    engine.evaluate(ev, coeffs, lambda _: None)
+    return (time.perf_counter() - began) / n
+
+
+def _fit_resolution(surfaces: int, per_point: float, seconds: float) -> int:
+    """The largest odd side from 5 to 51 whose ``surfaces`` grids take at most ``seconds`` at
+    ``per_point`` seconds a point; 5 when even that does not fit.
+
+    >>> _fit_resolution(8, 1e-4, 10.0), _fit_resolution(8, 2.9e-3, 10.0), _fit_resolution(8, 1.0, 10.0)
+    (51, 19, 5)
+    """
+    fits = [r for r in range(_FEWEST, _MOST + 1, 2) if surfaces * r * r * per_point <= seconds]
+    return fits[-1] if fits else _FEWEST
+
+
+def _fit_note(who: str, resolution: int, surfaces: int, per_point: float, budget: float) -> str:
+    """The line that says what ``resolution=None`` chose, and why."""
+    point = f"{per_point * 1e3:.2g} ms" if per_point < 1 else duration(per_point)
+    total = surfaces * resolution**2 * per_point
+    if total <= budget:
+        why = f"to fit about {budget:g} s"
+    else:
+        why = f"the fewest: about {duration(total)}, over the budget of {budget:g} s"
+    return (
+        f"{who}: {resolution} x {resolution} points a surface {why} (one point: {point}; "
+        "resolution= sets the grid, budget= the seconds)"
+    )
 
 
 class _EngineChoice:
@@ -877,7 +952,8 @@ class _EngineChoice:
 
 
 def _check_options(
-    resolution: int,
+    resolution: int | None,
+    budget: float,
     samples: int | None,
     ranges: Sequence[float],
     pairs: int,
@@ -893,7 +969,10 @@ def _check_options(
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{who}: {name} must be an int >= {least}, got {value!r}")
 
-    positive_int("resolution", resolution, 2)
+    if resolution is not None:
+        positive_int("resolution", resolution, 2)
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < math.inf:
+        raise ValueError(f"{who}: budget must be a positive number of seconds, like 10, got {budget!r}")
     if samples is not None:
         positive_int("batchSize", samples)
     positive_int("pairs", pairs)

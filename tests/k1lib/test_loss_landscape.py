@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from torch import nn
 
 import k1lib
 from k1lib.callbacks import EVENTS, LossLandscape
+from k1lib.callbacks import loss_landscape as landscape_module
 from k1lib.callbacks.loss_landscape import directions
 
 from .helpers import Batches, batches, readme_learner
@@ -457,7 +459,8 @@ def test_progress_is_redrawn_in_place_when_interactive(monkeypatch: pytest.Monke
     assert "\n" not in text[:-1] and text.endswith("\n")
     lines = [line.rstrip() for line in text[:-1].split("\r") if line]
     assert lines[-1] == "Progress: 100%          2/2 Finished [-1, 1] range"
-    assert "Progress:  50%          1/2 Finished [-0.5, 0.5] range" in lines
+    halfway = r"Progress:  50%          1/2 Finished \[-0\.5, 0\.5\] range, \d+\.\d\ds left"
+    assert any(re.fullmatch(halfway, line) for line in lines), lines
 
 
 def test_the_figure_has_a_panel_per_pair_and_range() -> None:
@@ -478,6 +481,7 @@ def test_it_handles_no_event_so_training_pays_nothing() -> None:
     ("kwargs", "message"),
     [
         ({"resolution": 1}, "resolution must be an int >= 2"),
+        ({"budget": 0}, "budget must be a positive number of seconds, like 10, got 0"),
         ({"batchSize": 0}, "batchSize must be an int >= 1"),
         ({"ranges": (1, -2)}, "ranges must be positive numbers"),
         ({"engine": "fast"}, "engine must be one of 'auto', 'vmap', 'loop'"),
@@ -494,3 +498,70 @@ def test_without_a_model_it_says_what_to_set() -> None:
     l = k1lib.Learner()
     with pytest.raises(RuntimeError, match=r"needs l\.model"):
         l.LossLandscape.plot()
+
+
+# ---- resolution=None: the grid that fits the time budget -------------------------------------------
+
+
+def fake_point_time(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
+    """Each grid point "takes" ``seconds``: the measurement returns it (the budgets given below
+    leave seconds to spare for the real batch and centre); the list records the budgets seen."""
+    budgets: list[float] = []
+
+    def measured(ev: Any, engine: Any, radius: float, budget: float) -> float:
+        budgets.append(budget)
+        return seconds
+
+    monkeypatch.setattr(landscape_module, "_seconds_per_point", measured)
+    return budgets
+
+
+@pytest.mark.parametrize(
+    ("surfaces", "per_point", "seconds", "side"),
+    [(8, 1e-4, 10, 51), (8, 2.5e-3, 10, 21), (8, 2.9e-3, 10, 19), (2, 2.5e-3, 10, 43), (8, 1.0, 10, 5)],
+)
+def test_the_fitted_side_is_the_largest_odd_one_that_fits(
+    surfaces: int, per_point: float, seconds: float, side: int
+) -> None:
+    assert landscape_module._fit_resolution(surfaces, per_point, seconds) == side
+
+
+def test_by_default_the_grid_fits_the_budget_and_a_line_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # as in a script
+    budgets = fake_point_time(monkeypatch, 0.025)  # 8 x 21^2 x 25 ms = 88 s; 8 x 23^2: 106 s
+    l = readme_learner()
+    l.LossLandscape.compute(budget=100)
+    assert budgets == [100]
+    assert {s.losses.shape for s in l.LossLandscape.surfaces} == {(21, 21)}
+    assert len(l.LossLandscape.surfaces) == 8
+    assert capsys.readouterr().out == (
+        "LossLandscape: 21 x 21 points a surface to fit about 100 s (one point: 25 ms; "
+        "resolution= sets the grid, budget= the seconds)\n"
+        "Progress: 100%          8/8 Finished [-3.2, 3.2] range\n"
+    )
+
+
+def test_a_model_too_slow_for_the_budget_gets_the_fewest_points_and_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_point_time(monkeypatch, 10.0)
+    l = readme_learner()
+    l.LossLandscape.compute(ranges=(1,), pairs=1)
+    assert l.LossLandscape.surfaces[0].losses.shape == (5, 5)
+    assert (
+        "LossLandscape: 5 x 5 points a surface the fewest: about 4m10s, over the budget of 10 s "
+        "(one point: 10.0s;" in capsys.readouterr().out
+    )
+
+
+def test_an_explicit_resolution_is_used_as_it_is_without_timing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budgets = fake_point_time(monkeypatch, 10.0)
+    l = readme_learner()
+    l.LossLandscape.compute(resolution=4, ranges=(1,), pairs=1, budget=0.001)
+    assert budgets == []
+    assert l.LossLandscape.surfaces[0].losses.shape == (4, 4)
+    assert "points a surface" not in capsys.readouterr().out

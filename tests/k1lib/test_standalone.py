@@ -330,3 +330,16 @@ def test_find_lr_warns_when_the_loss_is_not_a_number_from_the_start() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.warns(UserWarning, match="not a finite number"):
         k1lib.find_lr(model, opt, data, lambda y, yb: ((y - yb) ** 2).mean() * float("nan"))
+
+
+def test_loss_landscape_fits_its_grid_to_the_budget_by_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from k1lib.callbacks import loss_landscape as landscape_module
+
+    monkeypatch.setattr(landscape_module, "_seconds_per_point", lambda ev, engine, radius, budget: 0.025)
+    model, _, loader = model_and_data()
+    x, y = next(iter(loader))
+    result = k1lib.loss_landscape(model, (x, y), mse, budget=100)  # 8 x 21^2 x 25 ms = 88 s
+    assert {s.losses.shape for s in result.surfaces} == {(21, 21)}
+    assert "loss_landscape: 21 x 21 points a surface to fit about 100 s" in capsys.readouterr().out
