@@ -52,25 +52,26 @@ from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
 from .callbacks._selection import modules_with, parameters_of, warn_if_empty
 
-__all__ = ["Watch", "watch"]
+__all__ = ["PROPS", "Watch", "check_props", "watch"]
 
 _WHERE = "k1lib.watch's css"
 
 
-_PROPS = ("HookModule", "HookParam", "all")
+PROPS = ("HookModule", "HookParam", "all")  # what a watch's css may give
 
 
-def _check_props(css: str) -> None:
-    """The watch's css gives only its own props: any other is a typo that would record nothing
-    (``l.css`` is different: it also carries other callbacks' props)."""
-    for rule in modsel.parse(css).rules:  # a bad css raises here, with the caret
+def check_props(css: str, who: str = "k1lib.watch") -> None:
+    """A watch's css (``who``: the watch, Lightning's or the Trainer's) gives only its own
+    props: any other is a typo that would record nothing (``l.css`` is different: it also
+    carries other callbacks' props). A syntax error raises here, with the caret."""
+    for rule in modsel.parse(css).rules:
         for prop in rule.props:
-            if prop not in _PROPS:
-                close = difflib.get_close_matches(prop, _PROPS, n=1)
+            if prop not in PROPS:
+                close = difflib.get_close_matches(prop, PROPS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(
-                    f"k1lib.watch: css rule {str(rule)!r} gives the prop {prop!r}; the props it "
-                    f"reads are {', '.join(_PROPS)}{hint}"
+                    f"{who}: css rule {str(rule)!r} gives the prop {prop!r}; the props it reads "
+                    f"are {', '.join(PROPS)}{hint}"
                 )
 
 
@@ -84,7 +85,7 @@ class Watch:
         self.model = model
         self.css = css
         root = unwrap(model)
-        _check_props(css)
+        check_props(css)
         tree = modsel.select(root, css)  # a bad css raises here, with the caret
         self._root = root
         self._modules = modules_with(tree, "HookModule")

@@ -60,17 +60,14 @@ model, and the capture would hold the last batch's outputs. Hence:
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-import modsel
-
 from ._unwrap import unwrap
-from ._watch import _PROPS, Watch
+from ._watch import Watch, check_props
 from .callbacks._hook_summary import summarise
 from .callbacks._module_record import ModuleRecord
 from .callbacks._param_record import ParamRecord
@@ -99,15 +96,7 @@ def _check_css(css: object) -> str:
     ``modsel.SelectorSyntaxError`` with the caret), giving only the props the watch reads."""
     if not isinstance(css, str):
         raise TypeError(f"{_NAME}: css must be a str, got {type(css).__name__}")
-    for rule in modsel.parse(css).rules:
-        for prop in rule.props:
-            if prop not in _PROPS:
-                close = difflib.get_close_matches(prop, _PROPS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(
-                    f"{_NAME}: css rule {str(rule)!r} gives the prop {prop!r}; the props it reads "
-                    f"are {', '.join(_PROPS)}{hint}"
-                )
+    check_props(css, _NAME)
     return css
 
 

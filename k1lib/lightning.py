@@ -60,7 +60,6 @@ Under DDP each process records its own batches; checkpoints hold rank 0's.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -70,6 +69,7 @@ from torch import Tensor
 import modsel
 
 from ._unwrap import unwrap
+from ._watch import check_props
 from .callbacks._hook_summary import summarise
 from .callbacks._module_capture import ModuleCapture
 from .callbacks._module_record import ModuleRecord
@@ -81,22 +81,8 @@ from .callbacks._stats import STATS
 
 __all__ = ["Watch"]
 
-_PROPS = ("HookModule", "HookParam", "all")
 _LOG = ("step", "epoch", None)
 _WHERE = "k1lib.lightning.Watch's css"
-
-
-def _check_props(css: str) -> None:
-    """The css gives only the watch's own props: any other is a typo that would record nothing."""
-    for rule in modsel.parse(css).rules:  # a bad css raises here, with the caret
-        for prop in rule.props:
-            if prop not in _PROPS:
-                close = difflib.get_close_matches(prop, _PROPS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(
-                    f"k1lib.lightning.Watch: css rule {str(rule)!r} gives the prop {prop!r}; the "
-                    f"props it reads are {', '.join(_PROPS)}{hint}"
-                )
 
 
 def _logs_now(trainer: pl.Trainer) -> bool:
@@ -123,7 +109,7 @@ class Watch(pl.Callback):
             raise ValueError(
                 f"k1lib.lightning.Watch: log_every is 'step', 'epoch' or None, got {log_every!r}"
             )
-        _check_props(css)
+        check_props(css, "k1lib.lightning.Watch")
         self.css = css
         self.log_every = log_every
         self._hookModule = ModuleRecord()
