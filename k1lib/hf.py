@@ -68,10 +68,9 @@ from torch import nn
 
 from ._unwrap import unwrap
 from ._watch import Watch, check_props
-from .callbacks._hook_summary import summarise
+from .callbacks._hook_summary import summaries_since
 from .callbacks._module_record import ModuleRecord
 from .callbacks._param_record import ParamRecord
-from .callbacks._stats import STATS
 
 try:
     from transformers.trainer_callback import TrainerCallback, TrainerControl, TrainerState
@@ -98,27 +97,6 @@ def _check_css(css: object) -> str:
         raise TypeError(f"{_NAME}: css must be a str, got {type(css).__name__}")
     check_props(css, _NAME)
     return css
-
-
-def _summaries(modules: ModuleRecord, params: ParamRecord, seen: tuple[int, int]) -> dict[str, float]:
-    """``{tag: value}`` over the host rows after the first ``seen`` (modules, params), tagged as
-    ``cbs.withTensorBoard`` tags them."""
-    out: dict[str, float] = {}
-    if modules.batches() > seen[0]:
-        names = [n or "(root)" for n in modules.names]
-        for direction, stats in modules.state_dict()["stats"].items():
-            for stat, values in stats.items():
-                if values.dim() == 2:  # one number a step (not hists)
-                    summary = summarise(stat, values[seen[0] :]).tolist()
-                    out.update(
-                        (f"HookModule/{direction}/{stat}/{n}", v) for n, v in zip(names, summary, strict=True)
-                    )
-    if params.batches() > seen[1]:
-        data = params.data[seen[1] :]  # (steps, params, stats)
-        for k, stat in enumerate(STATS):
-            summary = summarise(stat, data[:, :, k]).tolist()
-            out.update((f"HookParam/{stat}/{n}", v) for n, v in zip(params.names, summary, strict=True))
-    return out
 
 
 class WatchCallback(TrainerCallback):
@@ -237,7 +215,8 @@ class WatchCallback(TrainerCallback):
         watch = self._watch
         watch.flush()  # one copy to the host a log
         modules, params = watch.HookModule, watch.HookParam
-        scalars = _summaries(modules, params, self._logged)
+        scalars = summaries_since(modules, self._logged[0], "HookModule")
+        scalars.update(summaries_since(params, self._logged[1], "HookParam"))
         self._logged = (modules.batches(), params.batches())
         if not scalars:
             return

@@ -64,20 +64,17 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
 
 import modsel
 
 from ._unwrap import unwrap
 from ._watch import check_props
-from .callbacks._hook_summary import summarise
+from .callbacks._hook_summary import summaries_since
 from .callbacks._module_capture import ModuleCapture
 from .callbacks._module_record import ModuleRecord
 from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
-from .callbacks._recorders import DIRECTIONS
 from .callbacks._selection import modules_with, parameters_of, warn_if_empty
-from .callbacks._stats import STATS
 
 __all__ = ["Watch"]
 
@@ -225,32 +222,12 @@ class Watch(pl.Callback):
     def _log(self, pl_module: pl.LightningModule, on_step: bool) -> None:
         """Log the summaries of the rows since the previous log (one transfer per statistic)."""
         self.flush()
-        metrics = self._summaries()
+        hm, hp = self._hookModule, self._hookParam
+        metrics = summaries_since(hm, self._logged[0], "HookModule")
+        metrics.update(summaries_since(hp, self._logged[1], "HookParam"))
+        self._logged = (hm.batches(), hp.batches())
         if metrics:
             pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, batch_size=1)
-
-    def _summaries(self) -> dict[str, Tensor]:
-        """``{name: CPU scalar}`` over the host rows not yet logged."""
-        hm, hp = self._hookModule, self._hookParam
-        seen_m, seen_p = (min(s, n) for s, n in zip(self._logged, (hm.batches(), hp.batches()), strict=True))
-        self._logged = (hm.batches(), hp.batches())
-        out: dict[str, Tensor] = {}
-        if hm.batches() > seen_m:
-            for i in range(len(hm)):
-                module = hm[i]
-                for direction in DIRECTIONS:
-                    stats = getattr(module, direction)
-                    for stat in stats.names():
-                        values = getattr(stats, stat)[seen_m:]
-                        if values.dim() == 1:  # one number a batch (not hists)
-                            name = f"HookModule/{direction}/{stat}/{module.name or '(root)'}"
-                            out[name] = summarise(stat, values[:, None])[0]
-        if hp.batches() > seen_p:
-            data = hp.data[seen_p:]  # (batches, params, stats)
-            for k, stat in enumerate(STATS):
-                for name, value in zip(hp.names, summarise(stat, data[:, :, k]).unbind(), strict=True):
-                    out[f"HookParam/{stat}/{name}"] = value
-        return out
 
     # ---- records ------------------------------------------------------------------------------------
     def flush(self) -> None:

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._module_record import ModuleRecord
+from ._param_record import ParamRecord
+from ._recorders import DIRECTIONS
 from ._stats import STATS
 from .hook_module import HookModule
 from .hook_param import HookParam
@@ -24,7 +27,7 @@ from .hook_param import HookParam
 if TYPE_CHECKING:
     from .callbacks import Callbacks
 
-__all__ = ["HookSummary", "summarise"]
+__all__ = ["HookSummary", "summaries_since", "summarise"]
 
 _Hooked = HookModule | HookParam
 
@@ -42,14 +45,32 @@ def summarise(stat: str, values: Tensor) -> Tensor:
     return out.masked_fill(missing.all(0), math.nan)
 
 
-def _rows(cb: _Hooked) -> int:
-    """Training batches the callback has recorded (copied to the host) so far."""
-    if isinstance(cb, HookParam):
-        return len(cb.data)
-    if not len(cb):
-        return 0
-    forward = cb[0].forward
-    return len(getattr(forward, forward.names()[0]))
+def summaries_since(record: ModuleRecord | ParamRecord, seen: int, name: str) -> dict[str, float]:
+    """``{tag: value}`` over the host rows of ``record`` after the first ``seen`` (all of them
+    when it holds fewer: a new record): ``"{name}/{direction}/{stat}/{module}"`` for a module
+    record, ``"{name}/{stat}/{parameter}"`` for a parameter record (the root module is
+    ``(root)``). TensorBoard, Lightning's and the Trainer's watches log these."""
+    rows = record.batches()
+    seen = min(seen, rows)
+    out: dict[str, float] = {}
+    if rows == seen:
+        return out
+    if isinstance(record, ParamRecord):
+        data = record.data[seen:]  # (batches, params, stats)
+        for k, stat in enumerate(STATS):
+            for param, value in zip(record.names, summarise(stat, data[:, :, k]).tolist(), strict=True):
+                out[f"{name}/{stat}/{param}"] = value
+        return out
+    for i in range(len(record)):
+        module = record[i]
+        for direction in DIRECTIONS:
+            stats = getattr(module, direction)
+            for stat in stats.names():
+                values = getattr(stats, stat)[seen:]
+                if values.dim() == 1:  # one number a batch (not hists)
+                    value = float(summarise(stat, values[:, None])[0])
+                    out[f"{name}/{direction}/{stat}/{module.name or '(root)'}"] = value
+    return out
 
 
 class HookSummary:
@@ -65,31 +86,13 @@ class HookSummary:
 
     def start(self, cbs: Callbacks) -> None:
         """Count what is recorded now as seen (a run starts: the callbacks chose their modules)."""
-        self._seen = {cb.name: _rows(cb) for cb in self._hooked(cbs)}
+        self._seen = {cb.name: cb.batches() for cb in self._hooked(cbs)}
 
     def take(self, cbs: Callbacks) -> dict[str, float]:
-        """``{tag: value}``: ``"{name}/{direction}/{stat}/{module}"`` for a HookModule,
-        ``"{name}/{stat}/{parameter}"`` for a HookParam (the root module is ``(root)``)."""
+        """``{tag: value}`` (``summaries_since``, named by each callback's name) of what each
+        callback recorded since the last look."""
         out: dict[str, float] = {}
         for cb in self._hooked(cbs):
-            rows = _rows(cb)
-            seen = min(self._seen.get(cb.name, 0), rows)  # fewer: a new record, read it all
-            self._seen[cb.name] = rows
-            if rows == seen:
-                continue
-            if isinstance(cb, HookParam):
-                data = cb.data[seen:]  # (batches, params, stats)
-                for k, stat in enumerate(STATS):
-                    for name, value in zip(cb.names, summarise(stat, data[:, :, k]).tolist(), strict=True):
-                        out[f"{cb.name}/{stat}/{name}"] = value
-                continue
-            for i in range(len(cb)):
-                module = cb[i]
-                for direction in ("forward", "backward"):
-                    stats = getattr(module, direction)
-                    for stat in stats.names():
-                        values = getattr(stats, stat)[seen:]
-                        if values.dim() == 1:
-                            value = float(summarise(stat, values[:, None])[0])
-                            out[f"{cb.name}/{direction}/{stat}/{module.name or '(root)'}"] = value
+            out.update(summaries_since(cb, self._seen.get(cb.name, 0), cb.name))
+            self._seen[cb.name] = cb.batches()
         return out
