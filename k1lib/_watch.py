@@ -52,7 +52,7 @@ from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
 from .callbacks._selection import modules_with, parameters_of, warn_if_empty
 
-__all__ = ["PROPS", "Watch", "check_props", "watch"]
+__all__ = ["PROPS", "Watch", "check_props", "selected", "start_captures", "watch"]
 
 _WHERE = "k1lib.watch's css"
 
@@ -75,6 +75,46 @@ def check_props(css: str, who: str = "k1lib.watch") -> None:
                 )
 
 
+def selected(
+    root: nn.Module, css: str, where: str
+) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Parameter]]]:
+    """The modules ``css`` gives ``HookModule`` and the parameters of those it gives
+    ``HookParam``, with a warning for a side that is empty (``where``: whose css it is)."""
+    tree = modsel.select(root, css)  # a bad css raises here, with the caret
+    modules = modules_with(tree, "HookModule")
+    params = parameters_of(root, modules_with(tree, "HookParam"))
+    warn_if_empty(modules, css, "HookModule", "module with", where)
+    warn_if_empty(params, css, "HookParam", "module with parameters and", where)
+    return modules, params
+
+
+def start_captures(
+    root: nn.Module,
+    modules: list[tuple[str, nn.Module]],
+    params: list[tuple[str, nn.Parameter]],
+    hook_module: ModuleRecord,
+    hook_param: ParamRecord,
+) -> tuple[ModuleCapture | None, ParamCapture | None]:
+    """Begin both records for this selection and put their captures on (module calls with
+    gradients on only); a failure half way takes off what was put on."""
+    hook_module.begin([p for p, _ in modules], [type(m).__name__ for _, m in modules])
+    hook_param.begin([n for n, _ in params])
+    capture: ModuleCapture | None = None
+    try:
+        if modules:
+            device = next(root.parameters(), torch.empty(0)).device
+            capture = ModuleCapture(modules, hook_module, device, grad_only=True)
+            capture.install()
+        param_capture = ParamCapture(params, hook_param) if params else None
+        if param_capture is not None:
+            param_capture.start()
+    except BaseException:
+        if capture is not None:
+            capture.remove()
+        raise
+    return capture, param_capture
+
+
 class Watch:
     """What ``k1lib.watch`` returns: a context manager holding the records ``HookModule`` and
     ``HookParam`` (see the module docstring)."""
@@ -84,14 +124,9 @@ class Watch:
             raise TypeError(f"k1lib.watch takes an nn.Module, got {type(model).__name__}")
         self.model = model
         self.css = css
-        root = unwrap(model)
         check_props(css)
-        tree = modsel.select(root, css)  # a bad css raises here, with the caret
-        self._root = root
-        self._modules = modules_with(tree, "HookModule")
-        self._params = parameters_of(root, modules_with(tree, "HookParam"))
-        warn_if_empty(self._modules, css, "HookModule", "module with", _WHERE)
-        warn_if_empty(self._params, css, "HookParam", "module with parameters and", _WHERE)
+        self._root = unwrap(model)
+        self._modules, self._params = selected(self._root, css, _WHERE)
         self._hookModule = ModuleRecord()
         self._hookParam = ParamRecord()
         self._capture: ModuleCapture | None = None  # inside the block
@@ -115,16 +150,10 @@ class Watch:
     def __enter__(self) -> Watch:
         if self._rootHook is not None:
             raise RuntimeError("k1lib.watch: this watch is already inside a with block")
-        device = next(self._root.parameters(), torch.empty(0)).device
-        self._hookModule.begin([p for p, _ in self._modules], [type(m).__name__ for _, m in self._modules])
-        self._hookParam.begin([n for n, _ in self._params])
         try:
-            if self._modules:
-                self._capture = ModuleCapture(self._modules, self._hookModule, device, grad_only=True)
-                self._capture.install()
-            if self._params:
-                self._paramCapture = ParamCapture(self._params, self._hookParam)
-                self._paramCapture.start()
+            self._capture, self._paramCapture = start_captures(
+                self._root, self._modules, self._params, self._hookModule, self._hookParam
+            )
             self._rootHook = self._root.register_forward_pre_hook(self._before_forward)
             self._rootAfter = self._root.register_forward_hook(self._saw_forward)
         except BaseException:

@@ -65,16 +65,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-import modsel
-
 from ._unwrap import unwrap
-from ._watch import check_props
+from ._watch import check_props, selected, start_captures
 from .callbacks._hook_summary import summaries_since
 from .callbacks._module_capture import ModuleCapture
 from .callbacks._module_record import ModuleRecord
 from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
-from .callbacks._selection import modules_with, parameters_of, warn_if_empty
 
 __all__ = ["Watch"]
 
@@ -138,26 +135,16 @@ class Watch(pl.Callback):
         of the same selection."""
         self._close()  # a previous fit that ended without any of our end hooks
         root = unwrap(pl_module)
-        tree = modsel.select(root, self.css)
-        modules = modules_with(tree, "HookModule")
-        params = parameters_of(root, modules_with(tree, "HookParam"))
-        warn_if_empty(modules, self.css, "HookModule", "module with", _WHERE)
-        warn_if_empty(params, self.css, "HookParam", "module with parameters and", _WHERE)
-        self._hookModule.begin([p for p, _ in modules], [type(m).__name__ for _, m in modules])
-        self._hookParam.begin([n for n, _ in params])
+        modules, params = selected(root, self.css, _WHERE)
         self._training, self._stepped = True, False
-        self._logged = (self._hookModule.batches(), self._hookParam.batches())
         try:
-            if modules:
-                device = next(root.parameters(), torch.empty(0)).device
-                self._capture = ModuleCapture(modules, self._hookModule, device, grad_only=True)
-                self._capture.install()
-            if params:
-                self._paramCapture = ParamCapture(params, self._hookParam)
-                self._paramCapture.start()
+            self._capture, self._paramCapture = start_captures(
+                root, modules, params, self._hookModule, self._hookParam
+            )
         except BaseException:
             self._close()
             raise
+        self._logged = (self._hookModule.batches(), self._hookParam.batches())
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._paramCapture is not None:
