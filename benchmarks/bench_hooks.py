@@ -1,13 +1,18 @@
-"""Cost of HookModule + HookParam on every module, against the same Learner without them.
+"""Cost of HookModule + HookParam on every module, against the same Learner without them,
+and of the Learner with all its defaults against a raw loop.
 
     python benchmarks/bench_hooks.py [--quick]
 
-Goals (issue "Seeing inside training"): with HookModule and HookParam recording every module
-(the default css ``*``), at most 1.6x a batch of the seed README network (batch 64) and 1.08x
-on an MLP 512 x 6 (batch 256), on CPU. Both learners have the other default callbacks
-(ProgressBar, DontTrainValid, Loss, CancelOnExplosion); Autosave is removed from both, since
-it writes a file per run. Ratios are medians of alternated runs in one process, 1 thread,
-in CPU time (process_time): on this shared 2-core machine wall time swings with other load.
+Goals (issue 17, goal 1): with HookModule and HookParam recording every module (the default
+css ``*``), at most 1.30x a batch of the seed README network (batch 64), 1.08x on an MLP
+512 x 6 (batch 256) and 1.20x on a small CNN with BatchNorm (``bench_learner.SmallCNN``,
+batch 64 of 1 x 28 x 28). Both learners have the other default callbacks (ProgressBar,
+DontTrainValid, Loss, CancelOnExplosion, ...); Autosave is removed from both, since it writes
+a file per run. Last row: the Learner exactly as made (every default callback, Autosave
+writing its checkpoint at the end of each one-epoch run to a temporary folder) against
+``bench_learner.raw_loop`` on the CNN: at most 1.25x. Ratios are medians of alternated runs in
+one process, 1 thread, in CPU time (process_time): on this shared 2-core machine wall time
+swings with other load.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import k1lib
-from benchmarks.bench_learner import alternate, loss_f, mlp_case, readme_case, report
+from benchmarks.bench_learner import alternate, cnn_case, loss_f, mlp_case, raw_loop, readme_case, report
 from tests.k1lib.helpers import Batches
 
 
@@ -50,6 +56,25 @@ def compare(name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: floa
     return report(name, ("without", "with hooks"), times, len(data.train) + len(data.valid), goal)
 
 
+def compare_defaults(
+    name: str, case: Callable[[], tuple[nn.Module, Batches]], goal: float, repeats: int
+) -> bool:
+    """The Learner with every default callback (Autosave into a temporary folder) against the
+    raw loop."""
+    torch.manual_seed(0)
+    model, data = case()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with tempfile.TemporaryDirectory() as folder:
+        l = k1lib.Learner()  # noqa: E741
+        l.model, l.data, l.opt, l.lossF = model, data, opt, loss_f
+        l.cbs.ProgressBar.stream = io.StringIO()
+        l.cbs.Autosave.directory = folder
+        raw = lambda: raw_loop(model, data, opt)  # noqa: E731
+        raw(), l.run(1)  # warm up both
+        times = alternate(raw, lambda: l.run(1), repeats, clock=time.process_time)
+    return report(name, ("raw", "learner"), times, len(data.train) + len(data.valid), goal)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -57,8 +82,10 @@ def main() -> int:
     torch.set_num_threads(1)
     repeats = 5 if args.quick else 15
     print(f"k1lib {k1lib.__version__}, torch {torch.__version__}, {repeats} alternated repeats, 1 thread")
-    ok = compare("README network, batch 64", readme_case, 1.6, repeats)
+    ok = compare("README network, batch 64", readme_case, 1.30, repeats)
     ok &= compare("MLP 512 x 6, batch 256", mlp_case, 1.08, repeats)
+    ok &= compare("small CNN + BatchNorm, batch 64", cnn_case, 1.20, repeats)
+    ok &= compare_defaults("CNN: all defaults vs raw loop", cnn_case, 1.25, repeats)
     return 0 if ok else 1
 
 

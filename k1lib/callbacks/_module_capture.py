@@ -48,7 +48,7 @@ from modsel._grad import Key, first_tensor, hook_grads
 
 from ._module_record import ModuleRecord
 from ._recorders import DIRECTIONS
-from ._stats import SMALL, Reducer
+from ._stats import SMALL, Reducer, _Early
 
 __all__ = ["ModuleCapture"]
 
@@ -135,7 +135,7 @@ class ModuleCapture:
                     self._retained.pop(i, None)
         self._probing = False
         for i, t in self._retained.items():
-            kept[0][i] = t.detach()
+            kept[0][i] = t  # the reducer runs under no_grad: no detach needed
             kept[1][i] = t.grad
         for t in self._retaining.values():  # after reading all: one tensor may serve several modules
             t.grad = None
@@ -163,7 +163,7 @@ class ModuleCapture:
         self._kept: list[list[Tensor | None]] = [[None] * n, [None] * n]
         # forward outputs: (tensor, its version then, whether a copy was kept instead)
         self._versions: dict[int, tuple[Tensor, int, bool]] = {}
-        self._done: list[dict[int, Tensor]] = [{}, {}]
+        self._done: list[dict[int, _Early]] = [{}, {}]
         self._customNow: list[_Custom] = [
             [(r.name, r.f, [None] * n) for r in self._custom if d in r.directions] for d in DIRECTIONS
         ]

@@ -21,12 +21,14 @@ class ParamCapture:
         self._record = record
         self._views: list[Tensor] = []
         self._reducer = Reducer(STATS)
+        self._key: tuple[object, ...] = ()  # the views' shapes, dtypes and devices
 
     def start(self, expected: int | None = None) -> None:
         """Read the parameters from now on, with room for ``expected`` rows (when known).
         Called again at each epoch: it takes plain tensors sharing each parameter's storage
         (cheaper to read than Parameters), in case a parameter's ``.data`` was replaced."""
         self._views = [p.detach() for p in self._params]
+        self._key = self._reducer.key(self._views)
         if self._views and expected:
             self._record.reserve(expected, self._views[0].device)
 
@@ -34,7 +36,7 @@ class ParamCapture:
         """One row: the statistics of every parameter now."""
         views = self._views
         if views:
-            self._reducer(views, into=self._record.next_row(views[0].device))
+            self._reducer(views, into=self._record.next_row(views[0].device), key=self._key)
 
     def stop(self) -> None:
         """Let go of the parameters."""
