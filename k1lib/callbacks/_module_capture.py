@@ -180,7 +180,12 @@ class ModuleCapture:
         t = t.detach()
         if t.numel() > SMALL:
             self._done[side][i] = self._reducer.one(t)
+            self._kept[side][i] = None  # an earlier call's small tensor, if any
+            if side == 0:
+                self._versions.pop(i, None)
+                self._retained.pop(i, None)
         else:
+            self._done[side].pop(i, None)  # an earlier call's large tensor, if any
             self._kept[side][i] = t.clone() if copy else t
             if side == 0:
                 self._versions[i] = (t, t._version, copy)
@@ -217,6 +222,7 @@ class ModuleCapture:
                 # Python tensor hook); both are read at the end of the batch. An output that
                 # something else retains already (another capture, which clears its .grad at
                 # its own batch end) takes the tensor-hook way below instead
+                self._done[0].pop(i, None)  # an earlier call's large output, if any
                 self._kept[0][i] = t
                 self._versions[i] = (t, t._version, False)
                 self._retained[i] = t

@@ -21,7 +21,7 @@ class ParamCapture:
         self._record = record
         self._views: list[Tensor] = []
         self._reducer = Reducer(STATS)
-        self._key: tuple[object, ...] = ()  # the views' shapes, dtypes and devices
+        self._key: tuple[object, ...] = ()  # Reducer.key of the views (their shapes and dtypes)
 
     def start(self, expected: int | None = None) -> None:
         """Read the parameters from now on, with room for ``expected`` rows (when known).

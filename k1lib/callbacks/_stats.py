@@ -4,9 +4,9 @@ HookModule and HookParam summarise every selected tensor on every batch. One red
 tensor costs a kernel launch (GPU) or a dispatch (CPU) each, which dominates for the many
 small tensors of a model. Here, small tensors of the same size are stacked and reduced
 together (a handful of ops per size, two passes: exact); a large tensor is reduced on its own
-(stacking it would copy it), on a CPU to its sum and sum of squares (two reads: see
-``_early``), which are turned into statistics for all large tensors together. Nothing reaches
-the host: results are float32 tensors on the tensors' device.
+(stacking it would copy it) as soon as it is seen (``_early``), and the last steps are taken
+for all large tensors together. Nothing reaches the host: results are float32 tensors on the
+tensors' device.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ _MAX_PLANS = 64
 SMALL = 1 << 16
 # groups of at most this many values take torch.std (one op; several ops cost more there)
 _FEW = 8192
-# a large tensor's moments are summed by rows of this many values (see ``_early``)
-_ROW = 4096
 
 
 def _columns(x: Tensor, names: Sequence[str]) -> Tensor:
@@ -52,104 +50,80 @@ def _columns(x: Tensor, names: Sequence[str]) -> Tensor:
 
 
 def _as_float(t: Tensor) -> Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    """``t`` in a float dtype its values fit: float64 for wide integers (float32 rounds values
+    above 2**24), float32 for the rest."""
+    if t.dtype in (torch.float32, torch.float64):
+        return t
+    return t.double() if t.dtype in (torch.int64, torch.int32) else t.float()
 
 
 class _Early:
     """A large tensor reduced as soon as it was seen (``Reducer.one``), so that it need not be
-    kept. ``final`` (CUDA): ``rows`` is its statistics. Else ``rows`` is ``(r, 2)``: the sum and
-    the norm (square root of the sum of squares) of each of ``r`` slices of its ``n`` values,
-    added up at the end of the batch with every other tensor's (``_Moments``); ``extremes``:
-    its min and max, when asked."""
+    kept. ``final`` (CUDA): ``row`` is its statistics. Else ``row`` is its mean and the norm of
+    its deviations from the mean, turned into statistics at the end of the batch together with
+    every other large tensor's (``_Centred``); ``extremes``: its min and max, when asked."""
 
-    __slots__ = ("extremes", "final", "n", "rows")
+    __slots__ = ("extremes", "final", "n", "row")
 
     def __init__(
-        self, n: int, rows: Tensor, final: bool, extremes: tuple[Tensor, Tensor] | None = None
+        self, n: int, row: Tensor, final: bool, extremes: tuple[Tensor, Tensor] | None = None
     ) -> None:
-        self.n, self.rows, self.final, self.extremes = n, rows, final, extremes
-
-
-def _sum_norm(x: Tensor) -> Tensor:
-    """``(r, 2)``: the sum and the norm of each row of the 2-d ``x``."""
-    return torch.stack([x.sum(1), torch.linalg.vector_norm(x, dim=1)], 1)
+        self.n, self.row, self.final, self.extremes = n, row, final, extremes
 
 
 def _early(t: Tensor, names: Sequence[str]) -> _Early:
     """Reduce one large tensor. On a GPU ``std_mean`` is one fused pass and gives the
-    statistics. On a CPU it is many times slower than a sum, and a two-pass std (the norm of
-    ``x - mean``) reads the tensor three times and writes it once; here the sum and the norm of
-    each slice of ``_ROW`` values are taken (two reads, a few ops), then added up in float64
-    with every other large tensor's and turned into statistics all at once (``_Moments``).
-    Float32 sums of slices are accurate to about 1e-7 and their errors average out across
-    slices: the std stays within about ``3e-8 * (mean / std)**2`` relative
-    (``tests/k1lib/test_stats.py`` checks 100 stds away from zero)."""
+    statistics. Elsewhere it is many times slower than a mean: there the mean and the norm of
+    ``x - mean`` are taken (two passes, exact), and the division and the stacking into rows are
+    left to ``_Centred``, once for all large tensors of the batch.
+
+    Why not one pass (a sum and a sum of squares): in float32 the variance then comes out as a
+    difference of two large, rounded numbers, off by about ``1e-7 * (mean / std)**2``; for a
+    constant-initialised weight or an output with a large bias that is no std at all."""
     x = t.detach().reshape(-1)
-    if not x.is_floating_point():
-        x = x.float()
     minmax = "mins" in names or "maxs" in names
     if x.device.type == "cuda":
+        if not x.is_floating_point():
+            x = x.float()
         # float16's range ends at 65504: the variance of scaled gradients would overflow
         std, mean = torch.std_mean(x.float() if x.dtype == torch.float16 else x)
         known = {"means": mean, "stds": std}
         if minmax:
             known["mins"], known["maxs"] = torch.aminmax(x)
         return _Early(x.numel(), torch.stack([known[name] for name in names]).float(), True)
-    n = x.numel()
-    if x.dtype not in (torch.float32, torch.float64):
-        # a float32 copy of a low-precision tensor: centred in place before its sum of squares
-        # (its values sit on a coarse grid, whose rounding errors do not average out)
-        x = x.float()
-        extremes = torch.aminmax(x) if minmax else None
-        mean = x.mean()
-        centred = torch.stack([mean, torch.linalg.vector_norm(x.sub_(mean))]).double()
-        total = centred[0] * n  # sum, and sum of squares = sum((x - mean)^2) + n * mean^2
-        row = torch.stack([total, (centred[1].square() + total * centred[0]).sqrt()])
-        return _Early(n, row.view(1, 2), False, extremes)
-    whole = n - n % _ROW
-    rows = _sum_norm(x[:whole].view(-1, _ROW))
-    if whole < n:  # the last, shorter slice
-        rows = torch.cat([rows, _sum_norm(x[whole:].view(1, -1))])
-    return _Early(n, rows, False, torch.aminmax(x) if minmax else None)
+    x = _as_float(x)
+    mean = x.mean()
+    row = torch.stack([mean, torch.linalg.vector_norm(x - mean)])
+    return _Early(x.numel(), row, False, torch.aminmax(x) if minmax else None)
 
 
-class _Moments:
-    """Statistics of tensors reduced to slice moments (``_early``), all in a few ops: the
-    slices' sums and squared norms are added up per tensor in float64 (an ``index_add``), then
-    ``var = (sum(x^2) - sum(x) * mean) / (n - 1)``. The segment ids are cached per layout."""
+class _Centred:
+    """Statistics of tensors reduced by ``_early`` off CUDA, in a few ops for all of them:
+    ``std = norm / sqrt(n - 1)``. The counts are cached per list of sizes (bounded)."""
 
     def __init__(self) -> None:
-        self._layouts: dict[tuple[tuple[int, int], ...], tuple[Tensor, Tensor]] = {}
+        self._counts: dict[tuple[int, ...], Tensor] = {}
 
     def __call__(self, early: Sequence[_Early], names: Sequence[str]) -> Tensor:
         """``(len(early), len(names))`` float32 statistics."""
-        parts = [e.rows for e in early]
-        raw = (torch.cat(parts) if len(parts) > 1 else parts[0]).double()
-        raw[:, 1].square_()
-        layout = tuple((e.n, len(e.rows)) for e in early)
-        cached = self._layouts.get(layout)
-        if cached is None or cached[0].device != raw.device:
-            if len(self._layouts) >= _MAX_PLANS:
-                self._layouts.clear()
-            counts = torch.tensor([len(e.rows) for e in early])
-            segments = torch.repeat_interleave(torch.arange(len(early)), counts).to(raw.device)
-            n = torch.tensor([e.n for e in early], dtype=torch.float64, device=raw.device)
-            cached = self._layouts[layout] = (segments, n)
-        segments, n = cached
-        totals = torch.zeros((len(early), 2), dtype=torch.float64, device=raw.device)
-        totals.index_add_(0, segments, raw)
-        total = totals[:, 0]
-        mean = total / n
-        known = {"means": mean}
-        if "stds" in names:
-            # sum((x - mean)^2) = sum(x^2) - sum(x) * mean; rounding can take it below 0
-            known["stds"] = totals[:, 1].sub(total * mean).div_(n - 1).clamp_min_(0).sqrt_()
+        rows = [e.row for e in early]
+        if len({r.dtype for r in rows}) > 1:
+            rows = [r.double() for r in rows]  # float32 and float64 (the input's own dtypes)
+        raw = torch.stack(rows)
+        sizes = tuple(e.n for e in early)
+        scale = self._counts.get(sizes)
+        if scale is None or scale.device != raw.device or scale.dtype != raw.dtype:
+            if len(self._counts) >= _MAX_PLANS:
+                self._counts.clear()
+            scale = torch.tensor(sizes, dtype=torch.float64).sub_(1).rsqrt_().to(raw.device, raw.dtype)
+            self._counts[sizes] = scale
+        known = {"means": raw[:, 0], "stds": raw[:, 1] * scale}
         if "mins" in names or "maxs" in names:
             extremes = [v for e in early for v in e.extremes]  # type: ignore[union-attr]
             if len({v.dtype for v in extremes}) > 1:
                 extremes = [v.double() for v in extremes]
-            pairs = torch.stack(extremes).view(-1, 2).to(mean.dtype)
-            known["mins"], known["maxs"] = pairs[:, 0], pairs[:, 1]
+            pairs = torch.stack(extremes).view(-1, 2)
+            known["mins"], known["maxs"] = pairs[:, 0].to(raw.dtype), pairs[:, 1].to(raw.dtype)
         return torch.stack([known[name] for name in names], 1).float()
 
 
@@ -165,7 +139,7 @@ class Reducer:
             raise ValueError(f"unknown statistics {unknown}; choose from {', '.join(STATS)}")
         self.names = tuple(names)
         self._plans: dict[tuple[object, ...], _Plan] = {}
-        self._moments = _Moments()
+        self._centred = _Centred()
 
     def one(self, t: Tensor) -> _Early:
         """One large tensor reduced now (what ``done`` takes, so that it need not be kept)."""
@@ -175,8 +149,9 @@ class Reducer:
     @staticmethod
     def key(tensors: Sequence[Tensor | None], done: dict[int, _Early] | None = None) -> tuple[object, ...]:
         """What the grouping plan depends on: each entry's shape and dtype (``"done"`` for
-        early ones), and the device of the first entry. A caller whose tensors keep their
-        shapes (parameters) computes it once and passes it."""
+        early ones), and the device of the first entry (of an early one's row when there is no
+        other). A caller whose tensors keep their shapes (parameters) computes it once and
+        passes it."""
         entries: list[object]
         if done:
             entries = [
@@ -185,8 +160,14 @@ class Reducer:
             ]
         else:
             entries = [None if t is None else (t.shape, t.dtype) for t in tensors]
-        first = next((t for t in tensors if t is not None), None)
-        entries.append(None if first is None else first.device)
+        if done:
+            first = next((t for i, t in enumerate(tensors) if t is not None and i not in done), None)
+        else:
+            first = next((t for t in tensors if t is not None), None)
+        if first is not None:
+            entries.append(first.device)
+        else:  # only early entries (or none): where their rows live
+            entries.append(next((e.row.device for e in (done or {}).values()), None))
         return tuple(entries)
 
     def __call__(
@@ -236,7 +217,7 @@ class Reducer:
                 large.append(i)
         known = [t for i, t in enumerate(tensors) if t is not None and i not in large and t.numel()]
         known += [t for i, t in enumerate(tensors) if t is not None and i in large]
-        known += [e.rows for e in done.values()]
+        known += [e.row for e in done.values()]
         device = known[0].device if known else torch.device("cpu")
         groups: _Groups = []
         for k, g in by_shape.items():
@@ -257,11 +238,11 @@ class Reducer:
     def _from_early(self, early: Sequence[_Early]) -> Tensor:
         """Statistics of early-reduced tensors, in order (moments and final rows may mix)."""
         if all(not e.final for e in early):
-            return self._moments(early, self.names)
+            return self._centred(early, self.names)
         if all(e.final for e in early):
-            return torch.stack([e.rows for e in early])
-        moments = iter(self._moments([e for e in early if not e.final], self.names).unbind())
-        return torch.stack([e.rows if e.final else next(moments) for e in early])
+            return torch.stack([e.row for e in early])
+        centred = iter(self._centred([e for e in early if not e.final], self.names).unbind())
+        return torch.stack([e.row if e.final else next(centred) for e in early])
 
     def _part(
         self,

@@ -226,6 +226,46 @@ def test_a_module_called_twice_keeps_its_last_call() -> None:
     torch.testing.assert_close(record[0].forward.means, torch.stack([calls[1].mean(), calls[3].mean()]))
 
 
+class Widths(nn.Module):
+    """``lin`` applied to a large input, then to a small one (``small_last``), or the reverse:
+    its output is large in one call and small in the other."""
+
+    def __init__(self, small_last: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 300)
+        self.small_last = small_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        big, small = x, x[:8]
+        first, last = (big, small) if self.small_last else (small, big)
+        return self.lin(first).mean() + self.lin(last).sum()
+
+
+@pytest.mark.parametrize("small_last", [True, False])
+def test_a_module_called_with_a_large_then_a_small_output_keeps_its_last_call(small_last: bool) -> None:
+    # a large output is reduced in its hook and a small one at the end of the batch: the
+    # later call must replace the earlier whichever way each went
+    torch.manual_seed(0)
+    model = Widths(small_last)
+    record = ModuleRecord()
+    record.begin(["lin"], ["Linear"])
+    capture = ModuleCapture([("lin", model.lin)], record)
+    capture.install()
+    calls: list[Tensor] = []
+    handle = model.lin.register_forward_hook(lambda m, a, o: calls.append(o.detach().clone()))
+    with PlainHooks({"lin": model.lin}) as ref:
+        for x, _ in batches(2):
+            capture.start_batch()
+            model(x).backward()
+            capture.end_batch()
+            ref.close_batch()
+    handle.remove()
+    capture.remove()
+    assert [c.numel() > SMALL for c in calls] == [small_last, not small_last] * 2
+    assert_like_plain(record, ref)
+    torch.testing.assert_close(record[0].forward.means, torch.stack([calls[1].mean(), calls[3].mean()]))
+
+
 def test_calls_without_gradients_are_ignored_when_grad_only() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Collection, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -328,3 +329,23 @@ def test_the_plan_cache_stays_bounded_when_shapes_keep_changing() -> None:
         out = reducer([torch.ones(n, 2)])
         assert abs(out[0, 0].item() - 1.0) < 1e-6
     assert len(reducer._plans) <= 64
+
+
+@pytest.mark.parametrize(
+    "make_tensor",
+    [
+        lambda g: torch.full((300, 300), 0.1),  # a constant-initialised weight
+        lambda g: torch.randn(300, 300, generator=g) * 1e-3 + 0.1,  # that weight after a few steps
+        lambda g: torch.randn(256, 300, generator=g) + 500.0,  # an output with a large bias
+        lambda g: torch.randint(0, 100, (SMALL + 5,), generator=g) + 10**9,  # wide integers
+    ],
+    ids=["constant", "near-constant", "large-bias", "int64"],
+)
+def test_large_tensors_far_from_zero_relative_to_their_spread_keep_an_exact_std(make_tensor: Any) -> None:
+    # a sum and a sum of squares in float32 (one pass) would give a std off by about
+    # 1e-7 * (mean / std)**2: nothing left of it here
+    t = make_tensor(torch.Generator().manual_seed(0))
+    want = t.double().std()
+    got = Reducer(STATS)([t])[0]
+    assert abs(got[1].double() - want) <= 1e-3 * want + 1e-7 * t.double().abs().max()
+    assert float(got[0]) == pytest.approx(float(t.double().mean()), rel=1e-6)
