@@ -1,13 +1,16 @@
 """k1lib: a PyTorch training loop with callbacks for looking inside models while they train.
 
 ``Learner`` runs the loop; ``Callbacks`` hook into its events; ``watch`` records HookModule's
-and HookParam's statistics in a plain training loop; ``find_lr`` and ``loss_landscape`` are
+and HookParam's statistics in a plain training loop; ``checkpointed`` recomputes the forward of
+the modules a css gives the prop ``checkpoint`` in backward (activation checkpointing), as
+``l.css`` does during a run; ``find_lr`` and ``loss_landscape`` are
 ParamFinder's range test and LossLandscape's surfaces without a Learner; ``k1lib.data`` holds
 data helpers and ``k1lib.viz`` the sliceable plots. Modules are targeted with CSS (``l.css``,
 through ``modsel``).
 """
 
 from . import callbacks, data, viz
+from ._act_checkpoint import checkpointed
 from ._checkpoint import CheckpointError
 from ._css_optimizer import cssOptimizer
 from ._learner import Learner
@@ -34,6 +37,7 @@ __all__ = [
     "Learner",
     "Watch",
     "callbacks",
+    "checkpointed",
     "cssOptimizer",
     "data",
     "find_lr",

@@ -33,7 +33,7 @@ from torch import nn
 
 import modsel
 
-from . import _distributed
+from . import _act_checkpoint, _distributed
 from ._group import Group
 from ._loop import Loop
 from ._module_selector import ModuleSelector
@@ -98,7 +98,12 @@ class Learner:
     def css(self) -> str:
         """The stylesheet that selects modules for the callbacks (modsel syntax); ``*`` selects
         every module with the prop ``all``. Modules given the prop ``frozen`` (by name) keep
-        their parameters frozen during ``run`` and get their flags back afterwards."""
+        their parameters frozen during ``run`` and get their flags back afterwards. Modules
+        given the prop ``checkpoint`` (by name: ``"SkipBlock: checkpoint"``) recompute their
+        forward in backward during ``run`` (activation checkpointing: less activation memory,
+        one more forward of them a batch, the same gradients); the outermost one wins when
+        they nest, validation under ``no_grad`` is not affected, and their ``forward`` is
+        theirs again afterwards (``k1lib.checkpointed`` does the same in a plain loop)."""
         return self._css
 
     @css.setter
@@ -220,9 +225,12 @@ class Learner:
         try:
             self.epochs = epochs
             self.batches = group.batches_an_epoch(self.data, batches)
+            checkpointed = self.css_checkpointed()
+            _act_checkpoint.warn_if_none(checkpointed, self._css, "l.css")
             frozen = self._freeze_selected()  # from here on, the finally below gives them back
             try:
-                self._loop.run(epochs, batches)
+                with _act_checkpoint.wrapping(checkpointed):  # forwards back on the way out
+                    self._loop.run(epochs, batches)
             finally:
                 for param, flag in frozen:
                     param.requires_grad_(flag)
@@ -255,6 +263,14 @@ class Learner:
                 for param in node.parameters():  # modsel's walk: no recursion on deep models
                     found.setdefault(id(param), param)
         return list(found.values())
+
+    def css_checkpointed(self) -> list[tuple[str, nn.Module]]:
+        """``(path, module)`` of the modules ``run`` checkpoints: those whose props name
+        ``checkpoint`` (explicitly: ``all`` does not count) and that are inside no other such
+        module, each once (see ``k1lib/_act_checkpoint.py``)."""
+        if _act_checkpoint.PROP not in self._css or self.model is None:
+            return []
+        return _act_checkpoint.checkpointed_modules(self.moduleSelector)
 
     def record(self, epochs: int, batchesPerEpoch: int) -> tuple[list[Any], list[Any], list[Any]]:  # noqa: N803
         """Run without training and return the batches seen and the outputs: ``xbs, ybs, ys``.

@@ -25,6 +25,8 @@ The policy, per module call while installed:
   gradient with a tensor hook; modules whose output was then changed in place (a following
   ``ReLU(inplace=True)``) keep doing so (``_eager``), the others use the cheap path;
 - a module called several times in a batch keeps its last call, forward and backward;
+- a forward run again in backward by activation checkpointing (``k1lib._act_checkpoint``)
+  is not a call: the records are those without checkpointing;
 - custom recorders (``Recorders.custom``) see every output and gradient in the hooks (with
   any, every output takes the tensor-hook path).
 
@@ -46,6 +48,7 @@ from torch.utils.hooks import RemovableHandle
 
 from modsel._grad import Key, first_tensor, hook_grads
 
+from .._act_checkpoint import recomputing
 from ._module_record import ModuleRecord
 from ._recorders import DIRECTIONS
 from ._stats import SMALL, Reducer, _Early
@@ -202,7 +205,10 @@ class ModuleCapture:
                 self._take(1, i, grad)
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self.paused or (self._gradOnly and not torch.is_grad_enabled()):
+            if self.paused or (self._gradOnly and not torch.is_grad_enabled()) or recomputing():
+                # recomputing: a checkpointed forward run again in backward (the prop
+                # ``checkpoint``); its first run was recorded, and its gradients flow through
+                # that first run's outputs
                 return
             t = output if type(output) is Tensor else first_tensor(output)
             if t is None:
