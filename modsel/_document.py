@@ -92,8 +92,7 @@ class ModuleSelector:
         self.path = path
         self._kids = _NO_KIDS
         self._memo = parent._memo if parent is not None else {}
-        tag = type(module).__name__
-        self._tag = tag if tag not in SCRIPT_CLASSES else tag_of(module)
+        self._tag = class_tag(module)
 
     # ---- identity and navigation -------------------------------------------------------------
     @property
@@ -324,12 +323,44 @@ def tag_of(module: Module) -> str:
     """The type name a type selector compares with.
 
     The class name; for TorchScript modules (whose class is one of ``SCRIPT_CLASSES``) the
-    name of the scripted or traced class.
+    name of the scripted or traced class; for a module whose class torch.distributed swapped
+    (``fully_shard`` makes a ``Linear`` an ``FSDPLinear``) the name of the class it had.
     """
     original = getattr(module, "original_name", None)
     if isinstance(module, _script_module_type()) and isinstance(original, str):
         return original
-    return type(module).__name__
+    return user_class(type(module)).__name__
+
+
+def user_class(cls: type) -> type:
+    """``cls``, or the class it wraps when torch.distributed's composable APIs made it:
+    ``fully_shard`` (FSDP2) and ``replicate`` swap a module's class for ``type(prefix +
+    cls.__name__, (Wrapper, cls), ...)`` (``FSDPLinear``, whose bases are ``FSDPModule`` and
+    ``Linear``), so that selectors, attributes and trees still see the user's class."""
+    while True:
+        bases = cls.__bases__
+        if not (
+            len(bases) == 2
+            and getattr(bases[0], "__module__", "").startswith("torch.distributed.")
+            and cls.__name__ != bases[1].__name__
+            and cls.__name__.endswith(bases[1].__name__)
+        ):
+            return cls
+        cls = bases[1]
+
+
+_TAGS: dict[type, str] = {}  # class -> its tag, for classes whose tag does not depend on the instance
+
+
+def class_tag(module: Module) -> str:
+    """``tag_of(module)``, cached per class (this runs for every module of every tree)."""
+    cls = type(module)
+    tag = _TAGS.get(cls)
+    if tag is None:
+        tag = tag_of(module)
+        if cls.__name__ not in SCRIPT_CLASSES:
+            _TAGS[cls] = tag
+    return tag
 
 
 def _script_module_type() -> type:
@@ -375,7 +406,7 @@ def attributes_of(module: Module) -> dict[str, str]:
     if qualname is None:
         if issubclass(cls, _script_module_type()):
             return _script_attributes(module)
-        qualname = _QUALNAMES[cls] = _qualified_name(cls)
+        qualname = _QUALNAMES[cls] = _qualified_name(user_class(cls))
     own = vars(module)
     params = module._parameters
     attrs: dict[str, str] = {} if "type" in own or "type" in params else {"type": qualname}
@@ -611,7 +642,7 @@ def grow(
     # This loop is the floor of every match: nodes are made with object.__new__ and their
     # slots set inline (the same fields as ModuleSelector.__init__), which saves a Python call
     # per module, about a tenth of the time of a whole match.
-    new, node_cls, no_kids = object.__new__, type(root), _NO_KIDS
+    new, node_cls, no_kids, tags = object.__new__, type(root), _NO_KIDS, _TAGS
     memo = root._memo
     found: list[ModuleSelector] = []
     keep = found.append
@@ -652,8 +683,8 @@ def grow(
                     kid.path = prefix + name
                     kid._kids = no_kids
                     kid._memo = memo
-                    tag = type(mod).__name__
-                    kid._tag = tag if tag not in SCRIPT_CLASSES else tag_of(mod)
+                    tag = tags.get(type(mod))  # inlined class_tag: once per module of the tree
+                    kid._tag = tag if tag is not None else class_tag(mod)
                     kids.append(kid)
                 if kids:
                     node._kids = kids

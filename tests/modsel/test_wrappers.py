@@ -4,6 +4,7 @@ regexes and matches are those of the user's module, as k1lib's are."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +73,55 @@ def test_freeze_names_the_parameters_as_the_unwrapped_model_does() -> None:
 def test_an_empty_selection_names_the_wrapped_models_class() -> None:
     with pytest.warns(UserWarning, match="selects no module of Sequential"):
         modsel.paths(nn.DataParallel(_model()), "Conv2d")
+
+
+# ---- FSDP2 (fully_shard) and replicate swap a module's class ---------------------------------------
+
+
+def paths(model: nn.Module, selector: str) -> list[str]:
+    return [path for path, _ in modsel.match(model, selector)]
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def test_a_fully_sharded_model_is_matched_by_its_own_class_names(tmp_path: Path) -> None:
+    # fully_shard turns a Block into an FSDPBlock (bases FSDPModule, Block) in place: type
+    # selectors, the type attribute and trees must keep seeing Block
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not built in")
+    from torch.distributed.fsdp import fully_shard
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = nn.Sequential(Block(), nn.ReLU(), Block())
+        before = str(modsel.select(model, "*").tree())
+        for block in (model[0], model[2]):
+            fully_shard(block)
+        fully_shard(model)
+        assert type(model[0]).__name__ == "FSDPBlock" and type(model).__name__ == "FSDPSequential"
+        assert paths(model, "Block") == ["0", "2"]
+        assert paths(model, "Sequential > Block") == ["0", "2"]
+        assert paths(model, f'Block[type="{__name__}.Block"]') == ["0", "2"]
+        assert paths(model, ".FSDPModule") == ["", "0", "2"]  # its MRO still counts
+        assert str(modsel.select(model, "*").tree()) == before  # the printed tree too
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_class_named_like_a_wrapper_but_not_made_by_torch_distributed_keeps_its_name() -> None:
+    class Mixin:
+        pass
+
+    WrapLinear = type("WrapLinear", (Mixin, nn.Linear), {})
+    model = nn.Sequential(WrapLinear(2, 2))
+    assert paths(model, "WrapLinear") == ["0"]
+    assert paths(model, "Linear") == []
