@@ -6,11 +6,13 @@ Launches itself with torchrun. Each rank trains its half of every epoch's batche
 loop is a ``DistributedDataParallel`` with forward, loss, backward, step and zero_grad on the
 same batches (made once, outside the timing), the Learner the same with its default
 callbacks minus HookModule, HookParam and Autosave (as ``bench_learner.py``). What the Learner
-adds is its per-run DDP wrap (5-14 ms for the MLP here) and the agreement on cancels: an
-all-reduce of five integers a batch (two for models with buffers, and in a run's first
-batches) on a gloo group, plus the Loss averaging once an epoch. Rank 0 prints the medians of
-alternated runs and their ratio; the goal is the single-process one (<= 1.05x on the README
-network, <= 1.02x on the MLP), which a 2-core machine running 2 processes makes noisy.
+adds is its per-run DDP wrap (5-14 ms for the MLP here) and the agreement on cancels: in
+training batches it rides on the gradients' first all-reduce (a DDP comm hook: no exchange of
+its own, but the hook's own division of the gradients), after an all-reduce of seven integers
+on a gloo group in a run's first two batches; one such all-reduce before each validation
+batch and at each event, plus the Loss averaging once an epoch. Rank 0 prints the medians of
+alternated runs and their ratio against the goals of issue 17 (<= 1.35x on the README network,
+<= 1.08x on the MLP), which a 2-core machine running 2 processes makes noisy.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def worker(repeats: int) -> int:
         if dist.get_rank() == 0:
             world = dist.get_world_size()
             print(f"torch {torch.__version__}, {world} processes (gloo), {repeats} alternated repeats")
-        compare("README network, batch 64", readme_case, 1.05, repeats)
-        compare("MLP 512 x 6, batch 256", mlp_case, 1.02, repeats)
+        compare("README network, batch 64", readme_case, 1.35, repeats)
+        compare("MLP 512 x 6, batch 256", mlp_case, 1.08, repeats)
     finally:
         dist.destroy_process_group()
     return 0  # a goal missed is reported, not a failed worker (torchrun would print a traceback)

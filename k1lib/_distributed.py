@@ -22,19 +22,34 @@ process group of more than one process is there (or ``torchrun``'s environment a
   DDP's forward has collectives of its own (buffers to broadcast, the bucket rebuild early
   in a run, validation). Without those, a rank with something to settle (raised since the
   last agreement, a failed fetch, a loader at its end) skips its forward and meets the others
-  before backward, who have run their forward and loss. One exchange of five integers a
-  batch (two with buffers), on a CPU ``gloo`` group of their own: no device sync. This class
-  is the loop's ``Group`` (``k1lib/_group.py``): the loop (``k1lib/_loop.py``) is the same
-  code in one process, where holding raises at once and agreeing does nothing.
+  before backward, who have run their forward and loss. An exchange is seven integers on a
+  CPU ``gloo`` group of their own: no device sync.
+- The agreement before backward rides on the gradients' first all-reduce where it can (a
+  model on the CPU, in the DDP the Learner makes, from the first training batch after DDP
+  rebuilt its buckets to the end of the epoch's training batches; ``_Rider``): a rank with a
+  backward pass to run starts it at once and sends its state ahead of bucket 0's gradients,
+  in their all-reduce; a rank with something to settle sends its state ahead of zeros. When
+  every rank goes on, that is DDP's own all-reduce: the agreement costs no exchange of its
+  own (on a small model one costs as much as the all-reduce). When one stops, the others
+  keep their buckets local, put their gradients back as they were before backward (None
+  after ``zero_grad``, a copy inside an accumulation group) and agree as anywhere else (a
+  batch cancel then leaves, in their HookModule row of that batch, the gradient statistics
+  of the backward pass put back). Meanwhile every other exchange of the run starts with one
+  of the same shape on the model's group, so that ranks out of step still see it. On a CUDA
+  model, and with a DDP the user made, the agreement stays before backward.
+- This class is the loop's ``Group`` (``k1lib/_group.py``): the loop (``k1lib/_loop.py``) is
+  the same code in one process, where holding raises at once and agreeing does nothing.
 - Every exchange starts with the same header (what it is for, and how many optimizer steps
   and ``zero_grad``s this rank took), so ranks that are out of step (one at ``endRun``, one
   before ``backward``; one that skipped a step the others took) see it and raise a clear error
   instead of pairing unrelated collectives, hanging or drifting apart; the session then makes
-  no more collectives.
+  no more collectives. Riding, the header goes as counts, with the steps taken modulo 3 (a
+  batch puts ranks 1 or 2 apart at most); the exact numbers come from the control group.
 
 What cannot be agreed: a failure inside a collective itself (an out-of-memory error in
-``backward`` on one rank) leaves the other ranks in DDP's all-reduce until its timeout;
-``torchrun`` ends the other processes when one exits with an error.
+``backward`` on one rank, once its all-reduces began) leaves the other ranks in DDP's
+all-reduce until its timeout; ``torchrun`` ends the other processes when one exits with an
+error. Riding, a backward pass that fails before its first all-reduce is agreed as an error.
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ import atexit
 import itertools
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,6 +75,8 @@ from .callbacks.callback import (
 )
 
 if TYPE_CHECKING:
+    from torch._C._distributed_c10d import GradBucket
+
     from ._learner import Learner
     from ._step import OptimizerStep
     from .callbacks.callbacks import Callbacks
@@ -80,6 +97,8 @@ _ERROR = len(_LEVELS) + 1
 # averaging losses
 _KINDS = {name: i + 1 for i, name in enumerate((*EVENTS, "seed", "average"))}
 _KIND_NAMES = {kind: name for name, kind in _KINDS.items()}
+# the agreement points inside a batch: riding (``_Rider``), their exchange is the riding one alone
+_IN_BATCH = (_KINDS["startPass"], _KINDS["startBackward"])
 # where an error was raised, by agreement point
 _PHRASES = {
     "startPass": "starting the batch",
@@ -216,6 +235,8 @@ class Session(Group):
         self._buffers: bool | None = None  # whether the DDP model has buffers (found once)
         self._original: nn.Module | None = None
         self.steps: OptimizerStep | None = None
+        # riding on the gradients' all-reduce (see ``_Rider``): set by ``wrap`` when it can
+        self.rider: _Rider | None = None
 
     # ---- the model ------------------------------------------------------------------------------
     def wrap(self) -> None:
@@ -231,9 +252,15 @@ class Session(Group):
         single = next(iter(devices)) if len(devices) == 1 else None
         ids = [single] if single is not None and single.type != "cpu" else None
         self._original = model
-        learner.model = nn.parallel.DistributedDataParallel(model, device_ids=ids, **learner.ddpKwargs)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, **learner.ddpKwargs)
+        learner.model = ddp
+        if single is not None and single.type == "cpu" and not ddp.find_unused_parameters:
+            # find_unused_parameters all-reduces which parameters took part, outside the hook
+            self.rider = _Rider(self, ddp)
+            ddp.register_comm_hook(self.rider, _rider_hook)
 
     def unwrap(self) -> None:
+        self.rider = None
         if self._original is not None:
             self.learner.model = self._original
             self._original = None
@@ -279,15 +306,84 @@ class Session(Group):
     def agrees_before_forward(self) -> bool:
         return not self.quiet_forward()
 
-    def agree_before_backward(self, skip: bool, ended: bool) -> tuple[bool, bool]:
-        """Training (autograd on): no rank goes into backward's all-reduce alone. Validation:
-        a batch cancel held here is this rank's alone; anything else waits for the next
-        agreement (the next batch's start, or the next event)."""
-        if torch.is_grad_enabled():
-            return self.agree("startBackward", skip, ended)
-        if isinstance(self.held, CancelBatchException) and not getattr(self.held, "_k1lib_escapes", False):
-            raise self._take()[0]  # type: ignore[misc]
-        return skip, ended
+    def agree_before_backward(
+        self, skip: bool, ended: bool, backward: Callable[[], None] | None = None
+    ) -> tuple[bool, bool, bool]:
+        """Training (autograd on): no rank goes into backward's all-reduce alone. Riding on
+        the gradients (``_Rider``), a rank with a ``backward`` to run runs it at once and
+        the ranks agree in its first all-reduce; else they agree here, before it.
+        Validation: a batch cancel held here is this rank's alone; anything else waits for
+        the next agreement (the next batch's start, or the next event)."""
+        held = self.held
+        if not torch.is_grad_enabled():
+            if isinstance(held, CancelBatchException) and not getattr(held, "_k1lib_escapes", False):
+                raise self._take()[0]  # type: ignore[misc]
+            return skip, ended, False
+        rider = self.rider
+        riding = rider is not None and not self.broken and self.steps is not None and rider.start()
+        if riding and backward is not None and held is None:
+            return self._ride(backward)
+        return (*self.agree("startBackward", skip, ended), False)
+
+    def _ride(self, backward: Callable[[], None]) -> tuple[bool, bool, bool]:
+        """Run ``backward`` while the ranks agree in its first all-reduce (``_Rider``); returns
+        as ``agree_before_backward``. When some rank stops (it sent a cancel, an error, a skip
+        or an ended loader instead of a backward pass), the gradients are put back as they
+        were before it and the agreement goes on as at any other point."""
+        rider, steps = self.rider, self.steps
+        assert rider is not None and steps is not None
+        saved = rider.save()
+        failed: BaseException | None = None
+        try:
+            rider.sending = rider.encode(_KINDS["startBackward"])
+            backward()
+        except BaseException as e:  # agreed below
+            failed = e
+        finally:
+            sent, rider.sending = rider.sending is None, None
+        if not sent:  # it failed before its all-reduce (or made none): agree without it
+            return self._unsent(saved, failed)
+        received, rider.received = rider.received, None
+        if received is None:  # the all-reduce itself failed: nothing can be agreed
+            assert failed is not None
+            raise failed
+        if not rider.stops(received):
+            if failed is not None:  # after the all-reduce began: as a failure after backward
+                learner = self.learner
+                self.hold(failed, f"in batch {learner.batch} of epoch {learner.epoch}, after backward")
+            return False, False, True
+        rider.restore(saved)
+        if failed is None:
+            steps.unwind()
+        top, most, any_ended = self._check(_KINDS["startBackward"], received)
+        skip, ended = self._resolve(None, 0, "startBackward", top, most, any_ended)
+        if failed is not None:
+            self.hold(failed, f"in backward ({self._position()})")
+        return skip, ended, False
+
+    def _unsent(
+        self, saved: list[tuple[torch.Tensor, torch.Tensor | None]], failed: BaseException | None
+    ) -> tuple[bool, bool, bool]:
+        """``_ride`` when the backward pass sent nothing: it failed before its first all-reduce
+        (agreed as an error of this rank), or DDP made none (``no_sync``: its gradients are
+        kept unless some rank stops)."""
+        rider, steps = self.rider, self.steps
+        assert rider is not None and steps is not None
+        if failed is not None:
+            rider.restore(saved)
+            self.hold(failed, f"in backward ({self._position()})")
+            return (*self.agree("startBackward"), False)
+        try:
+            skip, ended = self.agree("startBackward")
+        except BaseException:
+            rider.restore(saved)
+            steps.unwind()
+            raise
+        if skip or ended:
+            rider.restore(saved)
+            steps.unwind()
+            return skip, ended, False
+        return False, False, True
 
     def fire(self, cbs: Callbacks, event: str) -> None:
         """Every handler runs (one may exchange with the other ranks), then what any rank
@@ -308,7 +404,35 @@ class Session(Group):
     ) -> tuple[int, int, bool]:
         """Exchange (level, value, ended, kind, optimizer steps) with every rank: the largest
         level and value, and whether any rank ended; an ``OutOfStepError`` when the ranks are
-        at different kinds of exchange or have taken different optimizer steps."""
+        at different kinds of exchange or have taken different optimizer steps. While the
+        ranks ride on the gradients' all-reduce (``_Rider``), a rank may be in a backward
+        pass's all-reduce on the model's group: every exchange then starts there, with the
+        same shape; in a batch that is the whole exchange."""
+        rider = self.rider
+        if rider is not None and rider.riding:
+            received = rider.exchange(rider.encode(kind, level, bool(value), ended))
+            checked = self._check(kind, received)
+            if kind in _IN_BATCH:
+                return checked
+        return self._control_header(kind, level, value, ended)
+
+    def _check(self, kind: int, received: torch.Tensor) -> tuple[int, int, bool]:
+        """(level, value, ended) of what every rank sent riding (``_Rider.decode``); an
+        ``OutOfStepError`` as ``_header`` says (the exact step counts from the control group)."""
+        assert self.rider is not None
+        top, most, any_ended, same_kind, same_steps = self.rider.decode(received)
+        if kind in _IN_BATCH:
+            self.rider.leave(top, any_ended)
+        if not same_kind:
+            self._out_of_step(kind)
+        if not same_steps and top < _ERROR:
+            self._control_header(kind, top, most, any_ended)  # raises, saying how many
+        return top, most, any_ended
+
+    def _control_header(
+        self, kind: int, level: int = 0, value: int = 0, ended: bool = False
+    ) -> tuple[int, int, bool]:
+        """``_header`` on the control group."""
         taken = self.steps.taken if self.steps is not None else 0
         t = torch.tensor([level, value, int(ended), kind, -kind, taken, -taken], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
@@ -359,6 +483,20 @@ class Session(Group):
         if level == _ERROR and "find_unused_parameters" in str(held):
             held.add_note(_UNUSED_OURS if self._original is not None else _UNUSED_YOURS)  # type: ignore[union-attr]
         top, most, any_ended = self._header(_KINDS[at], level, int(value), ended)
+        return self._resolve(held, level, at, top, most, any_ended, where)
+
+    def _resolve(
+        self,
+        held: BaseException | None,
+        level: int,
+        at: str,
+        top: int,
+        most: int,
+        any_ended: bool,
+        where: str = "",
+    ) -> tuple[bool, bool]:
+        """What ``settle`` does once the ranks exchanged: ``top`` the most serious level, ``most``
+        the largest value, ``any_ended``; this rank's ``held`` at ``level``."""
         if top == _ERROR:  # the run ends: a step it broke off (on some rank) is not a divergence
             self.steps = None
         if top == 0 or (top == 1 and any_ended):  # a batch cancel of a batch dropped anyway
@@ -449,6 +587,179 @@ class Session(Group):
         values = torch.tensor([] if value is None else [value], dtype=torch.float64)
         averaged = self.average(values, torch.zeros(len(values), dtype=torch.long))
         return float(averaged[0]) if len(averaged) else None
+
+
+class _Rider:
+    """The agreement before backward, riding on the first all-reduce of the gradients (DDP's
+    bucket 0) instead of an exchange of its own, which costs as much as that all-reduce on a
+    small model: a DDP comm hook (``_rider_hook``) that ``Session.wrap`` registers on the DDP
+    it makes, for a model on the CPU (its gradients go through gloo: reading what the ranks
+    sent needs no device sync) with ``float32`` or ``float64`` gradients (the counts it sums
+    are exact in them).
+
+    A rank with a backward pass to run runs it at once; the hook sends the rank's state (as
+    counts: ``encode``) ahead of bucket 0's gradients, in the same all-reduce. A rank with
+    nothing to run (a cancel or error held, a skip, an ended loader) sends its state ahead of
+    zeros of bucket 0's shape, so every rank makes the same all-reduce. When every rank goes
+    on, bucket 0 is the mean of the gradients as DDP's own all-reduce gives it; when one
+    stops, the hook keeps every bucket local (no collective: no rank waits for one that has
+    stopped), and ``Session._ride`` puts the gradients back as they were before backward.
+
+    It rides from the first training batch after DDP rebuilt its buckets (the same batch on
+    every rank: batches agree before their forward pass until then), so that bucket 0 keeps
+    its shape, to the end of the epoch's training batches (``leave``: the events and
+    validation agree on the control group alone). Meanwhile a rank may be waiting in that
+    all-reduce on the model's group: so every other exchange (one a callback makes inside a
+    batch, an event after a failure) starts with one of the same shape there, carrying what it
+    is for, and ranks out of step still pair their exchanges and see it (``Session._check``).
+    Not with ``find_unused_parameters`` (DDP then all-reduces which parameters took part,
+    before the buckets)."""
+
+    # what each rank sends, as counts summed over the ranks: the kind of exchange (one-hot),
+    # the level held (one-hot, 1 to 4), value (skip), ended, and the optimizer steps taken
+    # modulo 3 (one-hot: ranks apart by 1 or 2 steps, as one batch can make them, differ)
+    _LEVEL = len(_KINDS)
+    _VALUE = _LEVEL + _ERROR
+    _ENDED = _VALUE + 1
+    _STEPS = _ENDED + 1
+    SIZE = _STEPS + 3
+
+    def __init__(self, session: Session, ddp: nn.parallel.DistributedDataParallel) -> None:
+        self.session = session
+        self.ddp = ddp
+        self.group = ddp.process_group
+        self.params = [p for p in ddp.module.parameters() if p.requires_grad]
+        # what one all-reduce sends: the state, then bucket 0 (made once DDP rebuilt its buckets)
+        self.both: torch.Tensor | None = None
+        self.usable = True
+        self.riding = False  # in training batches, from the first after the rebuild
+        self.sending: torch.Tensor | None = None  # this rank's state, for the hook to send
+        self.received: torch.Tensor | None = None  # what every rank sent, summed
+        self.stopped = False  # some rank stopped this backward: the buckets stay local
+        self.first: torch.futures.Future[torch.Tensor] | None = None  # bucket 0's, this backward
+
+    def start(self) -> bool:
+        """At each training batch's agreement before backward: whether the ranks ride (from
+        the first batch after DDP rebuilt its buckets on, until the batches end: ``leave``)."""
+        if self.both is None and self.usable and getattr(self.ddp, "_has_rebuilt_buckets", False):
+            first = self.ddp.reducer._get_zeros_like_grad_buckets()[0].buffer()
+            if first.dtype in (torch.float32, torch.float64):  # counts are exact in them
+                self.both = torch.zeros(self.SIZE + first.numel(), dtype=first.dtype)
+            else:
+                self.usable = False
+        self.riding = self.both is not None
+        return self.riding
+
+    def leave(self, top: int, ended: bool) -> None:
+        """After an exchange in a batch: the ranks stop riding when they leave the training
+        batches (an ended loader, a cancelled epoch or run, an error), so that the events
+        and validation agree on the control group alone, as before the rebuild."""
+        if top > 1 or ended:
+            self.riding = False
+
+    def encode(self, kind: int, level: int = 0, value: bool = False, ended: bool = False) -> torch.Tensor:
+        assert self.both is not None
+        steps = self.session.steps
+        state = torch.zeros(self.SIZE, dtype=self.both.dtype)
+        state[kind - 1] = 1
+        if level:
+            state[self._LEVEL + level - 1] = 1
+        state[self._VALUE] = float(value)
+        state[self._ENDED] = float(ended)
+        state[self._STEPS + (steps.taken if steps is not None else 0) % 3] = 1
+        return state
+
+    def decode(self, received: torch.Tensor) -> tuple[int, int, bool, bool, bool]:
+        """(highest level, any value, any ended, one kind, one step count) of the summed states."""
+        counts = received.tolist()
+        levels = counts[self._LEVEL : self._VALUE]
+        top = max((i + 1 for i, n in enumerate(levels) if n), default=0)
+        kinds = sum(1 for n in counts[: self._LEVEL] if n)
+        steps = sum(1 for n in counts[self._STEPS :] if n)
+        return top, int(counts[self._VALUE] > 0), counts[self._ENDED] > 0, kinds == 1, steps == 1
+
+    def stops(self, received: torch.Tensor) -> bool:
+        """Whether the backward pass stops here (anything but every rank going on)."""
+        top, most, ended, same_kind, same_steps = self.decode(received)
+        return bool(top or most or ended) or not (same_kind and same_steps)
+
+    def exchange(self, state: torch.Tensor) -> torch.Tensor:
+        """Send ``state`` without a backward pass (zeros for bucket 0); the states summed."""
+        both = self.both
+        assert both is not None
+        both[: self.SIZE] = state
+        both[self.SIZE :] = 0
+        dist.all_reduce(both, group=self.group)
+        return both[: self.SIZE].clone()
+
+    def reduce(self, bucket: GradBucket) -> torch.futures.Future[torch.Tensor]:
+        """The comm hook: bucket 0 carries ``sending`` when set; the mean over the ranks as
+        DDP's own all-reduce (each rank's gradients divided by the ranks, summed). The later
+        buckets wait for bucket 0's answer (it came while their gradients were computed)."""
+        buffer = bucket.buffer()
+        world = self.session.world
+        if bucket.index() == 0:
+            self.stopped, self.first = False, None
+            if self.sending is not None:
+                state, self.sending = self.sending, None
+                return self._first(state, buffer, world)
+        if self.first is not None:
+            self.first.wait()
+        if self.stopped:
+            return _done(buffer)
+        buffer.div_(world)  # as DDP's own: divided by the ranks, then summed
+        work = dist.all_reduce(buffer, group=self.group, async_op=True)
+        assert work is not None
+        mean: torch.futures.Future[torch.Tensor] = work.get_future().then(lambda f: f.value()[0])
+        return mean
+
+    def _first(
+        self, state: torch.Tensor, buffer: torch.Tensor, world: int
+    ) -> torch.futures.Future[torch.Tensor]:
+        """Bucket 0 with this rank's ``state`` ahead of it, in one all-reduce; when it is done,
+        ``received`` and ``stopped`` are set, and the bucket is the mean unless stopped."""
+        both = self.both
+        assert both is not None
+        both[: self.SIZE] = state
+        torch.div(buffer, world, out=both[self.SIZE :])
+        work = dist.all_reduce(both, group=self.group, async_op=True)
+        assert work is not None
+
+        def answered(_: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
+            self.received = both[: self.SIZE].clone()
+            self.stopped = self.stops(self.received)
+            if not self.stopped:
+                buffer.copy_(both[self.SIZE :])
+            return buffer
+
+        self.first = work.get_future().then(answered)
+        return self.first
+
+    def save(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The gradients before a backward pass: nothing to copy where they are None (after
+        ``zero_grad``), a copy where they are kept (gradient accumulation)."""
+        return [(p, None if p.grad is None else p.grad.clone()) for p in self.params]
+
+    def restore(self, saved: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        for p, grad in saved:
+            if grad is None:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.copy_(grad)
+
+
+def _rider_hook(rider, bucket):  # type: ignore[no-untyped-def]
+    """``_Rider``'s comm hook. Unannotated: DDP checks the annotations, and refuses the
+    strings that ``from __future__ import annotations`` makes of them."""
+    return rider.reduce(bucket)
+
+
+def _done(tensor: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    future.set_result(tensor)
+    return future
 
 
 class _End:

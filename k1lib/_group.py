@@ -9,7 +9,7 @@ held until the next agreement point and then raised on every rank.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,8 +40,13 @@ class Group:
     def agrees_before_forward(self) -> bool:
         return False
 
-    def agree_before_backward(self, skip: bool, ended: bool) -> tuple[bool, bool]:
-        return skip, ended
+    def agree_before_backward(
+        self, skip: bool, ended: bool, backward: Callable[[], None] | None = None
+    ) -> tuple[bool, bool, bool]:
+        """Agree before the backward pass; returns whether any rank skips it, whether any
+        rank's loader ended, and whether ``backward`` (this rank's backward pass, None when it
+        has none to run) was run here already (under DDP it may run while the ranks agree)."""
+        return skip, ended, False
 
     def fire(self, cbs: Callbacks, event: str) -> None:
         """An event outside batches: every handler runs, then the first exception is raised."""

@@ -162,13 +162,14 @@ class Loop:
                     skip = self._forward(cbs)
                 except BaseException as e:
                     group.hold(e)
-            skip, ended = group.agree_before_backward(skip, ended)
+            ready = started and not ended and not skip and group.held is None
+            skip, ended, done = group.agree_before_backward(skip, ended, self._backward if ready else None)
             if ended:  # some rank's loader ran out: this batch is dropped
                 if started:
                     self._close(cbs, cancelled=True)
                 return False
             if group.held is None:
-                self._step(cbs, skip)
+                self._step(cbs, skip or done)
             if group.held is not None:  # held for the next agreement: no endBatch
                 return True
         except CancelBatchException as e:
@@ -194,7 +195,14 @@ class Loop:
             check_backward(learner.loss)  # before the ranks agree: a rank alone in backward hangs
         return skip
 
+    def _backward(self) -> None:
+        """The backward pass of the batch (with the step's scaling)."""
+        self._configure()
+        self.step.backward(self.learner.loss)
+
     def _step(self, cbs: Callbacks, skip_backward: bool) -> None:
+        """The optimizer step of the batch, after its backward pass (unless ``skip_backward``:
+        skipped, or run already while the ranks agreed)."""
         learner, step = self.learner, self.step
         try:
             self._configure()

@@ -75,6 +75,13 @@ class OptimizerStep:
         if acc is not None:
             acc.pending += 1
 
+    def unwind(self) -> None:
+        """Forget the last ``backward`` (its gradients were put back as they were before it:
+        under DDP, the ranks agreed afterwards that the batch does not train)."""
+        self.backwards -= 1
+        if self.accumulation is not None:
+            self.accumulation.pending -= 1
+
     def step(self) -> None:
         acc = self.accumulation
         if acc is None or acc.pending >= acc.n:

@@ -431,6 +431,153 @@ def subset_sampler(rank: int) -> dict[str, Any]:
     return {"xbs": l.Seen.xbs}
 
 
+# ---- riding on the gradients' all-reduce: one rank stops while the others ran backward -----------
+
+
+class Watch(Callback):
+    """Keeps the x of every training batch, whether the agreement rode on the gradients'
+    all-reduce, and the weights and gradients at the start and end of training batch ``at``
+    (and at the end of the batch before it)."""
+
+    order = 0
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.xbs: list[torch.Tensor] = []
+        self.riding: list[bool] = []
+        self.seen: dict[str, Any] = {}
+
+    def _model(self) -> nn.Module:
+        model = self.learner.model
+        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    def _grads(self) -> list[torch.Tensor | None]:
+        return [None if p.grad is None else p.grad.clone() for p in self._model().parameters()]
+
+    def startBatch(self) -> None:
+        learner = self.learner
+        if learner.model.training:
+            self.xbs.append(learner.xb.clone())
+            if learner.batch == self.at:
+                self.seen["start"] = (weights(self._model()), self._grads())
+
+    def endBatch(self) -> None:
+        learner = self.learner
+        if not learner.model.training:
+            return
+        rider = getattr(learner.group, "rider", None)
+        self.riding.append(rider is not None and rider.riding)
+        if learner.batch in (self.at - 1, self.at):
+            self.seen[f"end{learner.batch - self.at}"] = (weights(self._model()), self._grads())
+
+
+class SkipOnRank1(Callback):
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def startBackward(self) -> bool:
+        learner = self.learner
+        return bool(learner.rank == 1 and learner.model.training and learner.batch == self.at)
+
+
+class LossFails:
+    """The loss function, failing on rank 1 at its ``at``-th training call."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at + 1 and int(os.environ["RANK"]) == 1:
+                raise ValueError("bad loss on rank 1")
+        return loss_f(y, yb)
+
+
+class ForwardFails(Net):
+    """Fails in its ``at``-th training forward on rank 1."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at + 1 and int(os.environ["RANK"]) == 1:
+                raise ValueError("bad forward on rank 1")
+        return super().forward(x)
+
+
+def riding(rank: int, case: str) -> dict[str, Any]:
+    """Training batch 4 (the agreement rides on the gradients' all-reduce from batch 1 on) stops
+    on rank 1 after rank 0 ran its backward: a cancel at endLoss, a skip at startBackward, an
+    error in the loss or in the model's forward (skip and loss with several buckets: the ones
+    after the first stay local); ``accumulated``: the cancel in batch 5, in the middle of a
+    GradAccumulation(2) group, with gradients that are views of DDP's buckets; ``own_ddp``:
+    the cancel with a DDP made by the user."""
+    torch.manual_seed(0)
+    at = 5 if case == "accumulated" else 4
+    model = ForwardFails(at) if case == "forward" else Net()
+    initial = weights(model)
+    l = learner(model)
+    x, y = dataset()
+    l.data = k1lib.data.Data(list(zip(x[:320].split(20), y[:320].split(20), strict=True)), [])
+    watch = Watch(at)
+    l.cbs.append(watch)
+    if case in ("cancel", "accumulated", "own_ddp"):
+        l.cbs.append(Fail("endLoss", at, k1lib.CancelBatchException("not this one")))
+    if case == "accumulated":
+        l.cbs.withGradAccumulation(2)
+        l.ddpKwargs = {"gradient_as_bucket_view": True}  # gradients put back inside the bucket
+    if case == "skip":
+        l.cbs.append(SkipOnRank1(at))
+    if case in ("skip", "loss"):
+        l.ddpKwargs = {"bucket_cap_mb": 4e-5}  # a bucket for each parameter: a local bucket follows
+    if case == "loss":
+        l.lossF = LossFails(at)
+    if case == "own_ddp":
+        l.model = nn.parallel.DistributedDataParallel(model)
+    raised = None
+    try:
+        l.run(1)
+    except Exception as e:
+        raised = f"{type(e).__name__}: {e}"
+    return {
+        "initial": initial,
+        "raised": raised,
+        "xbs": watch.xbs,
+        "riding": watch.riding,
+        "seen": watch.seen,
+        "final": weights(l.model.module if case == "own_ddp" else l.model),
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+class MeanOnRank0(Callback):
+    """Rank 0 alone averages a number over the ranks at the end of training batch 3."""
+
+    def endBatch(self) -> None:
+        learner = self.learner
+        if learner.rank == 0 and learner.model.training and learner.batch == 3:
+            learner.group.mean(1.0)
+
+
+def riding_out_of_step(rank: int) -> dict[str, Any]:
+    """While rank 1 is in batch 4's backward (riding), rank 0 averages alone: both must raise,
+    neither hang."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.append(MeanOnRank0())
+    try:
+        l.run(1)
+    except Exception as e:
+        return {"type": type(e).__name__, "message": str(e), "grads": [p.grad for p in l.model.parameters()]}
+    return {"type": None}
+
+
 # ---- failures inside the loop's own work on one rank ---------------------------------------------
 
 
@@ -611,6 +758,11 @@ def main() -> None:
         results["subset_sampler"] = subset_sampler(rank)
         results["traces"] = traces(rank)
         results["loop_failures"] = loop_failures(rank)
+        results["riding_out_of_step"] = riding_out_of_step(rank)
+        results["riding"] = {
+            case: riding(rank, case)
+            for case in ("cancel", "skip", "loss", "forward", "accumulated", "own_ddp")
+        }
         if importlib.util.find_spec("transformers") is not None:
             results["hf"] = hf_models.hf_ddp_scenario(rank)
         sys.stdout = sys.__stdout__

@@ -441,3 +441,96 @@ def test_a_hugging_face_lm_on_mapping_batches_trains_like_one_process(ranks: lis
             assert r["hook_backward_means"][layer].shape == means.shape == (steps,)
             expected = torch.tensor(ref["forward_means"][rank][layer], dtype=means.dtype)
             torch.testing.assert_close(means, expected, rtol=1e-4, atol=1e-7)
+
+
+# ---- riding on the gradients' all-reduce: rank 0 ran backward when rank 1 stopped -----------------
+
+
+def grouped_reference(
+    initial: dict[str, torch.Tensor], groups: list[list[torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """One process from ``initial``: a step for each group of global batches, on the mean of
+    their gradients (``learner``'s SGD with momentum)."""
+    model = ddp_worker.Net()
+    model.load_state_dict(initial)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for group in groups:
+        for xb in group:
+            (ddp_worker.loss_f(model(xb), torch.sin(2 * xb)) / len(group)).backward()
+        opt.step()
+        opt.zero_grad()
+    return model.state_dict()
+
+
+def same_grads(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> bool:
+    return all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("case", ["cancel", "skip", "own_ddp"])
+def test_a_batch_stopped_on_one_rank_after_the_others_ran_backward_trains_nothing(
+    ranks: list[dict[str, Any]], case: str
+) -> None:
+    r0, r1 = ranks[0]["riding"][case], ranks[1]["riding"][case]
+    assert r0["raised"] is None and r1["raised"] is None
+    # from the batch after DDP's bucket rebuild on, the agreement rode on the gradients
+    # (not with a DDP the user made: it keeps the exchange before backward)
+    riding = case != "own_ddp"
+    assert r0["riding"] == r1["riding"] == [False] + [riding] * 7
+    # batch 4 left every rank's weights and gradients (None after zero_grad) as they were
+    for r in (r0, r1):
+        (before, grads_before), (after, grads_after) = r["seen"]["start"], r["seen"]["end0"]
+        assert same_weights(before, after)
+        assert all(g is None for g in grads_before) and all(g is None for g in grads_after)
+    # and both trained as one process on the other global batches
+    steps = [torch.cat([a, b]) for a, b in zip(r0["xbs"], r1["xbs"], strict=True)]
+    expected = grouped_reference(r0["initial"], [[xb] for i, xb in enumerate(steps) if i != 4])
+    for key, value in expected.items():
+        assert torch.equal(r0["final"][key], r1["final"][key]), key
+        torch.testing.assert_close(r0["final"][key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["loss", "forward"])
+def test_an_error_on_one_rank_after_the_others_ran_backward_stops_all_untouched(
+    ranks: list[dict[str, Any]], case: str
+) -> None:
+    r0, r1 = ranks[0]["riding"][case], ranks[1]["riding"][case]
+    assert r1["raised"] == f"ValueError: bad {case} on rank 1"
+    assert r0["raised"] == (
+        "RuntimeError: rank 1 failed in the batch (before backward) (epoch 0, batch 4) with "
+        f"ValueError: bad {case} on rank 1; every rank stops"
+    )
+    for r in (r0, r1):
+        assert r["riding"][1:4] == [True] * 3
+        before, grads = r["seen"]["start"]
+        assert same_weights(r["final"], before)
+        assert all(g is None for g in grads) and all(g is None for g in r["grads"])
+
+
+def test_a_cancel_inside_an_accumulation_group_keeps_the_groups_gradients(
+    ranks: list[dict[str, Any]],
+) -> None:
+    r0, r1 = ranks[0]["riding"]["accumulated"], ranks[1]["riding"]["accumulated"]
+    for r in (r0, r1):
+        assert r["raised"] is None and r["riding"][5]
+        # batch 5 cancelled after batch 4 accumulated: its gradients are batch 4's still
+        (_, grads_4), (_, grads_5) = r["seen"]["end-1"], r["seen"]["end0"]
+        assert all(g is not None for g in grads_4) and same_grads(grads_4, grads_5)
+    # groups of 2: (0, 1), (2, 3), (4, 6) with batch 5 cancelled, and 7 stepped alone
+    steps = [torch.cat([a, b]) for a, b in zip(r0["xbs"], r1["xbs"], strict=True)]
+    groups = [steps[0:2], steps[2:4], [steps[4], steps[6]], [steps[7]]]
+    expected = grouped_reference(r0["initial"], groups)
+    for key, value in expected.items():
+        assert torch.equal(r0["final"][key], r1["final"][key]), key
+        torch.testing.assert_close(r0["final"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_ranks_out_of_step_while_one_rides_on_the_gradients_both_raise(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        found = rank["riding_out_of_step"]
+        assert found["type"] == "OutOfStepError"
+        assert "rank 0: at 'average' (epoch 0, batch 3)" in found["message"]
+        assert "rank 1: at 'startBackward' (epoch 0, batch 4)" in found["message"]
+        assert all(g is None for g in found["grads"])  # rank 1's backward was put back
