@@ -23,6 +23,13 @@ original ``forward`` directly and pays nothing. A transformers decoder layer
 checkpoint function are set on the instance instead, so it drops its KV cache arguments as its
 own gradient checkpointing does (a cache updated in the forward would be updated twice).
 
+Buffers the forward changes (BatchNorm's running statistics, a spectral norm's vectors) are
+put back as they were before the first forward while it is recomputed, then as it left them
+(``_Buffers``): the model's state after a run is the one without checkpointing. Only torch's
+global random state is replayed: a forward drawing from a ``torch.Generator`` of its own draws
+anew when recomputed. A model copied (``copy.deepcopy``) or pickled during the block keeps the
+wrapper, bound to the copy.
+
 Recomputation runs the forward of the modules *inside* a checkpointed one a second time, during
 backward, firing their forward hooks again. ``recomputing()`` says whether the current thread is
 inside such a recomputation (the wrapper sets it through checkpoint's ``context_fn``), so
@@ -40,7 +47,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 import modsel
@@ -71,26 +78,123 @@ def recomputing() -> bool:
     return _running > 0 and getattr(_local, "depth", 0) > 0
 
 
-@contextlib.contextmanager
-def _recomputation(where: str) -> Iterator[None]:
-    """Around a recomputation: the flag, and a note on what fails in it (``where``: which
-    module), since the error surfaces in backward, far from the module."""
-    global _running
-    _local.depth = getattr(_local, "depth", 0) + 1
-    with _lock:
-        _running += 1
-    try:
-        yield
-    except Exception as e:
-        stopped = type(e).__name__ == "_StopRecomputationError"  # torch's early stop: no error
-        if sys.version_info >= (3, 11) and not stopped:
+class _Buffers:
+    """Which buffers of a checkpointed module its forward changes (BatchNorm's running
+    statistics and count, spectral norm's vectors): a recomputation must start from their
+    values before the first forward and leave the first forward's values behind (a recomputed
+    BatchNorm would update its running statistics a second time). Learned at the module's
+    first forward, which copies every buffer and sees which ones moved; later forwards copy
+    only those (``_Snapshot``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.mutable: set[str] | None = None
+
+    def named(self) -> list[tuple[str, Tensor]]:
+        return [(n, b) for n, b in self.module.named_buffers() if b is not None]
+
+
+class _Snapshot:
+    """One checkpointed call's buffers (``_Buffers``) as they were before its forward."""
+
+    def __init__(self, buffers: _Buffers) -> None:
+        self.buffers = buffers
+        self.before: list[tuple[str, Tensor, Tensor]] = []  # (name, buffer, value before)
+        self._versions: dict[str, tuple[int, int]] = {}  # learning: name -> (id, version) before
+
+    def start(self) -> None:
+        """Before the first forward: copy what it may change."""
+        mutable, named = self.buffers.mutable, self.buffers.named()
+        with torch.no_grad():
+            self.before = [(n, b, b.clone()) for n, b in named if mutable is None or n in mutable]
+        if mutable is None:
+            self._versions = {n: (id(b), b._version) for n, b in named}
+
+    def end(self) -> None:
+        """After the first forward: at a module's first, learn which buffers it changed (by
+        identity, version or value: BatchNorm's kernel updates its running statistics without
+        bumping their version)."""
+        if self.buffers.mutable is None:
+            now = dict(self.buffers.named())
+            changed = set()
+            for n, _, old in self.before:
+                ident, version = self._versions[n]
+                new = now.get(n)
+                if new is not None and (
+                    id(new) != ident or new._version != version or not torch.equal(new, old)
+                ):
+                    changed.add(n)
+            self.buffers.mutable = changed
+            self.before = [(n, now[n], old) for n, _, old in self.before if n in changed]
+
+    def swap_in(self) -> list[Tensor]:
+        """Before a recomputation: the values before the first forward in; returns the
+        current ones, for ``swap_back``."""
+        with torch.no_grad():
+            current = [b.clone() for _, b, _ in self.before]
+            for _, b, old in self.before:
+                b.copy_(old)
+        return current
+
+    def swap_back(self, current: list[Tensor]) -> None:
+        with torch.no_grad():
+            for (_, b, _), value in zip(self.before, current, strict=True):
+                b.copy_(value)
+
+
+class _Around:
+    """A context manager calling ``enter()`` and ``leave()``."""
+
+    def __init__(self, enter: Callable[[], None], leave: Callable[[], None]) -> None:
+        self._enter, self._leave = enter, leave
+
+    def __enter__(self) -> None:
+        self._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._leave()
+
+
+class _Recomputation:
+    """Around a recomputation: ``recomputing()`` true in this thread, the buffers as before the
+    first forward (``_Snapshot``), and a note on what fails in it (``where``: which module),
+    since the error surfaces in backward, far from the module. Entered any number of times
+    (torch enters it at each recomputation: a second backward with ``retain_graph=True``)."""
+
+    def __init__(self, where: str, snapshot: _Snapshot) -> None:
+        self.where, self.snapshot = where, snapshot
+        self._current: list[list[Tensor]] = []
+
+    def __enter__(self) -> None:
+        global _running
+        counted = False
+        try:
+            _local.depth = getattr(_local, "depth", 0) + 1
+            counted = True
+            with _lock:
+                _running += 1
+            self._current.append(self.snapshot.swap_in())
+        except BaseException:
+            if counted:
+                self._count_out()
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        try:
+            self.snapshot.swap_back(self._current.pop())
+        finally:
+            self._count_out()
+        stopped = kind is not None and kind.__name__ == "_StopRecomputationError"  # torch's early stop
+        if isinstance(e, Exception) and not stopped and sys.version_info >= (3, 11):
             e.add_note(
-                f"k1lib: raised while recomputing the forward of {where} in backward (the prop "
+                f"k1lib: raised while recomputing the forward of {self.where} in backward (the prop "
                 "'checkpoint'); a forward that changes state, such as a cache it appends to, "
                 "cannot be run twice"
             )
-        raise
-    finally:
+
+    @staticmethod
+    def _count_out() -> None:
+        global _running
         _local.depth -= 1
         with _lock:
             _running -= 1
@@ -103,36 +207,50 @@ def _call(f: Callable[..., Any], kwargs: dict[str, Any], *args: Any) -> Any:
     return f(*args, **kwargs)
 
 
-def _checkpointer(where: str) -> Callable[..., Any]:
-    """``run(f, *args, **kwargs)``: ``f(*args, **kwargs)`` under non-reentrant checkpointing,
-    with ``recomputing()`` true while it is recomputed."""
+class _Checkpointer:
+    """``run(f, *args, **kwargs)``: ``f(*args, **kwargs)`` under non-reentrant checkpointing of
+    ``module``, with ``recomputing()`` true while it is recomputed and the module's buffers as
+    ``_Buffers`` says. A plain class (not a closure): a model copied or pickled during a run
+    keeps working (``copy.deepcopy`` binds the copy's to the copied module)."""
 
-    def contexts() -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
-        return contextlib.nullcontext(), _recomputation(where)  # first forward, recomputation
+    _k1lib_checkpoint = True
 
-    def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def __init__(self, module: nn.Module, where: str) -> None:
+        self.module, self.where = module, where
+        self.buffers = _Buffers(module)
+
+    def _contexts(
+        self,
+    ) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
+        """(around the first forward, around each recomputation) of one call."""
+        snapshot = _Snapshot(self.buffers)
+        return _Around(snapshot.start, snapshot.end), _Recomputation(self.where, snapshot)
+
+    def __call__(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():
             # traced by torch.compile, which refuses a context_fn other than dispatch modes: the
             # compiled graph recomputes (HookModule may then miss gradients inside: the README)
             return checkpoint(_call, f, kwargs, *args, use_reentrant=False)
-        return checkpoint(_call, f, kwargs, *args, use_reentrant=False, context_fn=contexts)
-
-    run._k1lib_checkpoint = True  # type: ignore[attr-defined]
-    return run
+        return checkpoint(_call, f, kwargs, *args, use_reentrant=False, context_fn=self._contexts)
 
 
-def _checkpointing(original: Callable[..., Any], where: str) -> Callable[..., Any]:
-    """A ``forward`` that runs ``original`` under checkpointing when gradients are enabled, and
+class _Forward:
+    """The ``forward`` a checkpointed module gets on its instance: its own forward (the one it
+    had on its instance, else its class's) under checkpointing when gradients are enabled,
     directly otherwise (no graph, nothing to save: checkpoint would only cost)."""
-    run = _checkpointer(where)
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
+    _k1lib_checkpoint = True
+
+    def __init__(self, module: nn.Module, where: str, own: Any) -> None:
+        self.run = _Checkpointer(module, where)
+        self.own = own  # the instance's forward before, or None (its class's)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.run.module
+        original = self.own if self.own is not None else type(module).forward.__get__(module)
         if not torch.is_grad_enabled():
             return original(*args, **kwargs)
-        return run(original, *args, **kwargs)
-
-    forward._k1lib_checkpoint = True  # type: ignore[attr-defined]
-    return forward
+        return self.run(original, *args, **kwargs)
 
 
 def _hf_layer(module: nn.Module) -> bool:
@@ -190,9 +308,12 @@ def wrapping(modules: list[tuple[str, nn.Module]]) -> Iterator[None]:
             where = f"the module at {path!r} ({type(module).__name__})"
             # instance attributes only (plain values: nn.Module keeps them in __dict__)
             if _hf_layer(module):
-                new = {"gradient_checkpointing": True, "_gradient_checkpointing_func": _checkpointer(where)}
+                new = {
+                    "gradient_checkpointing": True,
+                    "_gradient_checkpointing_func": _Checkpointer(module, where),
+                }
             else:
-                new = {"forward": _checkpointing(module.forward, where)}
+                new = {"forward": _Forward(module, where, module.__dict__.get("forward"))}
             saved.append((module, {name: module.__dict__.get(name, _MISSING) for name in new}))
             module.__dict__.update(new)
         yield

@@ -625,3 +625,92 @@ def test_an_error_while_recomputing_names_the_module() -> None:
         with pytest.raises(RuntimeError) as raised:
             y.backward()
     assert "while recomputing the forward of the module at '1' (Appends)" in "\n".join(raised.value.__notes__)
+
+
+# ---- state a forward changes, copies, a second backward ---------------------------------------------
+
+
+class NormBlock(nn.Module):
+    """A block whose forward changes state: BatchNorm's running statistics, and a spectral
+    norm's power-iteration vectors (which also change the gradients when run again)."""
+
+    def __init__(self, dim: int = 6) -> None:
+        super().__init__()
+        self.lin = nn.utils.parametrizations.spectral_norm(nn.Linear(dim, dim))
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.norm(self.lin(x)).tanh()
+
+
+def norm_net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 6), NormBlock(), NormBlock(), nn.Linear(6, 1))
+
+
+def test_buffers_a_forward_changes_are_as_without_checkpointing() -> None:
+    # a recomputation must not update BatchNorm's running statistics a second time, and must
+    # start the spectral norm's power iteration where the first forward started it
+    xs = [torch.randn(16, 2, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def train(model: nn.Module) -> dict[str, Tensor]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x in xs:
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return {
+            **model.state_dict(),
+            **{f"{n}.grad": p.grad for n, p in model.named_parameters() if p.grad is not None},
+        }
+
+    plain = train(norm_net())
+    model = norm_net()
+    with k1lib.checkpointed(model, "NormBlock: checkpoint"):
+        checked = train(model)
+    assert_close(checked, plain)
+    assert int(checked["1.norm.num_batches_tracked"]) == len(xs)
+
+
+def test_a_learner_keeps_batchnorm_running_statistics_as_without_checkpointing() -> None:
+    plain = make_learner(norm_net(), "*", dim=2)
+    plain.run(2)
+    checked = make_learner(norm_net(), "*\nNormBlock: checkpoint", dim=2)
+    checked.run(2)
+    assert_close(dict(checked.model.state_dict()), dict(plain.model.state_dict()))
+
+
+def test_a_second_backward_recomputes_again() -> None:
+    # backward(retain_graph=True) then another backward recomputes the same checkpointed call twice
+    model, x = norm_net(), torch.randn(16, 2)
+    model.train()
+
+    def twice(m: nn.Module) -> dict[str, Tensor]:
+        m.zero_grad()
+        loss = m(x).square().mean()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    plain = twice(norm_net())
+    with k1lib.checkpointed(model, "NormBlock: checkpoint"):
+        checked = twice(model)
+    assert_close(checked, plain)
+
+
+def test_the_model_can_be_copied_and_saved_during_a_run(tmp_path: Path) -> None:
+    import copy
+
+    model, x = net(), torch.randn(16, 2)
+    with k1lib.checkpointed(model, CSS):
+        torch.save(model, tmp_path / "model.pt")  # a closure on the instance would not pickle
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.zero_()
+        model.eval(), twin.eval()
+        # the copy computes with its own (zero) weights, not the original's
+        assert torch.equal(twin(x), torch.zeros(16, 1)) and not torch.equal(model(x), torch.zeros(16, 1))
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(x), model(x))
