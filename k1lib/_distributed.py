@@ -55,6 +55,7 @@ error. Riding, a backward pass that fails before its first all-reduce is agreed 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import sys
@@ -260,7 +261,12 @@ class Session(Group):
             ddp.register_comm_hook(self.rider, _rider_hook)
 
     def unwrap(self) -> None:
-        self.rider = None
+        if self.rider is not None:
+            # the DDP holds its comm hook's state (the rider): without this the two hold each
+            # other, and the run's DDP, with its autograd hooks on the parameters, outlives it
+            # (a reducer left waiting for a backward then all-reduces in a later run, alone)
+            self.rider.release()
+            self.rider = None
         if self._original is not None:
             self.learner.model = self._original
             self._original = None
@@ -343,9 +349,19 @@ class Session(Group):
             sent, rider.sending = rider.sending is None, None
         if not sent:  # it failed before its all-reduce (or made none): agree without it
             return self._unsent(saved, failed)
+        if rider.received is None and rider.first is not None:
+            # backward raised after sending bucket 0 but before its answer came: wait for it
+            with contextlib.suppress(Exception):
+                rider.first.wait()
         received, rider.received = rider.received, None
         if received is None:  # the all-reduce itself failed: nothing can be agreed
             assert failed is not None
+            if isinstance(failed, CancelException):  # not this rank's alone: the others went on
+                raise RuntimeError(
+                    f"{type(failed).__name__} raised in backward after its gradients' all-reduce "
+                    "began, which the ranks cannot agree on; DDP cannot be used again in this "
+                    "process after a backward broken off"
+                ) from failed
             raise failed
         if not rider.stops(received):
             if failed is not None:  # after the all-reduce began: as a failure after backward
@@ -372,6 +388,19 @@ class Session(Group):
         if failed is not None:
             rider.restore(saved)
             self.hold(failed, f"in backward ({self._position()})")
+            return (*self.agree("startBackward"), False)
+        if self._original is not None:
+            # the Learner's DDP never runs under no_sync: a backward that made no all-reduce left
+            # parameters of bucket 0 without gradient (unused): stop every rank, before any step
+            rider.restore(saved)
+            steps.unwind()
+            self.hold(
+                RuntimeError(
+                    "a parameter took no part in the loss, so DDP's backward made no all-reduce "
+                    "(DDP needs find_unused_parameters=True for such a model)"
+                ),
+                f"in backward ({self._position()})",
+            )
             return (*self.agree("startBackward"), False)
         try:
             skip, ended = self.agree("startBackward")
@@ -637,6 +666,11 @@ class _Rider:
         self.received: torch.Tensor | None = None  # what every rank sent, summed
         self.stopped = False  # some rank stopped this backward: the buckets stay local
         self.first: torch.futures.Future[torch.Tensor] | None = None  # bucket 0's, this backward
+
+    def release(self) -> None:
+        """Let go of the DDP and the buffers (the run is over)."""
+        self.ddp, self.both, self.first, self.received, self.sending = None, None, None, None, None  # type: ignore[assignment]
+        self.params = []
 
     def start(self) -> bool:
         """At each training batch's agreement before backward: whether the ranks ride (from

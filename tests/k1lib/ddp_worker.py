@@ -10,9 +10,11 @@ reference itself.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -716,6 +718,84 @@ def traces(rank: int) -> dict[tuple[str, str, str], dict[str, Any]]:
     return {case: traced_run(*case, target=1) for case in trace_cases()}
 
 
+class BiasUnusedAt(Net):
+    """``b``'s bias takes no part in the loss in training batch ``at`` (on every rank)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.batch = at, -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.batch += 1
+        h = torch.tanh(self.a(x[:, None]))
+        if self.training and self.batch == self.at:
+            return nn.functional.linear(h, self.b.weight)[:, 0]
+        return self.b(h)[:, 0]  # type: ignore[no-any-return]
+
+
+def riding_unused(rank: int) -> dict[str, Any]:
+    """A parameter unused in training batch 4, while the agreement rides on the gradients'
+    all-reduce: DDP's backward then makes no all-reduce; every rank must stop before the step
+    with the hint, with the weights the ranks had after batch 3, the same on both."""
+    torch.manual_seed(0)
+    model = BiasUnusedAt(4)
+    l = learner(model)
+    x, y = dataset()
+    l.data = k1lib.data.Data(list(zip(x[:320].split(20), y[:320].split(20), strict=True)), [])
+    watch = Watch(4)
+    l.cbs.append(watch)
+    raised, notes = None, []
+    try:
+        l.run(1)
+    except Exception as e:
+        raised, notes = f"{type(e).__name__}: {e}", getattr(e, "__notes__", [])
+    return {
+        "raised": raised,
+        "notes": notes,
+        "riding": watch.riding,
+        "seen": watch.seen,
+        "final": weights(l.model),
+    }
+
+
+class KeepDDP(Callback):
+    """A weak reference to each DDP a run makes (the model its first batch sees)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[Any] = []
+        self.first = True
+
+    def startRun(self) -> None:
+        self.first = True
+
+    def startBatch(self) -> None:
+        if self.first:
+            self.first = False
+            assert isinstance(self.learner.model, nn.parallel.DistributedDataParallel)
+            self.refs.append(weakref.ref(self.learner.model))
+
+
+def released(rank: int) -> dict[str, Any]:
+    """A run whose last training batch rank 1 cancels after its forward pass (DDP's reducer then
+    waits for a backward that never comes), then another run: the first run's DDP must be freed
+    (the comm hook's state held it in a cycle), or its hooks all-reduce on one rank alone."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    last = k1lib._distributed.batches_per_rank(l.data.train) - 1
+    l.cbs.append(Fail("endLoss", last, k1lib.CancelBatchException("not this one")))
+    l.cbs.append(KeepDDP())
+    l.run(1)
+    l.run(1)
+    gc.collect()
+    return {
+        "alive": [ref() is not None for ref in l.KeepDDP.refs],
+        "train": list(l.Loss.train),
+        "final": {k: v.clone() for k, v in l.model.state_dict().items()},
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     rank = int(os.environ["RANK"])
@@ -759,6 +839,8 @@ def main() -> None:
         results["traces"] = traces(rank)
         results["loop_failures"] = loop_failures(rank)
         results["riding_out_of_step"] = riding_out_of_step(rank)
+        results["released"] = released(rank)
+        results["riding_unused"] = riding_unused(rank)
         results["riding"] = {
             case: riding(rank, case)
             for case in ("cancel", "skip", "loss", "forward", "accumulated", "own_ddp")

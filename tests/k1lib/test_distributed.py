@@ -534,3 +534,28 @@ def test_ranks_out_of_step_while_one_rides_on_the_gradients_both_raise(ranks: li
         assert "rank 0: at 'average' (epoch 0, batch 3)" in found["message"]
         assert "rank 1: at 'startBackward' (epoch 0, batch 4)" in found["message"]
         assert all(g is None for g in found["grads"])  # rank 1's backward was put back
+
+
+def test_each_runs_ddp_is_freed_and_a_run_after_a_last_batch_cancel_trains(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # the rider's comm hook held its DDP in a cycle: every DDP stayed alive with its autograd
+    # hooks, and after a cancel between forward and backward the next run hung in them
+    for rank in ranks:
+        assert rank["released"]["alive"] == [False, False]
+        assert len(rank["released"]["train"]) > 0
+    for key, value in ranks[0]["released"]["final"].items():
+        torch.testing.assert_close(ranks[1]["released"]["final"][key], value)
+
+
+def test_a_parameter_unused_while_riding_stops_every_rank_before_the_step(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # DDP's backward then makes no all-reduce: taken for no_sync, rank-local gradients were stepped
+    for rank in ranks:
+        found = rank["riding_unused"]
+        assert found["raised"] is not None and "no all-reduce" in found["raised"]
+        assert any("find_unused_parameters" in note for note in found["notes"])
+        assert found["riding"][1:4] == [True] * 3
+    for key, value in ranks[0]["riding_unused"]["final"].items():
+        torch.testing.assert_close(ranks[1]["riding_unused"]["final"][key], value, rtol=0, atol=0)
