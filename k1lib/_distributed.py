@@ -32,9 +32,9 @@ process group of more than one process is there (or ``torchrun``'s environment a
   every rank goes on, that is DDP's own all-reduce: the agreement costs no exchange of its
   own (on a small model one costs as much as the all-reduce). When one stops, the others
   keep their buckets local, put their gradients back as they were before backward (None
-  after ``zero_grad``, a copy inside an accumulation group) and agree as anywhere else (a
-  batch cancel then leaves, in their HookModule row of that batch, the gradient statistics
-  of the backward pass put back). Meanwhile every other exchange of the run starts with one
+  after ``zero_grad``, a copy inside an accumulation group), count the pass as undone
+  (``OptimizerStep.unwind``: HookModule then records no gradients for the batch, as on the
+  rank that stopped) and agree as anywhere else. Meanwhile every other exchange of the run starts with one
   of the same shape on the model's group, so that ranks out of step still see it. On a CUDA
   model, and with a DDP the user made, the agreement stays before backward.
 - This class is the loop's ``Group`` (``k1lib/_group.py``): the loop (``k1lib/_loop.py``) is

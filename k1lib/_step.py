@@ -58,6 +58,7 @@ class OptimizerStep:
         self.clipping: Clipping | None = None
         self.scaling: Scaling | None = None
         self.backwards = 0  # backward passes since the last step
+        self.undone = 0  # backward passes undone (``unwind``), ever
         self.taken = 0  # optimizer steps and zero_grads taken (ranks compare it under DDP)
 
     @property
@@ -79,6 +80,7 @@ class OptimizerStep:
         """Forget the last ``backward`` (its gradients were put back as they were before it:
         under DDP, the ranks agreed afterwards that the batch does not train)."""
         self.backwards -= 1
+        self.undone += 1
         if self.accumulation is not None:
             self.accumulation.pending -= 1
 

@@ -139,7 +139,7 @@ class ModuleCapture:
         self._probing = False
         for i, t in self._retained.items():
             kept[0][i] = t  # the reducer runs under no_grad: no detach needed
-            kept[1][i] = t.grad
+            kept[1][i] = None if self._forgotten else t.grad
         for t in self._retaining.values():  # after reading all: one tensor may serve several modules
             t.grad = None
         self._retaining = {}
@@ -155,6 +155,17 @@ class ModuleCapture:
                 self._record.write_custom(direction, name, values, device)
         self._gradHandles = []  # their tensors go with this batch's graph
         self._clear_batch()
+
+    def forget_backward(self) -> None:
+        """This batch's backward pass was undone (its gradients put back: under DDP, the ranks
+        agreed after it that the batch does not train): its row gets no backward statistics,
+        as when no backward pass ran."""
+        n = len(self._modules)
+        self._done[1] = {}
+        self._kept[1] = [None] * n
+        self._forgotten = True  # the gradients autograd retained are not read either
+        for _, _, values in self._customNow[1]:
+            values[:] = [None] * n
 
     # ---- the hooks ----------------------------------------------------------------------------------
     def _clear_batch(self) -> None:
@@ -175,6 +186,7 @@ class ModuleCapture:
         self._gradHandles = []
         self._calls = [0] * n
         self._device: torch.device | None = None
+        self._forgotten = False
 
     def _take(self, side: int, i: int, t: Tensor, copy: bool = False) -> None:
         """Record tensor ``t`` for module ``i`` on ``side`` (0 forward, 1 backward): large ones

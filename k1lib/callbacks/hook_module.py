@@ -50,6 +50,7 @@ class HookModule(ModuleRecord, Callback):
         self._capture: ModuleCapture | None = None  # during a run
         self._fixed = False  # a slice of another HookModule: modules are chosen by path
         self._warnedFor: str | None = None
+        self._undone: int | None = None  # the loop's undone backward passes at startBatch
 
     def _install(self) -> None:
         if self._capture is not None and not self.suspended:
@@ -90,12 +91,22 @@ class HookModule(ModuleRecord, Callback):
             self._install()  # restored from a suspension mid-epoch
         if self._capture.installed:
             self._capture.start_batch()
+        self._undone = self._undone_passes()
+
+    def _undone_passes(self) -> int | None:
+        """How many backward passes the run's loop undid so far (None outside runs)."""
+        loop = self.learner._loop
+        return loop.step.undone if loop is not None else None
 
     def startValidBatches(self) -> None:
         self._uninstall()
 
     def endBatch(self) -> None:
         if self._capture is not None:
+            if self._undone_passes() != self._undone:
+                # this batch's backward pass was undone (DDP: the ranks agreed after it to
+                # cancel the batch): its gradients are not recorded, as without that pass
+                self._capture.forget_backward()
             self._capture.end_batch()  # nothing when not installed (validation)
 
     def endEpoch(self) -> None:

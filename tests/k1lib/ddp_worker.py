@@ -759,6 +759,24 @@ def riding_unused(rank: int) -> dict[str, Any]:
     }
 
 
+def riding_hooks(rank: int) -> dict[str, Any]:
+    """HookModule on, rank 1 cancels training batch 4 at endLoss after rank 0 ran its backward
+    (riding): rank 0's row of batch 4 must hold no gradient statistics of that undone backward,
+    as rank 1's (which ran none)."""
+    torch.manual_seed(0)
+    l = learner(Net())
+    l.cbs.withHookModule()
+    x, y = dataset()
+    l.data = k1lib.data.Data(list(zip(x[:320].split(20), y[:320].split(20), strict=True)), [])
+    l.cbs.append(Fail("endLoss", 4, k1lib.CancelBatchException("not this one")))
+    l.run(1)
+    record = l.HookModule
+    return {
+        "backward": [record[i].backward.means.clone() for i in range(len(record.names))],
+        "forward": [record[i].forward.means.clone() for i in range(len(record.names))],
+    }
+
+
 class KeepDDP(Callback):
     """A weak reference to each DDP a run makes (the model its first batch sees)."""
 
@@ -841,6 +859,7 @@ def main() -> None:
         results["riding_out_of_step"] = riding_out_of_step(rank)
         results["released"] = released(rank)
         results["riding_unused"] = riding_unused(rank)
+        results["riding_hooks"] = riding_hooks(rank)
         results["riding"] = {
             case: riding(rank, case)
             for case in ("cancel", "skip", "loss", "forward", "accumulated", "own_ddp")

@@ -559,3 +559,16 @@ def test_a_parameter_unused_while_riding_stops_every_rank_before_the_step(
         assert found["riding"][1:4] == [True] * 3
     for key, value in ranks[0]["riding_unused"]["final"].items():
         torch.testing.assert_close(ranks[1]["riding_unused"]["final"][key], value, rtol=0, atol=0)
+
+
+def test_a_batch_cancelled_after_a_backward_that_was_undone_records_no_gradients(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # riding, rank 0 ran batch 4's backward before rank 1's cancel was known; it was undone, so
+    # its HookModule row holds no backward statistics, as rank 1's (whose loss was cancelled)
+    for rank in ranks:
+        for means in rank["riding_hooks"]["backward"]:
+            assert len(means) == 8
+            assert means[4].isnan() and means[[3, 5]].isfinite().all()
+        for means in rank["riding_hooks"]["forward"]:
+            assert means[[3, 4, 5]].isfinite().all()
