@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,15 +24,6 @@ from .test_stats import assert_stats
 
 DIRECTIONS = ("forward", "backward")
 README_CSS = "SkipBlock #0: HookParam\nSkipBlock: HookModule"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # small tensors: a second thread only contends for the 2 cores (tens of times slower under load)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- fixtures --------------------------------------------------------------------------------------

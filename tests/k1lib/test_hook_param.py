@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,6 @@ from .test_hook_module import data, make_learner, readme_learner
 from .test_stats import assert_stats
 
 README = Path(__file__).parent / "seed" / "README_2021.md"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # small tensors: a second thread only contends for the 2 cores (tens of times slower under load)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Snapshots(k1lib.Callback):

@@ -5,7 +5,6 @@ modules called twice, tuple and dict outputs, outputs without gradient, custom r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -66,14 +65,6 @@ class Net(nn.Module):
         h = self.relu(self.small(h))
         h = self.shared(torch.tanh(self.shared(h)))
         return self.head(h)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batches(n: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:

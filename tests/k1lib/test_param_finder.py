@@ -32,16 +32,6 @@ Reminder: slice range here is actually [0, 1], because it's kinda hard to slice 
 FIELDS = ("epoch", "epochs", "batch", "batches", "xb", "yb", "y", "loss", "progress")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    # the README network is tiny: on a busy 2-core machine torch's second intra-op thread only
-    # waits for the other (measured 30x slower), so these tests use one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def readme_learner(seed: int = 0) -> Any:
     """The seed README's ``newL()``: its network, data, Adam and callbacks."""
     torch.manual_seed(seed)

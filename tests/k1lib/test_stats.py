@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -21,15 +21,6 @@ FAST = settings(max_examples=50, deadline=None)
 # element counts on both sides of SMALL (stacked with others / reduced alone)
 NUMELS = [1, 2, 3, 7, 64, SMALL, SMALL + 1, SMALL + 257]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # small tensors: a second thread only contends for the 2 cores (tens of times slower under load)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def direct(t: torch.Tensor | None, names: tuple[str, ...] = STATS) -> torch.Tensor:

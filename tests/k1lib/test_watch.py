@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,14 +38,6 @@ class Model(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.act2(self.down(self.act(self.up(x))))
         return self.head(self.block(self.block(h)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def data(train: int = 3, valid: int = 1) -> Batches:
