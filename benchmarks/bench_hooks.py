@@ -17,7 +17,6 @@ swings with other load.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -31,7 +30,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import k1lib
-from benchmarks.bench_learner import alternate, cnn_case, loss_f, mlp_case, raw_loop, readme_case, report
+from benchmarks.bench_learner import (
+    alternate,
+    cnn_case,
+    loss_f,
+    mlp_case,
+    raw_loop,
+    readme_case,
+    report,
+    start,
+)
 from tests.k1lib.helpers import Batches
 
 
@@ -76,12 +84,7 @@ def compare_defaults(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    repeats = 5 if args.quick else 15
-    print(f"k1lib {k1lib.__version__}, torch {torch.__version__}, {repeats} alternated repeats, 1 thread")
+    repeats = start(__doc__)
     ok = compare("README network, batch 64", readme_case, 1.30, repeats)
     ok &= compare("MLP 512 x 6, batch 256", mlp_case, 1.08, repeats)
     ok &= compare("small CNN + BatchNorm, batch 64", cnn_case, 1.20, repeats)

@@ -87,13 +87,22 @@ def loss_f(y: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     return ((y - yb) ** 2).mean()
 
 
-def raw_loop(model: nn.Module, data: Batches, opt: torch.optim.Optimizer) -> None:
+def raw_loop(
+    model: nn.Module,
+    data: Batches,
+    opt: torch.optim.Optimizer,
+    after_step: Callable[[], object] | None = None,
+) -> None:
+    """One epoch: training batches, then validation under no_grad (``after_step``: called after
+    each optimizer step, e.g. ``k1lib.watch``'s ``w.step``)."""
     model.train()
     for xb, yb in data.train:
         loss = loss_f(model(xb), yb)
         loss.backward()
         opt.step()
         opt.zero_grad()
+        if after_step is not None:
+            after_step()
     model.eval()
     with torch.no_grad():
         for xb, yb in data.valid:
@@ -231,13 +240,20 @@ def compare_metric(
     return report(name, ("raw", "learner"), times, len(data.train) + len(data.valid), goal)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def start(doc: str) -> int:
+    """The common start of a benchmark script: ``--quick`` parsed (``doc``'s first line is the
+    description), one torch thread, the versions printed; returns the alternated repeats."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the machine has 2 noisy cores: one thread measures steadier
     repeats = 5 if args.quick else 15
     print(f"k1lib {k1lib.__version__}, torch {torch.__version__}, {repeats} alternated repeats, 1 thread")
+    return repeats
+
+
+def main() -> int:
+    repeats = start(__doc__)
     ok = compare("README network, batch 64", readme_case, 1.05, repeats)
     ok &= compare("MLP 512 x 6, batch 256", mlp_case, 1.02, repeats)
     ok &= compare_metric(

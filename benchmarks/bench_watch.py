@@ -13,7 +13,6 @@ Ratios are medians of alternated runs in one process, 1 thread, in CPU time (pro
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import k1lib
 from benchmarks.bench_hooks import learner
-from benchmarks.bench_learner import alternate, loss_f, mlp_case, readme_case
+from benchmarks.bench_learner import alternate, loss_f, mlp_case, raw_loop, readme_case, start
 from tests.k1lib.helpers import Batches
 
 
@@ -49,26 +48,12 @@ def plain(model: nn.Module, data: Batches, opt: torch.optim.Optimizer, watched: 
     """One epoch of a plain loop (training, then validation under no_grad), with or without
     ``k1lib.watch(model, "*")`` around it."""
 
-    def epoch(w: Any) -> None:
-        model.train()
-        for xb, yb in data.train:
-            loss = loss_f(model(xb), yb)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            if w is not None:
-                w.step()
-        model.eval()
-        with torch.no_grad():
-            for xb, yb in data.valid:
-                loss_f(model(xb), yb)
-
     def run() -> None:
         if watched:
             with k1lib.watch(model, "*") as w:
-                epoch(w)
+                raw_loop(model, data, opt, w.step)
         else:
-            epoch(None)
+            raw_loop(model, data, opt)
 
     return run
 
@@ -178,12 +163,7 @@ def case(name: str, make: Callable[[], tuple[nn.Module, Batches]], repeats: int,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    repeats = 5 if args.quick else 15
-    print(f"k1lib {k1lib.__version__}, torch {torch.__version__}, {repeats} alternated repeats, 1 thread")
+    repeats = start(__doc__)
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
