@@ -66,6 +66,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._fsdp import is_sharded
 from ._group import Group
 from .callbacks.callback import (
     EVENTS,
@@ -245,8 +246,8 @@ class Session(Group):
         learner = self.learner
         model = learner.model
         assert model is not None
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            return
+        if isinstance(model, nn.parallel.DistributedDataParallel) or is_sharded(model):
+            return  # the user's DDP, or FSDP (``l.strategy = "fsdp"``: sharded before the run)
         if not any(p.requires_grad for p in model.parameters()):
             return  # nothing trains, nothing to all-reduce (and DDP refuses such a model)
         devices = {p.device for p in model.parameters()}
@@ -285,6 +286,8 @@ class Session(Group):
         if any(cb.exchanges_in_batches and not cb.suspended for cb in learner.cbs):
             return False
         model = learner.model
+        if is_sharded(model):
+            return False  # FSDP's forward gathers the parameters
         if isinstance(model, nn.parallel.DistributedDataParallel):
             if not getattr(model, "_has_rebuilt_buckets", False):
                 return False  # not rebuilt yet (or a torch without the flag: assume not)

@@ -33,7 +33,7 @@ from torch import nn
 
 import modsel
 
-from . import _act_checkpoint, _distributed
+from . import _act_checkpoint, _distributed, _fsdp
 from ._group import Group
 from ._loop import Loop
 from ._module_selector import ModuleSelector
@@ -78,6 +78,9 @@ class Learner:
         self.progress = 0.0
         self.training = False  # the phase: True in training batches (set by the loop)
         self.ddpKwargs: dict[str, Any] = {}
+        self._strategy = "ddp"
+        self.fsdpKwargs: dict[str, Any] = {}
+        self.fsdpInit: Callable[[nn.Module], Any] | None = None
         self._loop: Loop | None = None
 
     # ---- configuration --------------------------------------------------------------------------
@@ -110,6 +113,21 @@ class Learner:
     def css(self, css: str) -> None:
         modsel.parse(css)  # a bad stylesheet fails here, with the caret, not during a run
         self._css = css
+
+    @property
+    def strategy(self) -> str:
+        """How several processes (``torchrun``) train: ``"ddp"`` (the default: each rank holds
+        the whole model, ``DistributedDataParallel``, options in ``l.ddpKwargs``) or ``"fsdp"``
+        (FSDP2: each rank holds a shard of the parameters, gradients and optimizer state; the
+        modules ``l.css`` gives the prop ``shard`` are the units gathered one at a time, e.g.
+        ``l.css = "LlamaDecoderLayer: shard, checkpoint"``; ``fully_shard`` options in
+        ``l.fsdpKwargs``, the initialisation of a model built on ``meta`` in ``l.fsdpInit``;
+        see ``k1lib/_fsdp.py``). In one process neither changes anything."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, strategy: str) -> None:
+        self._strategy = _fsdp.check_strategy(strategy)
 
     @property
     def moduleSelector(self) -> ModuleSelector:  # noqa: N802 - README name
@@ -221,6 +239,8 @@ class Learner:
         assert self.model is not None
         model, was_training, phase = self.model, self.model.training, self.training
         group = _distributed.group_for(self, local=local) or _ALONE
+        if group.several:
+            self.shard()
         outer, self._loop = self._loop, Loop(self, group)
         try:
             self.epochs = epochs
@@ -239,6 +259,18 @@ class Learner:
             self.training = phase
             model.train(was_training)
         return self
+
+    def shard(self) -> bool:
+        """With ``l.strategy = "fsdp"`` in several processes: shard ``l.model`` now (``run``
+        and ``load`` do it when needed; a model built on ``meta`` is materialised here) and
+        move ``l.opt`` onto the shards; True when it did. A collective: call it on every rank."""
+        if self._strategy != "fsdp" or self.model is None or _fsdp.is_sharded(self.model):
+            return False
+        _distributed.init_from_environment()
+        if self.worldSize == 1:
+            return False
+        self.check_optimizer("sharding l.model")
+        return _fsdp.shard(self)
 
     def _freeze_selected(self) -> list[tuple[nn.Parameter, bool]]:
         """Freeze ``css_frozen()`` for the run; returns what to restore afterwards."""

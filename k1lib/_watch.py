@@ -97,7 +97,7 @@ def start_captures(
 ) -> tuple[ModuleCapture | None, ParamCapture | None]:
     """Begin both records for this selection and put their captures on (module calls with
     gradients on only); a failure half way takes off what was put on."""
-    hook_module.begin([p for p, _ in modules], [type(m).__name__ for _, m in modules])
+    hook_module.begin([p for p, _ in modules], [modsel.type_name(m) for _, m in modules])
     hook_param.begin([n for n, _ in params])
     capture: ModuleCapture | None = None
     try:

@@ -34,6 +34,7 @@ from ._ast import (
     UniversalSelector,
 )
 from ._document import ModuleSelector
+from ._document import class_tag as type_name
 from ._errors import ModselError, SelectorSyntaxError, TargetError
 from ._match import Selector, compile, match  # noqa: A004 - modsel.compile is the API
 from ._parser import parse
@@ -83,6 +84,7 @@ __all__ = [
     "select",
     "tap",
     "to_regex",
+    "type_name",
     "unfreeze",
     "unwrap",
 ]

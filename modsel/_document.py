@@ -353,7 +353,9 @@ _TAGS: dict[type, str] = {}  # class -> its tag, for classes whose tag does not 
 
 
 def class_tag(module: Module) -> str:
-    """``tag_of(module)``, cached per class (this runs for every module of every tree)."""
+    """The type name of ``module`` as type selectors see it (``tag_of``: the class name, the
+    scripted class for TorchScript, the user's class under ``fully_shard``), cached per class
+    (this runs for every module of every tree). Public as ``modsel.type_name``."""
     cls = type(module)
     tag = _TAGS.get(cls)
     if tag is None:

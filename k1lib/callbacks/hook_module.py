@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 
 import torch
 
+import modsel
+
 from .._unwrap import unwrap
 from ._module_capture import ModuleCapture
 from ._module_record import ModuleRecord, ModuleStats, Stats, usage
@@ -77,7 +79,7 @@ class HookModule(ModuleRecord, Callback):
             found = selected_modules(learner, "HookModule", warn=warn)
             if not found:
                 self._warnedFor = learner.css
-        self.begin([path for path, _ in found], [type(m).__name__ for _, m in found])
+        self.begin([path for path, _ in found], [modsel.type_name(m) for _, m in found])
         home = next(learner.model.parameters(), torch.empty(0)).device
         self._capture = ModuleCapture(found, self, home) if found else None
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from .. import _distributed
 from .._batch import forward, loss_of, split
+from .._fsdp import is_sharded
 from .._live import Live, duration
 from .._rng import RngSnapshot
 from .._unwrap import unwrap
@@ -604,6 +605,13 @@ class LossLandscape(Callback):
         for name in ("model", "data"):  # no lossF: the model's output may carry its loss
             if getattr(learner, name) is None:
                 raise RuntimeError(f"LossLandscape needs l.{name}; set it first")
+        if is_sharded(learner.model):
+            raise RuntimeError(
+                "LossLandscape needs the whole model in one process, and l.model is sharded by FSDP "
+                "(l.strategy = 'fsdp'): save it (l.save(folder), on every rank), write its full weights "
+                "to one file (k1lib.consolidate(folder, 'model.pt')), and plot in one process with a "
+                "plain model that loaded them (model.load_state_dict(torch.load('model.pt')))"
+            )
         # a compiled (or DDP) model is evaluated through its original module: vmap and
         # functional_call need plain modules, and the names are the original's
         assert learner.model is not None  # checked just above

@@ -48,6 +48,7 @@ EXPORTED = [
     "select",
     "tap",
     "to_regex",
+    "type_name",
     "unfreeze",
     "unwrap",
 ]

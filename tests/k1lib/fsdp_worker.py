@@ -1,0 +1,262 @@
+"""One rank of the FSDP2 tests (``test_fsdp.py`` launches it with torchrun, 2 and 4 processes):
+a tiny Llama sharded per decoder layer by ``l.css`` with ``l.strategy = "fsdp"``.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=N fsdp_worker.py OUT
+
+Each rank saves what it saw to ``OUT/rank{r}.pt``; full tensors are gathered on every rank.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hf_models
+
+import k1lib
+
+TRAIN, VALID = 8, 4  # batches in all: TRAIN // world a rank an epoch
+LR = 1e-2
+
+
+def full(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state, DTensors gathered (a collective: every rank calls it)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.full_tensor() if hasattr(v, "full_tensor") else v
+        out[k] = v.detach().clone()
+    return out
+
+
+class Seen(k1lib.Callback):
+    """The training batches this rank ran, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[dict[str, Tensor]] = []
+
+    def startBatch(self) -> None:
+        if self.learner.training:
+            self.batches.append({k: v.clone() for k, v in self.learner.xb.items()})
+
+
+def learner(css: str, seed: int) -> Any:
+    model = hf_models.tiny_lm(seed=seed)
+    l = hf_models.lm_learner(model, train=TRAIN, valid=VALID)
+    l.opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    for name in ("LossLandscape", "ParamFinder", "HookParam"):
+        l.cbs.remove(name)
+    l.css = css
+    l.strategy = "fsdp"
+    l.cbs.append(Seen(), "Seen")
+    return l
+
+
+def train(css: str, extra: k1lib.Callback | None = None) -> dict[str, Any]:
+    rank = dist.get_rank()
+    l = learner(css, seed=100 + rank)  # different on each rank: rank 0's weights are used
+    if extra is not None:
+        l.cbs.append(extra, "Extra")
+    initial = hf_models.weights(l.model) if rank == 0 else None
+    opt = l.opt
+    l.run(2)
+    return {
+        "initial": initial,
+        "final": full(l.model),
+        "model_type": type(l.model).__name__,
+        "same_opt": l.opt is opt,
+        "sharded": [type(p).__name__ for p in l.model.parameters()][:1],
+        "seen": l.Seen.batches,
+        "train": list(l.Loss.train),
+        "hook_names": list(l.HookModule.names),
+        "hook_types": list(l.HookModule.types),
+        "hook_forward_means": [l.HookModule[i].forward.means.clone() for i in range(len(l.HookModule))],
+        "hook_backward_means": [l.HookModule[i].backward.means.clone() for i in range(len(l.HookModule))],
+        "tree": str(l.moduleSelector)[:2000],
+    }
+
+
+class CancelOnRank1(k1lib.Callback):
+    """Cancels batch 1 of epoch 0 on rank 1 before its backward pass (``startBackward``), or
+    raises an error there (``error``)."""
+
+    def __init__(self, error: bool = False) -> None:
+        super().__init__()
+        self.error = error
+
+    def startBackward(self) -> None:
+        learner = self.learner
+        if dist.get_rank() == 1 and learner.training and learner.epoch == 0 and learner.batch == 1:
+            if self.error:
+                raise ValueError("boom on rank 1")
+            raise k1lib.CancelBatchException("rank 1 cancels")
+
+
+def cancelled() -> dict[str, Any]:
+    out = train("LlamaDecoderLayer: shard", extra=CancelOnRank1())
+    return out
+
+
+def failed() -> dict[str, Any]:
+    try:
+        train("LlamaDecoderLayer: shard", extra=CancelOnRank1(error=True))
+    except Exception as e:
+        return {"raised": f"{type(e).__name__}: {e}"}
+    return {"raised": None}
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(dim, 3 * dim)
+        self.down = nn.Linear(3 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.down(torch.relu(self.up(x))))
+
+
+class Net(nn.Module):
+    def __init__(self, dim: int = 6) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(Block(dim) for _ in range(3)))
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(x)).sum(1)  # not a view: FSDP warns about views
+
+
+def net_learner(model: nn.Module) -> Any:
+    l = k1lib.Learner()
+    l.model = model
+    x = torch.linspace(-2, 2, 64)[:, None].repeat(1, 6) * torch.linspace(0.5, 1.5, 6)
+    l.data = k1lib.data.Data.fromDataset((x, torch.sin(x.sum(1))), batchSize=8)
+    l.opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    l.lossF = lambda y, yb: ((y - yb) ** 2).mean()
+    for name in ("ProgressBar", "Autosave", "LossLandscape", "ParamFinder", "HookParam"):
+        l.cbs.remove(name)
+    l.css = "Block: shard"
+    l.strategy = "fsdp"
+    return l
+
+
+def meta() -> dict[str, Any]:
+    """A model built on meta: sharded, materialised, initialised by reset_parameters, trained."""
+    with torch.device("meta"):
+        model = Net()
+    l = net_learner(model)
+    l.run(2)
+    params = list(l.model.parameters())
+    return {
+        "meta": any(p.is_meta for p in params),
+        "local": sum(p.to_local().numel() for p in params),
+        "total": sum(p.numel() for p in params),
+        "train": list(l.Loss.train),
+        "final": full(l.model),
+    }
+
+
+def meta_refused() -> dict[str, Any]:
+    """A Llama on meta without l.fsdpInit: its norms have no reset_parameters."""
+    with torch.device("meta"):
+        model = hf_models.tiny_lm()
+    l = hf_models.lm_learner(model)
+    l.strategy = "fsdp"
+    l.css = "LlamaDecoderLayer: shard"
+    try:
+        l.run(1)
+    except Exception as e:
+        return {"raised": f"{type(e).__name__}: {e}", "sharded": k1lib._fsdp.is_sharded(l.model)}
+    return {"raised": None}
+
+
+def options() -> dict[str, Any]:
+    """Mixed precision (bf16 parameters, fp32 reduce), no reshard after forward, a bad option."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    torch.manual_seed(0)
+    l = net_learner(Net())
+    l.fsdpKwargs = {"reshard_after_forward": True, "mp_plicy": None}
+    try:
+        l.run(1)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    unchanged = not k1lib._fsdp.is_sharded(l.model)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    l.fsdpKwargs = {"reshard_after_forward": False, "mp_policy": policy}
+    seen: list[torch.dtype] = []
+    handle = l.model.blocks[0].up.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    l.run(2)
+    handle.remove()
+    return {
+        "refused": refused,
+        "unchanged": unchanged,
+        "dtypes": sorted({str(d) for d in seen}),
+        "param_dtype": str(next(l.model.parameters()).dtype),
+        "train": list(l.Loss.train),
+    }
+
+
+def finders() -> dict[str, Any]:
+    """ParamFinder runs on the sharded model and leaves it as it was; LossLandscape refuses."""
+    torch.manual_seed(0)
+    l = net_learner(Net())
+    l.cbs.withParamFinder().withLossLandscape()
+    l.run(1)
+    before = full(l.model)
+    suggestion = l.ParamFinder.run(samples=12)
+    after = full(l.model)
+    try:
+        l.LossLandscape.plot(resolution=5)
+        refused = None
+    except RuntimeError as e:
+        refused = str(e)
+    return {
+        "suggestion": suggestion,
+        "unchanged": all(torch.equal(before[k], after[k]) for k in before),
+        "losses": list(l.ParamFinder.losses),
+        "refused": refused,
+    }
+
+
+def scenarios() -> dict[str, Any]:
+    return {
+        "finders": finders,
+        "sharded": lambda: train("LlamaDecoderLayer: shard, HookModule"),
+        "checkpointed": lambda: train("LlamaDecoderLayer: shard, checkpoint, HookModule"),
+        "cancelled": cancelled,
+        "failed": failed,
+        "meta": meta,
+        "meta_refused": meta_refused,
+        "options": options,
+    }
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    results: dict[str, Any] = {"world": dist.get_world_size()}
+    for name, scenario in scenarios().items():
+        try:
+            results[name] = scenario()
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+        dist.barrier()
+    torch.save(results, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

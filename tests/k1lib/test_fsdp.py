@@ -1,0 +1,207 @@
+"""FSDP2 (``l.strategy = "fsdp"``): 2 and 4 CPU processes (gloo) launched by torchrun, against
+one process on the same global batches. ``fsdp_worker.py`` runs every scenario in one launch a
+world size and saves what each rank saw; a hang fails the test (timeout), it does not stall CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import k1lib
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+
+import fsdp_worker  # noqa: E402
+import hf_models  # noqa: E402
+
+
+def launch(out: Path, world: int) -> list[dict[str, Any]]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world}",
+        str(WORKER),
+        str(out),
+    ]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(
+            f"the {world}-process run did not finish in 400 s (a hang?); output:\n{e.stdout}\n{e.stderr}"
+        )
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
+def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return launch(tmp_path_factory.mktemp(f"fsdp{request.param}"), request.param)
+
+
+def scenario(ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    found = [r[name] for r in ranks]
+    for r, result in enumerate(found):
+        assert "error" not in result, f"rank {r} failed in {name!r}:\n{result['error']}"
+    return found
+
+
+def reference(found: list[dict[str, Any]], skipped: tuple[int, ...] = ()) -> dict[str, Any]:
+    """One process (no strategy) on the global batches of the run: each step's batches of
+    every rank, concatenated, from rank 0's initial weights (the steps ``skipped`` left out)."""
+    model = hf_models.tiny_lm()
+    model.load_state_dict(found[0]["initial"])
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=fsdp_worker.LR)
+    losses = []
+    for i, step in enumerate(zip(*(r["seen"] for r in found), strict=True)):
+        if i in skipped:
+            continue
+        batch = {k: torch.cat([b[k] for b in step]) for k in step[0]}
+        loss = model(**batch).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return {"final": hf_models.weights(model), "train": losses}
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name", ["sharded", "checkpointed"])
+def test_a_llama_sharded_per_layer_trains_like_one_process(ranks: list[dict[str, Any]], name: str) -> None:
+    found = scenario(ranks, name)
+    world = len(found)
+    assert all(len(r["seen"]) == 2 * fsdp_worker.TRAIN // world for r in found)  # every rank its share
+    ref = reference(found)
+    for r in found:
+        assert_close(r["final"], ref["final"])
+    torch.testing.assert_close(
+        torch.tensor(found[0]["train"]), torch.tensor(ref["train"]), rtol=1e-4, atol=1e-5
+    )
+    initial = found[0]["initial"]
+    assert any(not torch.equal(initial[k], ref["final"][k]) for k in initial)  # it trained
+
+
+def test_the_model_is_sharded_in_place_with_the_users_names(ranks: list[dict[str, Any]]) -> None:
+    for r in scenario(ranks, "sharded"):
+        assert r["model_type"] == "FSDPLlamaForCausalLM"  # fully_shard's class, a subclass of the user's
+        assert r["sharded"] == ["DTensor"]
+        assert r["same_opt"]  # l.opt was moved onto the shards, not replaced
+        assert r["hook_names"] == hf_models.LAYER_PATHS
+        assert r["hook_types"] == ["LlamaDecoderLayer"] * 2
+        assert "FSDP" not in r["tree"] and "LlamaDecoderLayer" in r["tree"]
+        assert set(r["final"]) == set(hf_models.tiny_lm().state_dict())  # checkpoint keys unchanged
+
+
+def test_hook_module_records_each_ranks_own_activations(ranks: list[dict[str, Any]]) -> None:
+    """Each rank's HookModule rows are its own batches', with or without checkpointing."""
+    plain, checkpointed = scenario(ranks, "sharded"), scenario(ranks, "checkpointed")
+    for a, b in zip(plain, checkpointed, strict=True):
+        for fa, fb in zip(a["hook_forward_means"], b["hook_forward_means"], strict=True):
+            assert len(fa) == 2 * fsdp_worker.TRAIN // len(plain) and torch.isfinite(fa).all()
+            torch.testing.assert_close(fa, fb)
+        for ga, gb in zip(a["hook_backward_means"], b["hook_backward_means"], strict=True):
+            assert torch.isfinite(ga).all()
+            torch.testing.assert_close(ga, gb)
+    assert not torch.equal(plain[0]["hook_forward_means"][0], plain[1]["hook_forward_means"][0])
+
+
+def test_the_strategy_is_checked() -> None:
+    l = k1lib.Learner()
+    with pytest.raises(
+        ValueError, match=r"l.strategy must be one of 'ddp', 'fsdp', got 'fsdp2'.*did you mean 'fsdp'"
+    ):
+        l.strategy = "fsdp2"
+    assert l.strategy == "ddp"
+
+
+def test_fsdp_in_one_process_trains_the_plain_model() -> None:
+    l = hf_models.lm_learner()
+    l.strategy = "fsdp"
+    l.css = "LlamaDecoderLayer: shard"
+    before = [p for p in l.model.parameters()]
+    l.run(1)
+    assert type(l.model).__name__ == "LlamaForCausalLM"
+    assert all(a is b for a, b in zip(before, l.model.parameters(), strict=True))
+
+
+def test_a_cancel_on_one_rank_skips_the_step_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    found = scenario(ranks, "cancelled")
+    ref = reference(found, skipped=(1,))  # rank 1 cancelled batch 1 of epoch 0 before backward
+    for r in found:
+        assert_close(r["final"], ref["final"])
+    assert not torch.equal(found[0]["final"]["lm_head.weight"], reference(found)["final"]["lm_head.weight"])
+
+
+def test_an_error_on_one_rank_stops_every_rank_naming_it(ranks: list[dict[str, Any]]) -> None:
+    for rank, r in enumerate(scenario(ranks, "failed")):
+        if rank == 1:  # its own error
+            assert r["raised"] == "ValueError: boom on rank 1"
+        else:
+            assert r["raised"] == (
+                "RuntimeError: rank 1 failed in the batch (before backward) (epoch 0, batch 1) with "
+                "ValueError: boom on rank 1; every rank stops"
+            )
+
+
+def test_a_model_built_on_meta_is_materialised_sharded_and_trains(ranks: list[dict[str, Any]]) -> None:
+    found = scenario(ranks, "meta")
+    world = len(found)
+    assert sum(r["local"] for r in found) == found[0]["total"]  # each value on one rank only
+    for r in found:
+        assert not r["meta"]
+        assert r["local"] < r["total"] / world * 1.5
+        assert all(torch.isfinite(torch.tensor(r["train"])))
+        assert_close(r["final"], found[0]["final"])  # one model
+    losses = found[0]["train"]
+    assert min(losses[-2:]) < losses[0]
+
+
+def test_a_model_on_meta_without_an_initialisation_is_refused_unchanged(ranks: list[dict[str, Any]]) -> None:
+    for r in scenario(ranks, "meta_refused"):
+        assert r["raised"] is not None and not r["sharded"]
+        assert "model.norm (LlamaRMSNorm)" in r["raised"] and "l.fsdpInit" in r["raised"]
+
+
+def test_fsdp_options_are_checked_and_mixed_precision_computes_in_bf16(ranks: list[dict[str, Any]]) -> None:
+    for r in scenario(ranks, "options"):
+        assert "'mp_plicy' is not an option of fully_shard (did you mean 'mp_policy'?)" in r["refused"]
+        assert r["unchanged"]
+        assert r["dtypes"] == ["torch.bfloat16"]  # the forward ran in bf16
+        assert r["param_dtype"] == "torch.float32"  # the sharded parameters stay fp32
+        assert all(torch.isfinite(torch.tensor(r["train"])))
+
+
+def test_param_finder_runs_on_the_sharded_model_and_loss_landscape_says_what_to_do(
+    ranks: list[dict[str, Any]],
+) -> None:
+    found = scenario(ranks, "finders")
+    for r in found:
+        assert r["unchanged"]  # the model is put back after the range test
+        assert r["suggestion"] == found[0]["suggestion"] and r["losses"] == found[0]["losses"]
+        assert len(r["losses"]) > 3
+        assert "LossLandscape needs the whole model in one process" in r["refused"]
+        assert "k1lib.consolidate(folder, 'model.pt')" in r["refused"]
