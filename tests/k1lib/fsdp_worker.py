@@ -229,8 +229,41 @@ def finders() -> dict[str, Any]:
     }
 
 
+class SeenPairs(k1lib.Callback):
+    """The (xb, yb) training batches this rank ran, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[Tensor, Tensor]] = []
+
+    def startBatch(self) -> None:
+        if self.learner.training:
+            self.batches.append((self.learner.xb.clone(), self.learner.yb.clone()))
+
+
+def clipped() -> dict[str, Any]:
+    """GradClipping (a total norm over the shards) and GradAccumulation on the sharded Net."""
+    torch.manual_seed(0)
+    l = net_learner(Net())
+    initial = {k: v.clone() for k, v in l.model.state_dict().items()}
+    l.cbs.append(SeenPairs(), "Seen")
+    l.cbs.withGradClipping(0.05).withGradAccumulation(2)
+    l.run(2)
+    return {
+        "initial": initial,
+        "final": full(l.model),
+        "seen": l.Seen.batches,
+        "norm": float(
+            l.GradClipping.norm.full_tensor()
+            if hasattr(l.GradClipping.norm, "full_tensor")
+            else l.GradClipping.norm
+        ),
+    }
+
+
 def scenarios() -> dict[str, Any]:
     return {
+        "clipped": clipped,
         "finders": finders,
         "sharded": lambda: train("LlamaDecoderLayer: shard, HookModule"),
         "checkpointed": lambda: train("LlamaDecoderLayer: shard, checkpoint, HookModule"),

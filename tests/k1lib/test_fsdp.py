@@ -205,3 +205,27 @@ def test_param_finder_runs_on_the_sharded_model_and_loss_landscape_says_what_to_
         assert len(r["losses"]) > 3
         assert "LossLandscape needs the whole model in one process" in r["refused"]
         assert "k1lib.consolidate(folder, 'model.pt')" in r["refused"]
+
+
+def test_grad_clipping_and_accumulation_step_like_one_process(ranks: list[dict[str, Any]]) -> None:
+    """The clipping norm is the full gradient's (summed over the shards), and an accumulation
+    group's last incomplete step at the end of an epoch is taken as in one process."""
+    found = scenario(ranks, "clipped")
+    per_epoch = len(found[0]["seen"]) // 2
+    steps = [
+        (torch.cat([r["seen"][i][0] for r in found]), torch.cat([r["seen"][i][1] for r in found]))
+        for i in range(len(found[0]["seen"]))
+    ]
+    model = fsdp_worker.Net()
+    model.load_state_dict(found[0]["initial"])
+    l = k1lib.Learner()
+    l.model = model
+    l.opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    l.lossF = lambda y, yb: ((y - yb) ** 2).mean()
+    l.cbs = k1lib.Callbacks().withLoss().withGradClipping(0.05).withGradAccumulation(2)
+    for epoch in range(2):
+        l.data = k1lib.data.Data(steps[epoch * per_epoch : (epoch + 1) * per_epoch], [])
+        l.run(1)
+    for r in found:
+        assert r["norm"] == pytest.approx(float(l.GradClipping.norm), rel=1e-4)
+        assert_close(r["final"], {k: v.detach() for k, v in model.state_dict().items()})
