@@ -237,10 +237,12 @@ class Learner:
         if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 0):
             raise ValueError(f"Learner.run: batches must be an int, 0 or more, or None, got {batches!r}")
         assert self.model is not None
+        _fsdp.check_initialised(self.model)
+        _fsdp.reshard(self.model)  # after a forward outside a run (predict): the shards again
         model, was_training, phase = self.model, self.model.training, self.training
         group = _distributed.group_for(self, local=local) or _ALONE
         if group.several:
-            self.shard()
+            self._shard_agreed(group)
         outer, self._loop = self._loop, Loop(self, group)
         try:
             self.epochs = epochs
@@ -258,7 +260,34 @@ class Learner:
             self._loop = outer
             self.training = phase
             model.train(was_training)
+            _fsdp.reshard(model)  # FSDP keeps the root unit gathered after validation
         return self
+
+    def _shard_agreed(self, group: Group) -> None:
+        """``shard`` on every rank, then agree: a rank that failed (its ``fsdpInit`` raised)
+        stops every rank, before the run. Warn when the model is sharded already along other
+        units than ``l.css`` gives now (they stay as they are)."""
+        if self._strategy == "fsdp" and _fsdp.is_sharded(self.model):
+            assert self.model is not None
+            now = sorted(path for path, _ in _fsdp.shard_units(self))
+            if now != sorted(_fsdp.sharded_paths(self.model)):
+                from ._warn import warn
+
+                warn(
+                    "l.strategy = 'fsdp': l.model was sharded in an earlier run along other units than "
+                    f"l.css gives now ({now}); a sharded model keeps its units: build it again to change them"
+                )
+        try:
+            self.shard()
+        except BaseException as e:
+            group.hold(e, "sharding l.model")
+        try:
+            group.agree("startRun")
+        except BaseException:
+            if _fsdp.is_sharded(self.model):  # changed here, failed somewhere: on every rank
+                assert self.model is not None
+                _fsdp.mark_broken(self.model)
+            raise
 
     def shard(self) -> bool:
         """With ``l.strategy = "fsdp"`` in several processes: shard ``l.model`` now (``run``

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ._batch import forward, split
+from ._fsdp import reshard
 from ._rng import RngSnapshot
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def predict(learner: Learner, loader: Iterable[Any] | None) -> Predictions:
             _raise(cbs.collect("endRun")[1])
     finally:
         model.train(was_training)
+        reshard(model)  # FSDP keeps the root unit gathered after a forward pass
         learner.restore_fields(fields)
         for snapshot in reversed(generators):
             snapshot.restore()

@@ -8,8 +8,10 @@ Each rank saves what it saw to ``OUT/rank{r}.pt``; full tensors are gathered on 
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -261,8 +263,117 @@ def clipped() -> dict[str, Any]:
     }
 
 
+def refused(l: Any) -> str | None:
+    """What ``l.run(1)`` raised (its message), None when it trained."""
+    try:
+        l.run(1)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def untouched(l: Any, before: list[Tensor]) -> bool:
+    """The model is not sharded and ``l.opt`` still holds its parameters, ``before``."""
+    params = list(l.model.parameters())
+    held = [p for g in l.opt.param_groups for p in g["params"]]
+    return (
+        not k1lib._fsdp.is_sharded(l.model)
+        and all(a is b for a, b in zip(params, before, strict=True))
+        and all(a is b for a, b in zip(held, before, strict=True))
+    )
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(6, 6)
+        self.blocks = nn.Sequential(Block(6))
+        self.post = nn.Linear(6, 6)
+        self.post.weight = self.pre.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(self.blocks(self.pre(x))).sum(1)
+
+
+def edges() -> dict[str, Any]:
+    """Runs after runs, and what sharding refuses before it changes anything."""
+    out: dict[str, Any] = {}
+    torch.manual_seed(0)
+    l = net_learner(Net())
+    l.run(1)  # ends in validation: FSDP2 leaves the root unit gathered
+    out["second run"] = refused(l)
+    l.predict()
+    out["after predict"] = refused(l)
+    out["finder after run"] = None
+    l.cbs.withParamFinder()  # net_learner removed it
+    try:
+        l.ParamFinder.run(samples=10)
+    except Exception as e:
+        out["finder after run"] = f"{type(e).__name__}: {e}"
+    l.run(1)
+    l.model.head.requires_grad_(False)  # frozen after a run: kept in the next one
+    head = l.model.head.weight.full_tensor().clone()
+    l.run(1)
+    out["frozen head kept"] = torch.equal(head, l.model.head.weight.full_tensor())
+    l.css = "Net > #blocks: shard"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        l.run(1)
+    out["css change warned"] = any("other units" in str(w.message) for w in caught)
+
+    cases = {
+        "a ModuleList unit": (Net, "Block: shard\n#blocks: shard", {}),
+        "a bad option value": (Net, "Block: shard", {"reshard_after_forward": "yes"}),
+        "tied across units": (Tied, "#pre: shard", {}),
+    }
+    for name, (make, css, kwargs) in cases.items():
+        torch.manual_seed(0)
+        model = make()
+        if name == "a ModuleList unit":
+            model.blocks = nn.ModuleList(model.blocks)  # type: ignore[assignment]
+            model.forward = lambda x, m=model: m.head(m.blocks[2](m.blocks[1](m.blocks[0](x)))).sum(1)  # type: ignore[method-assign]
+        l = net_learner(model)
+        l.css, l.fsdpKwargs = css, kwargs
+        before = list(l.model.parameters())
+        out[name] = (refused(l), untouched(l, before))
+        l.css, l.fsdpKwargs = "Block: shard", {}
+        out[name + ", fixed"] = refused(l)
+
+    with torch.device("meta"):
+        model = Net()
+    model.head = nn.Linear(6, 1)  # on the CPU: its values would be lost
+    l = net_learner(model)
+    before = list(l.model.parameters())
+    out["partly on meta"] = (refused(l), untouched(l, before))
+
+    torch.manual_seed(0)  # the same seed on every rank: the shards must still differ
+    with torch.device("meta"):
+        model = Net()
+    l = net_learner(model)
+    l.shard()
+    weight = l.model.blocks[0].up.weight.full_tensor()
+    half = weight.shape[0] // dist.get_world_size()
+    out["meta shards differ"] = not torch.equal(weight[:half], weight[half : 2 * half])
+
+    with torch.device("meta"):
+        model = Net()
+    l = net_learner(model)
+
+    def init(m: nn.Module) -> None:
+        if dist.get_rank() == 1:
+            raise FileNotFoundError("weights.bin on rank 1")
+        for p in m.parameters():
+            p.zero_()
+
+    l.fsdpInit = init
+    out["init failing on one rank"] = refused(l)
+    out["init failed, run again"] = refused(l)
+    return out
+
+
 def scenarios() -> dict[str, Any]:
     return {
+        "edges": edges,
         "clipped": clipped,
         "finders": finders,
         "sharded": lambda: train("LlamaDecoderLayer: shard, HookModule"),
@@ -281,7 +392,10 @@ def main() -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)
     results: dict[str, Any] = {"world": dist.get_world_size()}
+    only = os.environ.get("FSDP_ONLY")  # a comma-separated list of scenarios, when debugging
     for name, scenario in scenarios().items():
+        if only and name not in only.split(","):
+            continue
         try:
             results[name] = scenario()
         except Exception:

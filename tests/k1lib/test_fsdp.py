@@ -229,3 +229,46 @@ def test_grad_clipping_and_accumulation_step_like_one_process(ranks: list[dict[s
     for r in found:
         assert r["norm"] == pytest.approx(float(l.GradClipping.norm), rel=1e-4)
         assert_close(r["final"], {k: v.detach() for k, v in model.state_dict().items()})
+
+
+def test_a_sharded_model_runs_again_and_keeps_a_freeze_made_between_runs(ranks: list[dict[str, Any]]) -> None:
+    """FSDP2 leaves the root unit gathered after validation or predict: the learner puts the
+    shards back, so l.opt holds the model's parameters in every later run."""
+    for r in scenario(ranks, "edges"):
+        assert r["second run"] is None and r["after predict"] is None and r["finder after run"] is None
+        assert r["frozen head kept"]
+        assert r["css change warned"]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("a ModuleList unit", "fully_shard refuses to shard 'blocks' with l.fsdpKwargs = {}: ValueError: "),
+        (
+            "a bad option value",
+            "fully_shard refuses to shard 'blocks.0' with l.fsdpKwargs = {'reshard_after_forward'",
+        ),
+        ("tied across units", "the parameter 'post.weight' is also 'pre.weight' (tied), in two shard units"),
+    ],
+)
+def test_what_fully_shard_refuses_is_refused_before_the_model_changes(
+    ranks: list[dict[str, Any]], case: str, message: str
+) -> None:
+    for r in scenario(ranks, "edges"):
+        raised, untouched = r[case]
+        assert raised is not None and message in raised and "ValueError" in raised
+        assert untouched  # not sharded, and l.opt holds the model's own parameters
+        assert r[case + ", fixed"] is None  # the same learner trains once the input is fixed
+
+
+def test_meta_initialisation_refusals_and_failures(ranks: list[dict[str, Any]]) -> None:
+    found = scenario(ranks, "edges")
+    for rank, r in enumerate(found):
+        raised, untouched = r["partly on meta"]
+        assert "the model is partly on the meta device" in raised and ": head." in raised and untouched
+        assert r["meta shards differ"]  # ranks seeded alike draw different shards
+        if rank == 1:
+            assert "FileNotFoundError: weights.bin on rank 1" in r["init failing on one rank"]
+        else:
+            assert "rank 1 failed sharding l.model" in r["init failing on one rank"]
+        assert "sharding or initialising it failed on some rank" in r["init failed, run again"]
