@@ -3,7 +3,8 @@
 ``Learner`` runs the loop; ``Callbacks`` hook into its events; ``watch`` records HookModule's
 and HookParam's statistics in a plain training loop; ``checkpointed`` recomputes the forward of
 the modules a css gives the prop ``checkpoint`` in backward (activation checkpointing), as
-``l.css`` does during a run; ``find_lr`` and ``loss_landscape`` are
+``l.css`` does during a run; ``consolidate`` writes one file of a model's weights from a
+sharded (FSDP) checkpoint; ``find_lr`` and ``loss_landscape`` are
 ParamFinder's range test and LossLandscape's surfaces without a Learner; ``k1lib.data`` holds
 data helpers and ``k1lib.viz`` the sliceable plots. Modules are targeted with CSS (``l.css``,
 through ``modsel``).
@@ -14,6 +15,7 @@ from ._act_checkpoint import checkpointed
 from ._checkpoint import CheckpointError
 from ._css_optimizer import cssOptimizer
 from ._learner import Learner
+from ._sharded_checkpoint import consolidate
 from ._watch import Watch, watch
 from .callbacks import (
     Callback,
@@ -38,6 +40,7 @@ __all__ = [
     "Watch",
     "callbacks",
     "checkpointed",
+    "consolidate",
     "cssOptimizer",
     "data",
     "find_lr",

@@ -24,6 +24,11 @@ file against it before it changes anything, the optimizer state included (``_opt
 loading still fails, the callbacks, the optimizer and the split are put back, and so is the
 model, loaded last, where its own loading code could fail halfway.
 
+A model sharded by FSDP2 is saved as a directory instead (``_sharded_checkpoint``): its tensors
+written by every rank through ``torch.distributed.checkpoint``, the rest (``state_of``) as one
+file of this kind; its loading shares the checks and the loading order here (``check_rest``,
+``check_model_fits``, ``apply``, ``finish_load``).
+
 The model's state is that of the original module when ``l.model`` is wrapped by
 ``torch.compile`` or DDP (keys ``bulk.0.weight``, not ``_orig_mod.bulk.0.weight``), so a
 checkpoint of a compiled model loads into an uncompiled one and back; ``load`` also accepts
@@ -42,6 +47,7 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -92,6 +98,21 @@ def checkpoint_of(learner: Learner) -> dict[str, Any]:
     if learner.model is None:
         raise CheckpointError("Learner.save needs a model: set l.model = ... first")
     opt = learner.opt
+    checkpoint = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": unwrap(learner.model).state_dict(),
+        "opt": None if opt is None else {"class": class_name(opt), "state": opt.state_dict()},
+        **state_of(learner),
+    }
+    _check_loadable(checkpoint, "checkpoint")
+    return checkpoint
+
+
+def state_of(learner: Learner) -> dict[str, Any]:
+    """What a checkpoint holds besides the model's and the optimizer's state: each callback's
+    state, the css, the loop counters, the random generators and the data's split (shared with
+    ``_sharded_checkpoint``, whose model and optimizer states are written by DCP)."""
     callbacks: dict[str, Any] = {}
     for cb in learner.cbs:
         state = cb.state_dict()
@@ -101,19 +122,18 @@ def checkpoint_of(learner: Learner) -> dict[str, Any]:
             )
         if state:  # a callback without state adds nothing to the file
             callbacks[cb.name] = {"class": type(cb).__name__, "state": dict(state)}
-    checkpoint = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": unwrap(learner.model).state_dict(),
-        "opt": None if opt is None else {"class": _class_name(opt), "state": opt.state_dict()},
+    return {
         "callbacks": callbacks,
         "css": learner.css,
         "counters": {name: getattr(learner, name) for name in _COUNTERS},
         "rng": _rng_state(learner),
         "data": learner.data.state_dict() if isinstance(learner.data, Data) else {},
     }
-    _check_loadable(checkpoint, "checkpoint")
-    return checkpoint
+
+
+def check_loadable(value: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would refuse, naming where it is."""
+    _check_loadable(value, where)
 
 
 def _check_loadable(value: Any, where: str) -> None:
@@ -259,13 +279,23 @@ def _tensor_bytes(tensor: torch.Tensor) -> Any:
 # ---- reading -------------------------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike[str], map_location: torch.device | str | None = None) -> dict[str, Any]:
+def read(
+    path: str | os.PathLike[str],
+    map_location: torch.device | str | None = None,
+    expected: tuple[str, int] = (FORMAT, VERSION),
+) -> dict[str, Any]:
     """The checkpoint dict in ``path``, checked to be a k1lib checkpoint of a version this
     k1lib reads and, from version 2 on, to hold what was saved (its digest); every failure is
     a ``CheckpointError`` naming the file. A rotation left half done in the file's folder by
-    a killed process is finished first."""
+    a killed process is finished first. ``expected``: the format and the newest version to accept
+    (a sharded checkpoint's own file, ``_sharded_checkpoint``, has its own)."""
     name = str(path)
     finish_rotations(Path(path).parent)
+    if Path(path).is_dir():
+        raise CheckpointError(
+            f"{name!r} is a directory: a sharded checkpoint (Learner.load reads it; "
+            "k1lib._sharded_checkpoint.consolidate makes one file of its model)"
+        )
     if not Path(path).is_file():
         hint = ""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -275,20 +305,21 @@ def read(path: str | os.PathLike[str], map_location: torch.device | str | None =
             )
         raise FileNotFoundError(f"no checkpoint file {name!r}{hint}")
     checkpoint = _torch_load(path, name, map_location)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+    form, newest = expected
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != form:
         if isinstance(checkpoint, dict):
             what = f"a dict with keys {sorted(map(str, checkpoint))[:8]}"
         else:
             what = f"a {type(checkpoint).__name__}"
         raise CheckpointError(f"{name!r} is not a k1lib checkpoint: it holds {what}")
     version = checkpoint.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
-        newer = isinstance(version, int) and version > VERSION
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= newest:
+        newer = isinstance(version, int) and version > newest
         raise CheckpointError(
-            f"{name!r} has checkpoint format version {version!r}; this k1lib reads versions 1 to {VERSION}"
+            f"{name!r} has checkpoint format version {version!r}; this k1lib reads versions 1 to {newest}"
             + (" (the file was written by a newer k1lib)" if newer else "")
         )
-    if version == 1:
+    if version == 1 and form == FORMAT:
         _check_crc(path, name)  # no digest: the zip's CRCs are what there is
     elif checkpoint.get("digest") != _digest_or_none(checkpoint):
         raise CheckpointError(
@@ -376,10 +407,7 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     epochs exactly as the saved learner's next ``run(M)`` would have (``l.epoch`` counts from 0
     in every run; ``l.epoch`` / ``l.epochs`` are the saved run's until then)."""
     name = str(path)
-    if learner.model is None:
-        raise CheckpointError(f"loading {name!r} needs l.model, built as when it was saved: set it first")
-    learner.check_optimizer(f"loading {name!r}")  # a stale l.opt: refused before anything changes
-    model = unwrap(learner.model)
+    model = model_to_load(name, learner)
     # on the CPU: load_state_dict copies onto the parameters' device, and callbacks' records
     # (HookModule, HookParam) stay host-side
     checkpoint = read(path, map_location="cpu")
@@ -388,6 +416,34 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     model_state = _without_wrapper_prefixes(model, checkpoint["model"])
     _check_model(name, model, model_state)
     opt_state = _check_opt(name, learner.opt, model, checkpoint.get("opt"))
+    rest = check_rest(name, learner, checkpoint)
+    apply(name, learner, model, model_state, opt_state, rest)
+    finish_load(name, learner, checkpoint, rest)
+
+
+def model_to_load(name: str, learner: Learner) -> torch.nn.Module:
+    """``learner``'s model (unwrapped), checked to be there with an optimizer of its own."""
+    if learner.model is None:
+        raise CheckpointError(f"loading {name!r} needs l.model, built as when it was saved: set it first")
+    learner.check_optimizer(f"loading {name!r}")  # a stale l.opt: refused before anything changes
+    return unwrap(learner.model)
+
+
+@dataclass
+class Rest:
+    """What ``check_rest`` found to load besides the model and the optimizer."""
+
+    loads: list[tuple[Any, dict[str, Any]]]  # (callback, its state)
+    unknown: list[str]  # callbacks the learner lacks
+    counters: dict[str, Any]
+    rng: list[tuple[Callable[[Any], Any], Any]]  # (set_state, state)
+    split: dict[str, Any] | None
+    kept: str  # a warning: the learner keeps its own split
+
+
+def check_rest(name: str, learner: Learner, checkpoint: Mapping[str, Any]) -> Rest:
+    """The callbacks' states, the css, the counters, the generators and the split of
+    ``checkpoint`` (as ``read`` returns it), checked to fit ``learner``; nothing is changed."""
     loads, unknown = _check_callbacks(name, learner, checkpoint["callbacks"])
     try:
         modsel.parse(checkpoint["css"])
@@ -396,33 +452,40 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
     counters = _check_counters(name, checkpoint["counters"])
     rng = _check_rng(name, learner, checkpoint["rng"])
     split, kept = _check_split(name, learner.data, checkpoint["data"])
-    _apply(name, learner, model, model_state, opt_state, loads, split)
+    return Rest(loads, unknown, counters, rng, split, kept)
+
+
+def finish_load(name: str, learner: Learner, checkpoint: Mapping[str, Any], rest: Rest) -> None:
+    """After ``apply``: the css, the counters and the generators (these cannot fail), and the
+    warnings."""
     learner.css = checkpoint["css"]
-    for key, value in counters.items():
+    for key, value in rest.counters.items():
         setattr(learner, key, value)
-    for set_state, state in rng:
+    for set_state, state in rest.rng:
         set_state(state)
-    if unknown:
+    if rest.unknown:
         warn(
-            f"{name!r} has state for callbacks this learner lacks: {', '.join(unknown)} (skipped); "
+            f"{name!r} has state for callbacks this learner lacks: {', '.join(rest.unknown)} (skipped); "
             "append them to l.cbs before l.load to restore it"
         )
-    if kept:
-        warn(kept)
+    if rest.kept:
+        warn(rest.kept)
 
 
-def _apply(
+def apply(
     name: str,
     learner: Learner,
     model: torch.nn.Module,
     model_state: Mapping[str, Any],
     opt_state: dict[str, Any] | None,
-    loads: list[tuple[Any, dict[str, Any]]],
-    split: dict[str, Any] | None,
+    rest: Rest,
+    load_model: Callable[[], Any] | None = None,
 ) -> None:
     """Load the checked states: callbacks first (theirs is the only load the checks cannot
     vouch for), then the optimizer, the data's split, the model last; on any failure the
-    callbacks, the optimizer and the split get their state back (the model: ``_load_model``)."""
+    callbacks, the optimizer and the split get their state back (the model: ``_load_model``).
+    ``load_model``: how the model loads ``model_state`` (default: ``model.load_state_dict``)."""
+    loads, split = rest.loads, rest.split
     before = {cb.name: copy.deepcopy(dict(cb.state_dict())) for cb, _ in loads}
     opt = learner.opt
     # load_state_dict replaces these two objects and leaves the old ones whole
@@ -452,7 +515,7 @@ def _apply(
                 ) from e
         if split is not None:
             data.load_state_dict({"split": split})  # checked: it fits (only memory can fail)
-        _load_model(name, model, model_state)
+        _load_model(name, model, model_state, load_model)
     except BaseException:
         for cb in done:
             cb.load_state_dict(before[cb.name])
@@ -463,11 +526,13 @@ def _apply(
         raise
 
 
-def _load_model(name: str, model: torch.nn.Module, state: Mapping[str, Any]) -> None:
-    """``model.load_state_dict(state)``, whose keys and shapes were checked. Plain torch
-    modules then only copy values, which cannot fail; a module with its own loading code
-    (extra state, load hooks) can fail halfway, so for such a model the old values are kept
-    on the CPU first and put back if it does."""
+def _load_model(
+    name: str, model: torch.nn.Module, state: Mapping[str, Any], load: Callable[[], Any] | None = None
+) -> None:
+    """``model.load_state_dict(state)`` (or ``load()``), whose keys and shapes were checked.
+    Plain torch modules then only copy values, which cannot fail; a module with its own
+    loading code (extra state, load hooks) can fail halfway, so for such a model the old
+    values are kept on the CPU first and put back if it does."""
     backup = None
     if _custom_loading(model):
         backup = {
@@ -476,7 +541,10 @@ def _load_model(name: str, model: torch.nn.Module, state: Mapping[str, Any]) -> 
             if isinstance(v, torch.Tensor)
         }
     try:
-        model.load_state_dict(state)
+        if load is None:
+            model.load_state_dict(state)
+        else:
+            load()
     except Exception as e:
         if backup is not None:
             with torch.no_grad():
@@ -521,16 +589,11 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _class_name(obj: object) -> str:
+def class_name(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _shape(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
 def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) -> None:
-    current = model.state_dict()
     # a damaged or hand-made file: anything else would fail halfway through the load
     odd = [k for k, v in saved.items() if not isinstance(k, str) or (isinstance(v, torch.Tensor) and _odd(v))]
     if odd:
@@ -538,21 +601,34 @@ def _check_model(name: str, model: torch.nn.Module, saved: Mapping[str, Any]) ->
             f"{name!r} is malformed: its model state holds {', '.join(map(repr, odd[:8]))}, which "
             "are not names of dense tensors with values (a non-string key, a meta or sparse tensor)"
         )
+    specs = {
+        k: (v.shape, v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in saved.items()
+    }
+    check_model_fits(name, model.state_dict(), specs)
+
+
+def check_model_fits(
+    name: str, current: Mapping[str, Any], saved: Mapping[str, tuple[torch.Size, torch.dtype] | str]
+) -> None:
+    """Refuse a saved model state that does not fit the model's state ``current``: ``saved``
+    maps each saved key to its tensor's (shape, dtype), or to the type name of a value that is
+    not a tensor (a module's extra state)."""
     missing = [k for k in current if k not in saved]
     unexpected = [k for k in saved if k not in current]
     # a module's extra state (get_extra_state) is any value: only tensors have shapes
     tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
+    specs = {k: spec for k, spec in saved.items() if isinstance(spec, tuple)}
     mismatched = [
-        f"{k}: checkpoint {_shape(saved[k])}, model {tuple(v.shape)}"
+        f"{k}: checkpoint {tuple(specs[k][0]) if k in specs else saved[k]}, model {tuple(v.shape)}"
         for k, v in tensors.items()
-        if k in saved and (not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape)
+        if k in saved and (k not in specs or tuple(specs[k][0]) != tuple(v.shape))
     ]
     # load_state_dict would cast floats into integers (or back) silently: another file, not
     # another precision (float16 into float32 is cast, as torch does)
     kinds = [
-        f"{k}: checkpoint {saved[k].dtype}, model {v.dtype}"
+        f"{k}: checkpoint {specs[k][1]}, model {v.dtype}"
         for k, v in tensors.items()
-        if isinstance(saved.get(k), torch.Tensor) and _kind(saved[k].dtype) != _kind(v.dtype)
+        if k in specs and _kind(specs[k][1]) != _kind(v.dtype)
     ]
     if missing or unexpected or mismatched or kinds:
         lines = [f"{name!r} does not fit l.model (nothing was changed):"]
@@ -581,6 +657,18 @@ def _check_opt(
     name: str, opt: torch.optim.Optimizer | None, model: torch.nn.Module, saved: Any
 ) -> dict[str, Any] | None:
     """The optimizer state to load, checked to fit ``opt`` (``_opt_state``)."""
+    state = check_opt_entry(name, opt, saved)
+    if state is None or opt is None:
+        return None
+    try:
+        return _opt_state.check(opt, model, state)
+    except _opt_state.OptStateError as e:
+        raise CheckpointError(f"{name!r}: {e} (nothing was changed)") from None
+
+
+def check_opt_entry(name: str, opt: torch.optim.Optimizer | None, saved: Any) -> dict[str, Any] | None:
+    """The saved optimizer's ``state`` (its state_dict), after checking that the checkpoint's
+    ``opt`` entry is well formed and of ``opt``'s class (None: the checkpoint has none)."""
     if saved is None:
         return None
     if not (
@@ -593,15 +681,13 @@ def _check_opt(
         raise CheckpointError(
             f"{name!r} has the state of a {saved['class']} optimizer and l.opt is not set: set l.opt first"
         )
-    if saved["class"] != _class_name(opt):
+    if saved["class"] != class_name(opt):
         raise CheckpointError(
-            f"{name!r} has the state of a {saved['class']} optimizer; l.opt is a {_class_name(opt)}: "
+            f"{name!r} has the state of a {saved['class']} optimizer; l.opt is a {class_name(opt)}: "
             "build l.opt with the class the checkpoint was saved with"
         )
-    try:
-        return _opt_state.check(opt, model, saved["state"])
-    except _opt_state.OptStateError as e:
-        raise CheckpointError(f"{name!r}: {e} (nothing was changed)") from None
+    state: dict[str, Any] = saved["state"]
+    return state
 
 
 def _check_callbacks(

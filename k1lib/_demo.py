@@ -3,11 +3,15 @@ they saw as PNG files.
 
     python -m k1lib [FOLDER]     (default folder: k1lib-demo)
     torchrun --standalone --nproc_per_node=2 -m k1lib [FOLDER]     (the same on 2 processes)
+    torchrun --standalone --nproc_per_node=2 -m k1lib --strategy fsdp [FOLDER]   (sharded: FSDP2)
 
 It prints the annotated module tree, trains (the README's ``newL()``: Adam, CancelOnLowLoss),
 then writes loss.png, HookModule.png, HookParam.png, ParamFinder.png and LossLandscape.png,
 and the run's checkpoints (Autosave), into FOLDER. Under torchrun every rank finds the rate
-and trains (DDP); rank 0 alone prints, draws and writes.
+and trains (DDP); rank 0 alone prints, draws and writes. With ``--strategy fsdp`` each
+SkipBlock is a shard unit (``SkipBlock: shard``), every rank writes its shards of the
+checkpoints, and the loss landscape is drawn by rank 0 on the whole model, written to one
+file from the last checkpoint (``k1lib.consolidate``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m k1lib", description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default="k1lib-demo", help="where the PNGs go")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
     args = parser.parse_args(argv)
     matplotlib.use("Agg")
     torch.set_num_threads(1)  # the README network is tiny: more threads only add overhead
@@ -82,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     l = newL(folder)  # noqa: E741
+    if args.strategy == "fsdp":
+        l.strategy = "fsdp"
+        l.css += "\nSkipBlock: shard"
     main = l.rank == 0  # under torchrun: rank 0 prints and writes, every rank trains
     say = print if main else _quiet
     say(l.moduleSelector, end="\n\n")
@@ -92,13 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     ranks = f" on {l.worldSize} processes" if l.worldSize > 1 else ""
     say(f"\nTraining {args.epochs} epochs{ranks}:")
     l.run(args.epochs)
+    whole = l
+    if k1lib._fsdp.is_sharded(l.model):  # the landscape needs the whole model: one file of it
+        l.save(folder / "final")  # every rank writes its shards
+        if main:
+            k1lib.consolidate(folder / "final", folder / "weights.pt")
+            whole = newL(folder)
+            assert whole.model is not None
+            whole.model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
     if not main:
         return 0
     l.Loss.plot().save(os.fspath(folder / "loss.png"))
     l.HookModule.plot().save(os.fspath(folder / "HookModule.png"))
     l.HookParam.plot().save(os.fspath(folder / "HookParam.png"))
     print("Loss landscape:")
-    landscape = l.LossLandscape.plot()
+    landscape = whole.LossLandscape.plot()
     _save_figure(landscape, folder / "LossLandscape.png")
     print(f"\nlast epoch: train loss {l.Loss.epoch.train[-1]:.3f}, valid loss {l.Loss.epoch.valid[-1]:.3f}")
     written = sorted(p.name for p in folder.iterdir())

@@ -15,7 +15,16 @@ drops anyway. Which renames were done is read from the files themselves (``_pend
 A writer killed before its rename leaves its temporary file. The next save in the folder
 removes temporaries whose writer is gone (``clean``): of our naming, from this machine, whose
 process no longer runs; from another machine (or named as before version 2 of the checkpoint
-format), untouched for an hour.
+format), untouched for an hour. A temporary that a journal still names is kept.
+
+Directories (a sharded checkpoint, ``_sharded_checkpoint``) are written the same way: into a
+temporary directory beside the target, named as a temporary file is, then renamed. A directory
+cannot be renamed over another, so replacing one (``replace_tree``) and rotating them take one
+more rename: the old directory is first renamed to a temporary name (its trash), and that
+rename is journalled like a rotation's (``.{target}.k1-replacing``), so a kill between the
+two leaves the journal, and the next ``recover`` puts the new directory in; the trash is then
+removed (by the writer, or as a stale temporary by the next save). A stale temporary
+directory is removed whole.
 
 The renames and recoveries in one folder are serialised by ``flock`` on the folder (POSIX;
 where it is not available, as on Windows, two processes must not rotate one folder at the
@@ -33,6 +42,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import threading
@@ -41,7 +51,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-__all__ = ["clean", "finish", "fsync_directory", "names", "recover", "replace", "rotate", "write_temporary"]
+__all__ = [
+    "clean",
+    "discard",
+    "finish",
+    "fsync_directory",
+    "names",
+    "recover",
+    "replace",
+    "replace_tree",
+    "rotate",
+    "temporary_directory",
+    "write_temporary",
+]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -50,6 +72,7 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"^\..+\.k1-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 _OLD_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # k1lib before checkpoint format 2
 _JOURNAL = re.compile(r"^\.(?P<stem>[A-Za-z0-9_-]+)\.rotation$")
+_REPLACE_JOURNAL = re.compile(r"^\.(?P<name>.+)\.k1-replacing$")
 _JOURNAL_FORMAT = "k1lib.rotation"
 _JOURNAL_MAX_BYTES = 1 << 16
 # another machine's temporary untouched this long is stale (its process cannot be asked)
@@ -83,10 +106,36 @@ def write_temporary(target: Path, write: Callable[[IO[bytes]], None]) -> Path:
     return temporary
 
 
+def temporary_directory(target: Path) -> Path:
+    """A new empty temporary directory beside ``target``, named as ``write_temporary`` names a
+    file; ``replace_tree`` or ``rotate`` renames it into place, ``discard`` removes it."""
+    temporary = _temporary_of(target)
+    _ours.add(temporary.name)
+    try:
+        temporary.mkdir()
+    except BaseException:
+        _ours.discard(temporary.name)
+        raise
+    return temporary
+
+
+def discard(temporary: Path) -> None:
+    """Remove a temporary (a file or a directory) of ours that was not renamed into place."""
+    _done_with(temporary)
+
+
 def _done_with(temporary: Path) -> None:
     with contextlib.suppress(OSError):
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
     _ours.discard(temporary.name)
+
+
+def _remove(path: Path) -> None:
+    """Remove the file or the directory (whole) at ``path``; a link is removed, not followed."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def replace(temporary: Path, target: Path) -> Path:
@@ -192,39 +241,40 @@ def _journal_of(directory: Path, stem: str) -> Path:
 
 
 def rotate(slots: Sequence[Path], temporary: Path, stem: str) -> Path:
-    """Put ``temporary`` (a complete, flushed file from ``write_temporary``) into the newest of
-    ``slots`` (oldest first, named ``{stem}-{i}.pth``, in one folder), shifting the existing
-    files towards the oldest and dropping the oldest beyond ``len(slots)``; returns the newest
-    slot. A kill at any point is finished by the next ``recover``."""
+    """Put ``temporary`` (a complete, flushed file from ``write_temporary``, or a complete
+    directory from ``temporary_directory``) into the newest of ``slots`` (oldest first, named
+    ``{stem}-{i}.pth``, in one folder), shifting the existing ones towards the oldest and
+    dropping the oldest beyond ``len(slots)``; returns the newest slot. A rotation of files
+    drops the oldest by renaming the next over it; where a directory is involved (a slot or
+    ``temporary``), the oldest is first renamed to a temporary name (removed at the end), as
+    nothing can be renamed over a directory. A kill at any point is finished by the next
+    ``recover``."""
     directory = slots[-1].parent
+    journal = _journal_of(directory, stem)
 
     def work() -> Path:
         stuck = recover(directory)
-        if stem in stuck:
+        if journal.name in stuck:
             raise OSError(
                 f"cannot save into the {stem} rotation in {str(directory)!r}: an earlier rotation "
-                f"there could not be finished ({stuck[stem]}); fix that, or remove "
-                f"{str(_journal_of(directory, stem))!r} and its files by hand"
+                f"there could not be finished ({stuck[journal.name]}); fix that, or remove "
+                f"{str(journal)!r} and its files by hand"
             )
         clean(directory)
-        existing = [p for p in slots if p.is_file()]
-        final = [*existing, temporary][-len(slots) :]
+        existing = [p for p in slots if p.is_file() or p.is_dir()]
+        everything = [*existing, temporary]
+        final = everything[-len(slots) :]
         destinations = slots[len(slots) - len(final) :]
         pairs = zip(final, destinations, strict=True)
-        moves = _ordered([(src.name, dst.name) for src, dst in pairs if src != dst])
-        journal = _journal_of(directory, stem)
-        content = json.dumps({"format": _JOURNAL_FORMAT, "moves": moves}).encode()
-        journal_temporary = write_temporary(journal, lambda f: _write_all(f, content))
-        try:
-            os.replace(journal_temporary, journal)
-        finally:
-            _done_with(journal_temporary)
-        fsync_directory(directory)
-        # the commit point: from here on the journal needs the temporary, whatever happens
-        committed.append(True)
-        _finish(directory, moves)
-        journal.unlink()
-        fsync_directory(directory)
+        moves = [(src.name, dst.name) for src, dst in pairs if src != dst]
+        trash = None
+        if len(everything) > len(slots) and any(p.is_dir() for p in everything):
+            trash = _temporary_of(everything[0])
+            moves.insert(0, (everything[0].name, trash.name))
+        _journalled(directory, journal, _ordered(moves), committed)
+        if trash is not None:
+            with contextlib.suppress(OSError):  # else a stale temporary: the next clean's
+                _remove(trash)
         return slots[-1]
 
     committed: list[bool] = []
@@ -235,6 +285,64 @@ def rotate(slots: Sequence[Path], temporary: Path, stem: str) -> Path:
             _ours.discard(temporary.name)  # renamed into place, or left for the next recover
         else:
             _done_with(temporary)
+
+
+def replace_tree(temporary: Path, target: Path) -> Path:
+    """Rename the directory ``temporary`` (from ``temporary_directory``, complete and flushed)
+    to ``target``, replacing what is there (the caller checked it may be replaced). Where
+    ``target`` exists, it is first renamed to a temporary name, in a journalled pair of
+    renames: at every instant ``target`` is the old one, the new one, or absent with a journal
+    that the next ``recover`` (any save or load in the folder) finishes by renaming the new one
+    in. The old one is removed afterwards. On a failure before the journal is written,
+    ``target`` is as before and ``temporary`` is removed."""
+    directory = target.parent
+    journal = directory / f".{target.name}.k1-replacing"
+
+    def work() -> Path:
+        stuck = recover(directory)
+        if journal.name in stuck:
+            raise OSError(
+                f"cannot save to {str(target)!r}: an earlier save there could not be finished "
+                f"({stuck[journal.name]}); fix that, or remove {str(journal)!r} by hand"
+            )
+        clean(directory)
+        if not os.path.lexists(target):
+            committed.append(True)
+            os.replace(temporary, target)
+            fsync_directory(directory)
+            return target
+        trash = _temporary_of(target)
+        _journalled(directory, journal, [(target.name, trash.name), (temporary.name, target.name)], committed)
+        with contextlib.suppress(OSError):  # else a stale temporary: the next clean's
+            _remove(trash)
+        return target
+
+    committed: list[bool] = []
+    try:
+        return _locked(directory, work)
+    finally:
+        if committed:
+            _ours.discard(temporary.name)
+        else:
+            _done_with(temporary)
+
+
+def _journalled(directory: Path, journal: Path, moves: list[tuple[str, str]], committed: list[bool]) -> None:
+    """Write ``moves`` to ``journal`` (atomically), then do them, then remove the journal. Once
+    the journal is on disk (``committed`` gets an entry) the moves will be done, here or by
+    the next ``recover``."""
+    content = json.dumps({"format": _JOURNAL_FORMAT, "moves": moves}).encode()
+    journal_temporary = write_temporary(journal, lambda f: _write_all(f, content))
+    try:
+        os.replace(journal_temporary, journal)
+    finally:
+        _done_with(journal_temporary)
+    fsync_directory(directory)
+    # the commit point: from here on the journal needs the temporary, whatever happens
+    committed.append(True)
+    _finish(directory, moves)
+    journal.unlink()
+    fsync_directory(directory)
 
 
 def _write_all(f: IO[bytes], content: bytes) -> None:
@@ -261,7 +369,7 @@ def _pending(directory: Path, moves: list[tuple[str, str]]) -> list[tuple[str, s
     not done, could have put a file back there). So the moves after the last one whose source
     is gone are the ones left."""
     for i in range(len(moves) - 1, -1, -1):
-        if not (directory / moves[i][0]).exists():
+        if not os.path.lexists(directory / moves[i][0]):
             return moves[i + 1 :]
     return moves
 
@@ -275,24 +383,43 @@ def _finish(directory: Path, moves: list[tuple[str, str]]) -> None:
 def finish(directory: Path) -> None:
     """Finish the rotations a killed process left half done in ``directory`` before reading
     from it; failures (a read-only folder) are logged, and the folder is read as it is."""
-    if any(_JOURNAL.match(name) for name in names(directory)):
+    if any(_journal_kind(name) for name in names(directory)):
         _locked(directory, lambda: recover(directory))
 
 
+def _journal_kind(name: str) -> tuple[str, re.Pattern[str]] | None:
+    """What the journal named ``name`` does (for messages) and the names its moves may touch
+    (a journal cannot move other files); None if ``name`` is not a journal's."""
+    found = _JOURNAL.match(name)
+    if found is not None:
+        stem = re.escape(found.group("stem"))
+        # the slots and their temporaries (a rotation's new file, the dropped oldest directory)
+        allowed = rf"^(\.)?{stem}-\d+\.pth(?(1)\.k1-[0-9a-f]{{8}}-\d+-[0-9a-f]{{8}}\.tmp)$"
+        return f"the {found.group('stem')} rotation", re.compile(allowed)
+    found = _REPLACE_JOURNAL.match(name)
+    if found is not None:
+        target = re.escape(found.group("name"))
+        allowed = rf"^(\.)?{target}(?(1)\.k1-[0-9a-f]{{8}}-\d+-[0-9a-f]{{8}}\.tmp)$"
+        return f"the replacing of {found.group('name')}", re.compile(allowed, re.DOTALL)
+    return None
+
+
 def recover(directory: Path) -> dict[str, str]:
-    """Finish every rotation in ``directory`` that a killed process left half done (the caller
-    holds the folder's lock); returns the stems of those that could not be, with why. Never
-    raises: a journal that cannot be read or finished is logged and left as it is."""
+    """Finish every rotation or replacement in ``directory`` that a killed process left half
+    done (the caller holds the folder's lock); returns the names of the journals that could not
+    be, with why. Never raises: a journal that cannot be read or finished is logged and left as
+    it is."""
     stuck = {}
     for name in names(directory):
-        found = _JOURNAL.match(name)
-        if found is None:
+        kind = _journal_kind(name)
+        if kind is None:
             continue
-        stem, journal = found.group("stem"), directory / name
-        moves = _read_journal(journal, stem)
+        (what, allowed), journal = kind, directory / name
+        moves = _read_journal(journal, allowed)
         if moves is None:
-            _log.warning("k1lib: %s is not a rotation journal k1lib wrote; left as it is", journal)
-            stuck[stem] = f"{journal} is not a rotation journal k1lib wrote"
+            noun = "rotation journal" if _JOURNAL.match(name) else "journal"
+            _log.warning("k1lib: %s is not a %s k1lib wrote; left as it is", journal, noun)
+            stuck[name] = f"{journal} is not a {noun} k1lib wrote"
             continue
         left = _pending(directory, moves)
         try:
@@ -300,13 +427,13 @@ def recover(directory: Path) -> dict[str, str]:
             journal.unlink()
             fsync_directory(directory)
         except OSError as e:
-            _log.warning("k1lib: could not finish the %s rotation in %s: %s", stem, directory, e)
-            stuck[stem] = str(e)
+            _log.warning("k1lib: could not finish %s in %s: %s", what, directory, e)
+            stuck[name] = str(e)
             continue
         _log.warning(
-            "k1lib: finished the %s rotation in %s that an earlier process left half done "
+            "k1lib: finished %s in %s that an earlier process left half done "
             "(%d of its %d renames were left to do)",
-            stem,
+            what,
             directory,
             len(left),
             len(moves),
@@ -314,9 +441,9 @@ def recover(directory: Path) -> dict[str, str]:
     return stuck
 
 
-def _read_journal(journal: Path, stem: str) -> list[tuple[str, str]] | None:
+def _read_journal(journal: Path, allowed: re.Pattern[str]) -> list[tuple[str, str]] | None:
     """The journal's moves; ``None`` if it is not one we wrote: a regular file, small, whose
-    moves name only this rotation's slots and temporaries (a journal cannot move other files)."""
+    moves name only what ``allowed`` matches (a journal cannot move other files)."""
     try:
         fd = os.open(journal, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
@@ -335,12 +462,11 @@ def _read_journal(journal: Path, stem: str) -> list[tuple[str, str]] | None:
     moves = content.get("moves")
     if not isinstance(moves, list):
         return None
-    ours = re.compile(rf"^(\.)?{re.escape(stem)}-\d+\.pth(?(1)\.k1-[0-9a-f]{{8}}-\d+-[0-9a-f]{{8}}\.tmp)$")
     checked = []
     for move in moves:
         if not (isinstance(move, list) and len(move) == 2 and all(isinstance(n, str) for n in move)):
             return None
-        if not all(ours.match(n) for n in move):
+        if not all(allowed.fullmatch(n) for n in move):
             return None
         checked.append((move[0], move[1]))
     return checked
@@ -358,13 +484,16 @@ def names(directory: Path) -> list[str]:
 
 
 def clean(directory: Path) -> list[str]:
-    """Remove the temporaries in ``directory`` whose writer is gone (the caller holds the
-    folder's lock and has run ``recover``, so no journal needs one); returns their names."""
+    """Remove the temporaries (files or directories) in ``directory`` whose writer is gone (the
+    caller holds the folder's lock and has run ``recover``); one that a journal left there
+    still names (it could not be finished) is kept. Returns their names."""
     removed = []
     now = time.time()
-    for name in names(directory):
+    listed = names(directory)
+    needed = _named_by_journals(directory, listed)
+    for name in listed:
         found = _TEMPORARY.match(name)
-        if name in _ours or not (found or _OLD_TEMPORARY.match(name)):
+        if name in _ours or name in needed or not (found or _OLD_TEMPORARY.match(name)):
             continue
         path = directory / name
         try:
@@ -377,11 +506,21 @@ def clean(directory: Path) -> list[str]:
             gone = age > _STALE_AFTER_S
         if gone:
             with contextlib.suppress(OSError):
-                path.unlink()
+                _remove(path)
                 removed.append(name)
     if removed:
         _log.info("k1lib: removed %d temporary files killed writers left in %s", len(removed), directory)
     return removed
+
+
+def _named_by_journals(directory: Path, listed: list[str]) -> set[str]:
+    needed: set[str] = set()
+    for name in listed:
+        kind = _journal_kind(name)
+        moves = None if kind is None else _read_journal(directory / name, kind[1])
+        for move in moves or ():
+            needed.update(move)
+    return needed
 
 
 def _running(pid: int) -> bool:

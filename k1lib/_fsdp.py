@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -176,16 +177,18 @@ def check_initialised(model: nn.Module | None) -> None:
 
 
 def reshard(model: nn.Module | None) -> None:
-    """Free the gathered parameters of every FSDP unit of ``model`` and register the shards
+    """Free the gathered parameters of every FSDP unit in ``model`` and register the shards
     again. FSDP2 keeps the root unit gathered after a forward pass (it is needed first in
-    backward): after validation or ``predict`` its parameters are plain tensors that
-    ``l.opt`` does not hold, and a change to them (a freeze) would be lost."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if model is None or not is_sharded(model):
+    backward): after validation or ``predict`` its parameters are plain tensors that ``l.opt``
+    does not hold, a change to them (a freeze) would be lost, and a capture selecting them
+    would hold copies. Local (no collective); nothing to do in a process that never sharded
+    (``torch.distributed.fsdp`` not imported: no import here)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    kind = getattr(fsdp, "FSDPModule", None)
+    if model is None or kind is None:
         return
     for module in unwrap(model).modules():
-        if isinstance(module, FSDPModule):
+        if isinstance(module, kind):
             module.reshard()
 
 

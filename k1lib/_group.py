@@ -27,6 +27,7 @@ class Group:
 
     several = False
     held: BaseException | None = None  # raised on this rank, not agreed yet (never here)
+    broken = False  # the ranks are out of step: no more collectives in this run (never here)
 
     def hold(self, error: BaseException, where: str = "") -> None:
         """What ``error`` becomes until the next agreement: here, raised at once."""

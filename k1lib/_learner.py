@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -353,18 +354,51 @@ class Learner:
         """Write a checkpoint: the state_dicts of the model, the optimizer and each callback, the
         css and the epoch (``torch.save`` to a temporary file, renamed into place). With
         several processes only rank 0 writes (call it on rank 0 alone or on every rank); to
-        ``load`` on the others, wait for the file first (``torch.distributed.barrier()``)."""
+        ``load`` on the others, wait for the file first (``torch.distributed.barrier()``).
+        A model sharded by FSDP (``l.strategy = "fsdp"``, after its first run) writes a
+        directory instead, each rank its shards (``k1lib/_sharded_checkpoint.py``): call it on
+        every rank; it loads on any number of ranks, or in one process into the plain model,
+        and ``k1lib.consolidate`` makes one file of the model's weights from it."""
         from ._checkpoint import checkpoint_of, write
 
+        if _fsdp.is_sharded(self.model):
+            from . import _sharded_checkpoint
+
+            _sharded_checkpoint.save(self, path)
+            return
+        if Path(path).is_dir():
+            from ._checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"{os.fspath(path)!r} is a directory (a sharded checkpoint?); l.model is not sharded, "
+                "so l.save writes one file: give a file name"
+            )
         checkpoint = checkpoint_of(self)
         if self.rank == 0:
             write(checkpoint, path)
 
     def load(self, path: str | os.PathLike[str]) -> Learner:
         """Restore what ``save`` wrote (``torch.load(weights_only=True)``): a resumed run
-        continues as the saved one would have."""
-        from ._checkpoint import load
+        continues as the saved one would have. A sharded checkpoint (a directory) loads on any
+        number of ranks: with ``l.strategy = "fsdp"`` under torchrun the model is sharded first
+        (a collective: call it on every rank; a model built on ``meta`` is materialised), else
+        into the plain model. A single file loads into a model not sharded yet (before the
+        first run; the run then shards it, the optimizer's state too)."""
+        from . import _sharded_checkpoint
+        from ._checkpoint import CheckpointError, load
 
+        if _sharded_checkpoint.is_checkpoint(path):
+            _fsdp.check_initialised(self.model)
+            _fsdp.reshard(self.model)
+            self.shard()
+            _sharded_checkpoint.load(self, path)
+            return self
+        if _fsdp.is_sharded(self.model):
+            raise CheckpointError(
+                f"{os.fspath(path)!r} is one file, and l.model is sharded (FSDP): load a sharded "
+                "checkpoint (a directory l.save wrote under FSDP), or load this file before the "
+                "first run (l.run shards the model and the optimizer's state then)"
+            )
         load(self, path)
         return self
 

@@ -26,6 +26,14 @@ the optimizer step):
   step raises ``RuntimeError``: a row would stand for no batch;
 - rows stay on the device until the block ends (one copy to the host) or ``w.flush()``.
 
+Parameters sharded by FSDP2 (``fully_shard``: ``DTensor`` shards) are recorded whole
+(``ShardedParamCapture``): each rank reduces its shards at ``w.step()`` and the ranks put their
+rows together when the block ends without an exception (a collective: every rank leaves the
+block, as each calls ``w.step()`` as often). Until then ``w.HookParam`` shows the rows of the
+blocks before, and ``w.flush()`` brings none of this block's (no collective: one rank may read
+alone). A block left by an exception drops its HookParam rows: the other ranks may not be
+there to put them together.
+
 Hooks exist only inside the ``with`` block: they are removed when it ends, however it ends (an
 exception, Ctrl-C), with the tensor hooks and retained gradients of a batch cut short. A
 ``Watch`` may be entered again later: its records go on (a new selection is not possible).
@@ -45,12 +53,14 @@ from torch.utils.hooks import RemovableHandle
 
 import modsel
 
+from ._fsdp import reshard
 from ._unwrap import unwrap
 from .callbacks._module_capture import ModuleCapture
 from .callbacks._module_record import ModuleRecord
 from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
 from .callbacks._selection import modules_with, parameters_of, warn_if_empty
+from .callbacks._sharded_params import param_capture
 
 __all__ = ["PROPS", "Watch", "check_props", "selected", "start_captures", "watch"]
 
@@ -80,6 +90,7 @@ def selected(
 ) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Parameter]]]:
     """The modules ``css`` gives ``HookModule`` and the parameters of those it gives
     ``HookParam``, with a warning for a side that is empty (``where``: whose css it is)."""
+    reshard(root)  # FSDP2: select the shards, not a gathered copy
     tree = modsel.select(root, css)  # a bad css raises here, with the caret
     modules = modules_with(tree, "HookModule")
     params = parameters_of(root, modules_with(tree, "HookParam"))
@@ -105,14 +116,14 @@ def start_captures(
             device = next(root.parameters(), torch.empty(0)).device
             capture = ModuleCapture(modules, hook_module, device, grad_only=True)
             capture.install()
-        param_capture = ParamCapture(params, hook_param) if params else None
-        if param_capture is not None:
-            param_capture.start()
+        params_capture = param_capture(params, hook_param) if params else None
+        if params_capture is not None:
+            params_capture.start()
     except BaseException:
         if capture is not None:
             capture.remove()
         raise
-    return capture, param_capture
+    return capture, params_capture
 
 
 class Watch:
@@ -165,10 +176,11 @@ class Watch:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._close()
+        self._close(combine=kind is None)
 
-    def _close(self) -> None:
-        """Remove every hook, bring the rows to the host, let go of the model's tensors."""
+    def _close(self, combine: bool = False) -> None:
+        """Remove every hook, bring the rows to the host (``combine``: sharded parameters'
+        rows put together first, a collective), let go of the model's tensors."""
         hook, self._rootHook = self._rootHook, None
         after, self._rootAfter = self._rootAfter, None
         capture, self._capture = self._capture, None
@@ -178,10 +190,14 @@ class Watch:
                 handle.remove()
         if capture is not None:
             capture.remove()
-        if params is not None:
-            params.stop()
-        self._hookModule.end()
-        self._hookParam.flush()
+        try:
+            if params is not None and combine:
+                params.combine()
+        finally:
+            if params is not None:
+                params.stop()
+            self._hookModule.end()
+            self._hookParam.flush()
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         """A forward pass of the model starts. One without gradients (a validation pass)
@@ -239,7 +255,8 @@ class Watch:
 
     def flush(self) -> None:
         """Copy the rows recorded so far to the host, to read them inside the block (one
-        transfer; the block's end does it anyway)."""
+        transfer; the block's end does it anyway). Sharded parameters' rows come at the
+        block's end only (see the module docstring)."""
         self._hookModule.flush()
         self._hookParam.flush()
 

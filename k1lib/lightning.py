@@ -55,7 +55,9 @@ Checkpoints: ``state_dict`` holds both records (host tensors, plain lists: loada
 ``weights_only=True``) under a ``state_key`` naming the css, so a fit resumed from a
 checkpoint (``trainer.fit(..., ckpt_path=...)``) with a ``Watch`` of the same css continues
 its rows. The batches of a step not yet taken when the checkpoint was written are not in it.
-Under DDP each process records its own batches; checkpoints hold rank 0's.
+Under DDP each process records its own batches; checkpoints hold rank 0's. HookParam of
+parameters sharded across ranks (FSDP's DTensors) is refused at ``on_train_start``: its rows
+must be put together where every rank is (``k1lib.watch`` and the Learner's HookParam do).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from .callbacks._module_capture import ModuleCapture
 from .callbacks._module_record import ModuleRecord
 from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
+from .callbacks._sharded_params import sharded_names
 
 __all__ = ["Watch"]
 
@@ -136,6 +139,13 @@ class Watch(pl.Callback):
         self._close()  # a previous fit that ended without any of our end hooks
         root = unwrap(pl_module)
         modules, params = selected(root, self.css, _WHERE)
+        sharded = sharded_names(params)
+        if sharded:  # their rows would need a collective where every rank is: not wired here
+            raise NotImplementedError(
+                f"k1lib.lightning.Watch: HookParam of parameters sharded across ranks (DTensors, "
+                f"e.g. {sharded[0]!r}) is not supported; leave their modules out of the css's "
+                f"HookParam selection (css {self.css!r})"
+            )
         self._training, self._stepped = True, False
         try:
             self._capture, self._paramCapture = start_captures(

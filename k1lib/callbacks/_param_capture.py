@@ -1,7 +1,10 @@
 """``ParamCapture``: mean, std, min and max of parameters, one row a batch into a
 ``ParamRecord``, on the parameters' device (no host sync; parameters of one shape are reduced
 together by ``_stats.Reducer``). No hooks and no Learner: whoever drives it calls ``end_batch``
-after the optimizer step (HookParam at ``endBatch``, ``k1lib.watch`` at ``w.step()``)."""
+after the optimizer step (HookParam at ``endBatch``, ``k1lib.watch`` at ``w.step()``) and
+``combine`` where every rank is (HookParam at ``endEpoch`` and ``endRun``, the watch at the end
+of its block): nothing here, statistics of sharded parameters (``_sharded_params``) are put
+together there."""
 
 from __future__ import annotations
 
@@ -32,11 +35,16 @@ class ParamCapture:
         if self._views and expected:
             self._record.reserve(expected, self._views[0].device)
 
-    def end_batch(self) -> None:
-        """One row: the statistics of every parameter now."""
+    def end_batch(self, key: int | None = None) -> None:
+        """One row: the statistics of every parameter now. ``key`` (the batch's number) matches
+        the rows of different ranks in a ``ShardedParamCapture``; unused here."""
         views = self._views
         if views:
             self._reducer(views, into=self._record.next_row(views[0].device), key=self._key)
+
+    def combine(self) -> None:
+        """Where the ranks put their rows together (``ShardedParamCapture``): nothing to do
+        for whole parameters."""
 
     def stop(self) -> None:
         """Let go of the parameters."""

@@ -1,9 +1,9 @@
 """``ParamRecord``: HookParam's statistics of parameters (mean, std, min, max), one row per
 training batch, and how to read them.
 
-It stores and reads; ``ParamCapture`` writes its rows (on the device, in ``Rows``) and
-``flush`` brings them to the host. ``l.HookParam`` (the callback is a record) and
-``k1lib.watch``'s ``w.HookParam`` are records.
+It stores and reads; ``ParamCapture`` writes its rows (on the device, in ``Rows``; a
+``ShardedParamCapture`` adds an epoch's at once) and ``flush`` brings them to the host.
+``l.HookParam`` (the callback is a record) and ``k1lib.watch``'s ``w.HookParam`` are records.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class ParamRecord(HookRecord):
     def next_row(self, device: torch.device) -> Tensor:
         """A view of the next row, ``(params, 4)``, for the capture to fill."""
         return self._rows.next(device)
+
+    def extend(self, rows: Tensor) -> None:
+        """Rows computed elsewhere, ``(batches, params, 4)`` on the device (a
+        ``ShardedParamCapture``'s, combined across ranks), after the recorded ones."""
+        self._rows.extend(rows)
 
     def flush(self) -> None:
         """Copy the rows written on the device to the host (one transfer)."""

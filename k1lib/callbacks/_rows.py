@@ -42,17 +42,32 @@ class Rows:
         self._used += 1
         return row
 
-    def flush(self) -> None:
-        """Copy the rows recorded on the device to the host (one transfer)."""
+    def extend(self, block: Tensor) -> None:
+        """Rows written elsewhere, ``(n, *shape)`` on the device, after those recorded (kept as
+        they are, not copied)."""
+        if self._chunks:  # close the current chunk: its unused rows hold no data
+            self._chunks[-1] = self._chunks[-1][: self._used]
+        self._chunks.append(block)
+        self._used = len(block)
+
+    def take(self) -> Tensor | None:
+        """The rows recorded on the device since the last flush or take, in one tensor on the
+        device (None when there are none), and forget them."""
         if not self._chunks:
-            return
+            return None
         used = [c for c in self._chunks[:-1]] + [self._chunks[-1][: self._used]]
         used = [c for c in used if len(c)]
-        if used:
-            block = (torch.cat(used) if len(used) > 1 else used[0]).cpu()
-            self._host.append(block)
-            self._hostRows += len(block)
         self._chunks, self._used = [], 0
+        if not used:
+            return None
+        return torch.cat(used) if len(used) > 1 else used[0]
+
+    def flush(self) -> None:
+        """Copy the rows recorded on the device to the host (one transfer)."""
+        block = self.take()
+        if block is not None:
+            self._host.append(block.cpu())
+            self._hostRows += len(block)
 
     def host(self) -> Tensor:
         """All rows recorded and flushed so far, ``(rows, *shape)`` on the CPU."""

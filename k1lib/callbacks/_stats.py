@@ -17,9 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["STATS", "Reducer"]
+__all__ = ["RESIDUALS", "STATS", "Reducer"]
 
 STATS = ("means", "stds", "mins", "maxs")
+# one more a Reducer may give: the mean of ``x - mean``, what the mean (rounded to the tensor's
+# float dtype) missed, so that ``mean + residual`` in float64 is the mean to far more digits.
+# ShardedParamCapture needs it: combining shards' spreads takes each shard's mean precisely
+# (float32 means of values near 500 are off by 3e-5, enough to spoil a std of 0.01)
+RESIDUALS = "residuals"
 # how a list of tensors is reduced: groups (kind, indices), the gather back to list order, device
 _Groups = list[tuple[str, list[int]]]
 _Plan = tuple[_Groups, "Tensor | None", torch.device]
@@ -37,11 +42,16 @@ def _columns(x: Tensor, names: Sequence[str]) -> Tensor:
     n = x.shape[1]
     mean = x.mean(1, keepdim=True)
     known = {"means": mean}
+    centred = None
+    if RESIDUALS in names:
+        centred = x - mean
+        known[RESIDUALS] = centred.mean(1, keepdim=True)
     if "stds" in names:
         if n > 1 and x.numel() <= _FEW:  # one op, slow per value (Welford)
             known["stds"] = x.std(1, keepdim=True)
         elif n > 1:
-            known["stds"] = torch.linalg.vector_norm(x - mean, dim=1, keepdim=True).mul_(1 / math.sqrt(n - 1))
+            centred = x - mean if centred is None else centred
+            known["stds"] = torch.linalg.vector_norm(centred, dim=1, keepdim=True).mul_(1 / math.sqrt(n - 1))
         else:  # the sample std of one value is undefined; torch would warn
             known["stds"] = torch.full_like(mean, math.nan)
     if "mins" in names or "maxs" in names:
@@ -60,8 +70,9 @@ def _as_float(t: Tensor) -> Tensor:
 class _Early:
     """A large tensor reduced as soon as it was seen (``Reducer.one``), so that it need not be
     kept. ``final`` (CUDA): ``row`` is its statistics. Else ``row`` is its mean and the norm of
-    its deviations from the mean, turned into statistics at the end of the batch together with
-    every other large tensor's (``_Centred``); ``extremes``: its min and max, when asked."""
+    its deviations from the mean (and their mean, when ``RESIDUALS`` are asked), turned into
+    statistics at the end of the batch together with every other large tensor's (``_Centred``);
+    ``extremes``: its min and max, when asked."""
 
     __slots__ = ("extremes", "final", "n", "row")
 
@@ -86,15 +97,21 @@ def _early(t: Tensor, names: Sequence[str]) -> _Early:
         if not x.is_floating_point():
             x = x.float()
         # float16's range ends at 65504: the variance of scaled gradients would overflow
-        std, mean = torch.std_mean(x.float() if x.dtype == torch.float16 else x)
+        wide = x.float() if x.dtype == torch.float16 else x
+        std, mean = torch.std_mean(wide)
         known = {"means": mean, "stds": std}
+        if RESIDUALS in names:  # a pass of its own: std_mean keeps no deviations
+            known[RESIDUALS] = (wide - mean).mean()
         if minmax:
             known["mins"], known["maxs"] = torch.aminmax(x)
         return _Early(x.numel(), torch.stack([known[name] for name in names]).float(), True)
     x = _as_float(x)
     mean = x.mean()
-    row = torch.stack([mean, torch.linalg.vector_norm(x - mean)])
-    return _Early(x.numel(), row, False, torch.aminmax(x) if minmax else None)
+    centred = x - mean
+    moments = [mean, torch.linalg.vector_norm(centred)]
+    if RESIDUALS in names:
+        moments.append(centred.mean())
+    return _Early(x.numel(), torch.stack(moments), False, torch.aminmax(x) if minmax else None)
 
 
 class _Centred:
@@ -118,6 +135,8 @@ class _Centred:
             scale = torch.tensor(sizes, dtype=torch.float64).sub_(1).rsqrt_().to(raw.device, raw.dtype)
             self._counts[sizes] = scale
         known = {"means": raw[:, 0], "stds": raw[:, 1] * scale}
+        if RESIDUALS in names:
+            known[RESIDUALS] = raw[:, 2]
         if "mins" in names or "maxs" in names:
             extremes = [v for e in early for v in e.extremes]  # type: ignore[union-attr]
             if len({v.dtype for v in extremes}) > 1:
@@ -134,7 +153,7 @@ class Reducer:
     for planning once."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        unknown = [n for n in names if n not in STATS]
+        unknown = [n for n in names if n not in (*STATS, RESIDUALS)]
         if unknown or not names:
             raise ValueError(f"unknown statistics {unknown}; choose from {', '.join(STATS)}")
         self.names = tuple(names)

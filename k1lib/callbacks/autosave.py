@@ -34,12 +34,19 @@ class Autosave(Callback):
     ``Learner.record()`` suspends this callback, so recording saves nothing. With several
     processes only rank 0 writes and prints; the run's last agreement comes after, so no rank
     leaves the run before the file is there.
+
+    A sharded model (FSDP2: ``k1lib._fsdp.is_sharded``) is saved by every rank, each slot a
+    directory of the same name (``autosave-2.pth/``, a sharded checkpoint:
+    ``k1lib._sharded_checkpoint``), rotated as the files are: a directory cannot be renamed
+    over another, so the oldest is first renamed aside, in the same journal, and removed after.
+    ``l.load(cb.files()[-1])`` loads either kind.
     """
 
     doc = """
 - cb.directory: the folder the checkpoints go to
 - cb.keep: how many checkpoints the rotation keeps
-- cb.files(): the checkpoints there, oldest first; l.load(cb.files()[-1]) resumes the newest
+- cb.files(): the checkpoints there (files, or directories for a sharded model), oldest first;
+  l.load(cb.files()[-1]) resumes the newest
 - cb.save(): to save now (and rotate)
 """
 
@@ -57,7 +64,7 @@ class Autosave(Callback):
         self._outer: BaseException | None = None
 
     def _path(self, i: int) -> Path:
-        """The file of rotation slot ``i`` (0 is the oldest)."""
+        """The file (or directory) of rotation slot ``i`` (0 is the oldest)."""
         return Path(self.directory) / f"autosave-{i}.pth"
 
     def _slots(self) -> list[Path]:
@@ -69,13 +76,20 @@ class Autosave(Callback):
         from .._checkpoint import finish_rotations
 
         finish_rotations(Path(self.directory))
-        return [p for p in self._slots() if p.is_file()]
+        return [p for p in self._slots() if p.is_file() or p.is_dir()]
 
     def save(self) -> Path:
         """Save the learner as the newest checkpoint, shifting the older ones; returns its path.
-        With several processes, every rank builds the checkpoint and rank 0 writes it."""
+        With several processes, every rank builds the checkpoint and rank 0 writes it; a
+        sharded model's is written by every rank (a collective: every rank calls this)."""
         from .._checkpoint import checkpoint_of, write_rotated
+        from .._fsdp import is_sharded
 
+        if is_sharded(self.learner.model):
+            from .._sharded_checkpoint import save_rotated
+
+            Path(self.directory).mkdir(parents=True, exist_ok=True)
+            return save_rotated(self.learner, self._slots(), "autosave")
         checkpoint = checkpoint_of(self.learner)
         if self.learner.rank != 0:
             return self._path(self.keep - 1)

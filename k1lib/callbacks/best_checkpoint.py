@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .callback import Callback
 from .early_stopping import _Monitor
 
@@ -27,7 +25,8 @@ class BestCheckpoint(Callback):
     the model only: the optimizer and the callbacks keep the last epoch's state) when the run
     ends, however it ended. An unknown ``monitor`` fails as the run starts, listing the
     quantities there are. With several processes every rank decides the same (the quantities
-    are agreed across ranks) and rank 0 writes.
+    are agreed across ranks) and rank 0 writes; a sharded model (FSDP2) is saved by every rank,
+    as a directory (``k1lib._sharded_checkpoint``), and its best weights are kept as shards.
 
     Its state (the best value) is in checkpoints and kept from run to run: a later run saves
     only what beats the earlier runs' best."""
@@ -53,7 +52,7 @@ class BestCheckpoint(Callback):
         self.path, self.monitor, self.mode, self.restoreBest = path, monitor, mode, bool(restoreBest)
         self.bestEpoch: int | None = None
         # the best weights of this run, on the CPU (restoreBest only): no file read at the end
-        self._weights: dict[str, torch.Tensor] | None = None
+        self._weights: dict[str, Any] | None = None
 
     @property
     def best(self) -> float | None:
@@ -77,25 +76,42 @@ class BestCheckpoint(Callback):
         self._monitor.best, self.bestEpoch = value, learner.epoch
         learner.save(self.path)  # after the update: the file holds this callback's new best
         if self.restoreBest:
+            from .._fsdp import is_sharded
             from .._unwrap import unwrap
 
             assert learner.model is not None
+            if is_sharded(learner.model):  # this rank's shards, on the CPU
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+                options = StateDictOptions(cpu_offload=True)
+                self._weights = get_model_state_dict(unwrap(learner.model), options=options)
+                return
             state = unwrap(learner.model).state_dict()
             self._weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     def endRun(self) -> None:
         if not self.restoreBest or self._monitor.best is None:
             return
+        from .._fsdp import is_sharded
         from .._unwrap import unwrap
 
-        learner = self.learner
-        assert learner.model is not None
-        weights = self._weights
-        if weights is None:  # the best is an earlier run's (a resumed run): it is in the file
+        assert self.learner.model is not None
+        model = unwrap(self.learner.model)
+        if self._weights is not None:
+            if is_sharded(model):
+                from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+                set_model_state_dict(model, self._weights)
+            else:
+                model.load_state_dict(self._weights)
+        elif Path(self.path).is_dir():  # an earlier run's best (a resumed run), saved sharded
+            from .._sharded_checkpoint import load_weights
+
+            load_weights(model, self.path)
+        else:  # an earlier run's best (a resumed run): it is in the file
             from .._checkpoint import read
 
-            weights = read(self.path, map_location="cpu")["model"]
-        unwrap(learner.model).load_state_dict(weights)
+            model.load_state_dict(read(self.path, map_location="cpu")["model"])
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._monitor.state_dict(), "best_epoch": self.bestEpoch}

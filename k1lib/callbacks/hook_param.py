@@ -6,16 +6,26 @@ read it) that drives a ``ParamCapture`` at the end of each training batch, after
 Statistics are computed on the parameters' device in a few kernels per batch (parameters of
 one shape are reduced together), kept in preallocated device buffers and copied to the host
 once an epoch: no host sync per batch.
+
+Parameters sharded by FSDP2 (``fully_shard``: ``DTensor`` shards) are recorded whole: each rank
+reduces its shards every batch and the ranks put their rows together at ``endEpoch`` and
+``endRun``, which every rank reaches (``ShardedParamCapture``: a one-number all_reduce and one
+all_gather of every row, per mesh). Reading the record never makes a collective: mid-epoch it
+shows the rows up to the last epoch's end.
+Suspend HookParam on every rank or on none: a rank whose HookParam skips ``endEpoch`` leaves the
+others waiting in its collective.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .._fsdp import reshard
 from .._unwrap import unwrap
 from ._param_capture import ParamCapture
 from ._param_record import ParamRecord, ParamStats, usage
 from ._selection import selected_parameters
+from ._sharded_params import param_capture
 from .callback import Callback
 
 __all__ = ["HookParam", "ParamStats"]
@@ -36,6 +46,7 @@ class HookParam(ParamRecord, Callback):
     def startRun(self) -> None:
         learner = self.learner
         assert learner.model is not None  # check_ready: set for every run
+        reshard(learner.model)  # FSDP2: select the shards, not a gathered copy
         if self._fixed:
             named = dict(unwrap(learner.model).named_parameters())
             missing = [n for n in self.names if n not in named]
@@ -48,7 +59,7 @@ class HookParam(ParamRecord, Callback):
             if not found:
                 self._warnedFor = learner.css
         self.begin([n for n, _ in found])
-        self._capture = ParamCapture(found, self) if found else None
+        self._capture = param_capture(found, self) if found else None
 
     def startEpoch(self) -> None:
         if self._capture is None:
@@ -60,15 +71,28 @@ class HookParam(ParamRecord, Callback):
         self._capture.start(expected)
 
     def endBatch(self) -> None:
-        if self._capture is not None and self.learner.training:
-            self._capture.end_batch()
+        learner = self.learner
+        if self._capture is not None and learner.training:
+            self._capture.end_batch(learner.batch)
 
     def endEpoch(self) -> None:
+        self._combine()
         self.flush()
 
     def endRun(self) -> None:
-        self.flush()
-        self._capture = None
+        try:
+            self._combine()
+            self.flush()
+        finally:
+            if self._capture is not None:
+                self._capture.stop()
+            self._capture = None
+
+    def _combine(self) -> None:
+        """Sharded parameters: the ranks put their rows together (a collective, where every
+        rank is), unless the ranks are out of step (the run makes no more collectives then)."""
+        if self._capture is not None and not self.learner.group.broken:
+            self._capture.combine()
 
     # ---- reading and display ------------------------------------------------------------------------
     def __getitem__(self, index: int | slice) -> Any:

@@ -111,6 +111,7 @@ class ParamFinder(Callback):
         learner restored afterwards (also what the benchmark calls with other schedules)."""
         learner = self.learner
         learner.check_ready()
+        learner.shard()  # FSDP: before the snapshot, which puts the tensors it took back
         assert learner.opt is not None
         test = _RangeTest(_Sweep(values, _ratios(learner.opt.param_groups, param), param))
         with _restored(learner):

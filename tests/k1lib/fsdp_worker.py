@@ -371,6 +371,45 @@ def edges() -> dict[str, Any]:
     return out
 
 
+RESUME_SAMPLES, RESUME_GLOBAL = 96, 16  # 6 global steps an epoch of 16 samples
+
+
+def resume_batches(world: int) -> k1lib.data.Data:
+    """The same samples in the same order, cut into batches of ``RESUME_GLOBAL // world``: a
+    global step is the same 16 samples on any number of ranks (plain lists are dealt as given)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(RESUME_SAMPLES, 6, generator=g)
+    y = torch.sin(x.sum(1))
+    size = RESUME_GLOBAL // world
+    batches = [(x[i : i + size], y[i : i + size]) for i in range(0, RESUME_SAMPLES, size)]
+    return k1lib.data.Data(batches, batches[: 2 * world])
+
+
+def resume_learner(world: int) -> Any:
+    torch.manual_seed(0)
+    l = net_learner(Net())
+    l.data = resume_batches(world)
+    return l
+
+
+def resume_save() -> dict[str, Any]:
+    """One epoch, a sharded checkpoint, then the next epoch: what an uninterrupted run gives."""
+    l = resume_learner(dist.get_world_size())
+    l.run(1)
+    l.save(Path(os.environ["FSDP_RESUME"]) / "ck")
+    l.run(1)
+    return {"final": full(l.model)}
+
+
+def resume_load() -> dict[str, Any]:
+    """The checkpoint of ``resume_save`` (2 ranks) loaded here, then its second epoch."""
+    l = resume_learner(dist.get_world_size())
+    l.load(Path(os.environ["FSDP_RESUME"]) / "ck")
+    sharded = k1lib._fsdp.is_sharded(l.model)
+    l.run(1)
+    return {"final": full(l.model), "sharded before the run": sharded}
+
+
 def scenarios() -> dict[str, Any]:
     return {
         "edges": edges,
@@ -393,8 +432,9 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict[str, Any] = {"world": dist.get_world_size()}
     only = os.environ.get("FSDP_ONLY")  # a comma-separated list of scenarios, when debugging
-    for name, scenario in scenarios().items():
-        if only and name not in only.split(","):
+    chosen = {"resume_save": resume_save, "resume_load": resume_load, **scenarios()}
+    for name, scenario in chosen.items():
+        if (only and name not in only.split(",")) or (not only and name.startswith("resume")):
             continue
         try:
             results[name] = scenario()

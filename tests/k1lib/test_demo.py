@@ -43,3 +43,13 @@ def test_the_demo_under_torchrun_prints_and_writes_once(tmp_path: Path) -> None:
     assert out.count("Suggested param:") == 1 and out.count("Saved to demo/autosave-2.pth") == 1
     assert "Training 2 epochs on 2 processes:" in out
     assert PNGS | {"autosave-2.pth"} <= {p.name for p in (tmp_path / "demo").iterdir()}
+
+
+def test_the_demo_sharded_by_fsdp_trains_and_draws_the_landscape_from_one_file(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = run([*command, "-m", "k1lib", "--strategy", "fsdp", "demo", "--epochs", "2"], tmp_path)
+    assert "Training 2 epochs on 2 processes:" in out and out.count("Loss landscape:") == 1
+    written = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert PNGS | {"autosave-2.pth", "final", "weights.pt"} <= written
+    assert (tmp_path / "demo" / "autosave-2.pth").is_dir()  # each rank wrote its shards
+    assert (tmp_path / "demo" / "final" / "k1lib-manifest.json").is_file()  # a sharded checkpoint

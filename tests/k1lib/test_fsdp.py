@@ -28,11 +28,12 @@ import fsdp_worker  # noqa: E402
 import hf_models  # noqa: E402
 
 
-def launch(out: Path, world: int) -> list[dict[str, Any]]:
+def launch(out: Path, world: int, **extra: str) -> list[dict[str, Any]]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     }
     env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
     command = [
         sys.executable,
         "-m",
@@ -272,3 +273,28 @@ def test_meta_initialisation_refusals_and_failures(ranks: list[dict[str, Any]]) 
         else:
             assert "rank 1 failed sharding l.model" in r["init failing on one rank"]
         assert "sharding or initialising it failed on some rank" in r["init failed, run again"]
+
+
+def test_a_run_saved_on_2_ranks_resumes_on_4_and_on_1_as_if_uninterrupted(tmp_path: Path) -> None:
+    """A sharded checkpoint written by 2 ranks after one epoch, loaded on 4 ranks (DCP
+    reshards; the model is sharded by l.load) and in one process into the plain model: the next
+    epoch on the same global batches ends where the 2-rank run that went on ends."""
+    shared = str(tmp_path)
+    (tmp_path / "two").mkdir()
+    saved = launch(tmp_path / "two", 2, FSDP_ONLY="resume_save", FSDP_RESUME=shared)
+    uninterrupted = scenario(saved, "resume_save")[0]["final"]
+    (tmp_path / "four").mkdir()
+    resumed = scenario(
+        launch(tmp_path / "four", 4, FSDP_ONLY="resume_load", FSDP_RESUME=shared), "resume_load"
+    )
+    for r in resumed:
+        assert r["sharded before the run"]
+        assert_close(r["final"], uninterrupted)
+    alone = fsdp_worker.resume_learner(1)
+    alone.load(tmp_path / "ck")
+    alone.run(1)
+    assert_close({k: v.detach() for k, v in alone.model.state_dict().items()}, uninterrupted)
+    model = fsdp_worker.Net()
+    k1lib.consolidate(tmp_path / "ck", tmp_path / "weights.pt")  # the first epoch's weights, one file
+    model.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    assert not torch.equal(model.head.weight, alone.model.head.weight)

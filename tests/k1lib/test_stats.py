@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k1lib.callbacks._rows import Rows
-from k1lib.callbacks._stats import SMALL, STATS, Reducer
+from k1lib.callbacks._stats import RESIDUALS, SMALL, STATS, Reducer
 
 FAST = settings(max_examples=50, deadline=None)
 # element counts on both sides of SMALL (stacked with others / reduced alone)
@@ -243,6 +243,7 @@ ops = st.lists(
         st.tuples(st.just("next"), st.integers(1, 150)),  # write that many rows
         st.tuples(st.just("flush"), st.just(0)),
         st.tuples(st.just("reserve"), st.integers(0, 100)),  # flush, then reserve that many
+        st.tuples(st.just("extend"), st.integers(1, 70)),  # that many rows made elsewhere
     ),
     max_size=12,
 )
@@ -262,6 +263,10 @@ def test_rows_keep_every_row_across_chunk_growth_and_flushes(ops: list[tuple[str
         elif op == "flush":
             rows.flush()
             flushed = len(written)
+        elif op == "extend":
+            block = torch.arange(len(written), len(written) + n, dtype=torch.float32)[:, None, None]
+            rows.extend(block.expand(n, 2, 3).clone())
+            written.extend(block.expand(n, 2, 3).unbind())
         else:
             for _ in range(n):
                 value = torch.full((2, 3), float(len(written)))
@@ -276,6 +281,19 @@ def test_rows_keep_every_row_across_chunk_growth_and_flushes(ops: list[tuple[str
     expected = torch.stack(written) if written else torch.empty((0, 2, 3))
     torch.testing.assert_close(rows.host(), expected, equal_nan=True)
     assert rows.host().dtype == torch.float32
+
+
+def test_rows_taken_leave_the_device_and_never_reach_the_host() -> None:
+    rows = Rows((2,))
+    assert rows.take() is None
+    rows.reserve(4, torch.device("cpu"))
+    rows.next(torch.device("cpu")).fill_(1)
+    rows.extend(torch.full((2, 2), 2.0))
+    rows.next(torch.device("cpu")).fill_(3)
+    assert rows.take().tolist() == [[1, 1], [2, 2], [2, 2], [3, 3]]  # type: ignore[union-attr]
+    assert rows.take() is None
+    rows.flush()
+    assert len(rows) == 0 and rows.host().shape == (0, 2)
 
 
 def test_rows_of_existing_data_continue() -> None:
@@ -340,3 +358,16 @@ def test_large_tensors_far_from_zero_relative_to_their_spread_keep_an_exact_std(
     got = Reducer(STATS)([t])[0]
     assert abs(got[1].double() - want) <= 1e-3 * want + 1e-7 * t.double().abs().max()
     assert float(got[0]) == pytest.approx(float(t.double().mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("numel", [7, 3000, 20000, SMALL + 1], ids=["welford", "stacked", "norm", "large"])
+def test_residuals_give_the_mean_to_far_more_digits_and_change_nothing_else(numel: int) -> None:
+    # values near 500 with a spread of 0.01: a float32 mean is off by up to ~3e-5; with the
+    # mean of x - mean added (in float64), by about 1e-7 of the spread
+    g = torch.Generator().manual_seed(numel)
+    tensors = [500 + 0.01 * torch.randn(numel, generator=g) for _ in range(2)]
+    both = Reducer((*STATS, RESIDUALS))(tensors)
+    torch.testing.assert_close(both[:, :4], Reducer(STATS)(tensors), rtol=0, atol=0)
+    for t, row in zip(tensors, both, strict=True):
+        truth = t.double().mean()
+        assert abs(row[0].double() + row[4].double() - truth) < 1e-8
