@@ -88,6 +88,13 @@ def check_kwargs(kwargs: object) -> dict[str, Any]:
                 f"l.fsdpKwargs: {key!r} is not an option of fully_shard{hint}; its options are "
                 f"{', '.join(options)}"
             )
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    if isinstance(kwargs.get("offload_policy"), CPUOffloadPolicy) and not torch.accelerator.is_available():
+        raise ValueError(
+            "l.fsdpKwargs: offload_policy=CPUOffloadPolicy() keeps the shards on the CPU and moves each "
+            "unit to the accelerator for its compute, and this machine has no accelerator: leave it out"
+        )
     return kwargs
 
 

@@ -297,6 +297,8 @@ class Tied(nn.Module):
 
 def edges() -> dict[str, Any]:
     """Runs after runs, and what sharding refuses before it changes anything."""
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
     out: dict[str, Any] = {}
     torch.manual_seed(0)
     l = net_learner(Net())
@@ -325,6 +327,7 @@ def edges() -> dict[str, Any]:
         "a ModuleList unit": (Net, "Block: shard\n#blocks: shard", {}),
         "a bad option value": (Net, "Block: shard", {"reshard_after_forward": "yes"}),
         "tied across units": (Tied, "#pre: shard", {}),
+        "offload without an accelerator": (Net, "Block: shard", {"offload_policy": CPUOffloadPolicy()}),
     }
     for name, (make, css, kwargs) in cases.items():
         torch.manual_seed(0)
