@@ -12,7 +12,6 @@ the existing unsharded statistics (``_stats.Reducer``) of the whole parameters
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -355,9 +354,8 @@ def main() -> None:
         "modules": module_scenario(rank),
         "watch": watch_scenario(rank),
         "placements": placements_scenario(rank),
+        "learner": learner_scenario(rank),
     }
-    if os.environ.get("K1LIB_FSDP_LEARNER"):
-        results["learner"] = learner_scenario(rank)
     dist.barrier()
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()

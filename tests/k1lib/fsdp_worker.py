@@ -39,18 +39,6 @@ def full(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-class Seen(k1lib.Callback):
-    """The training batches this rank ran, in order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[dict[str, Tensor]] = []
-
-    def startBatch(self) -> None:
-        if self.learner.training:
-            self.batches.append({k: v.clone() for k, v in self.learner.xb.items()})
-
-
 def learner(css: str, seed: int) -> Any:
     model = hf_models.tiny_lm(seed=seed)
     l = hf_models.lm_learner(model, train=TRAIN, valid=VALID)
@@ -59,7 +47,7 @@ def learner(css: str, seed: int) -> Any:
         l.cbs.remove(name)
     l.css = css
     l.strategy = "fsdp"
-    l.cbs.append(Seen(), "Seen")
+    l.cbs.append(hf_models.Seen(), "Seen")
     return l
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -182,3 +187,23 @@ def first_tensor(output: Any) -> torch.Tensor | None:
         output.values() if isinstance(output, dict) else output if isinstance(output, tuple | list) else ()
     )
     return next((t for t in map(first_tensor, items) if t is not None), None)
+
+
+def torchrun(script: Path, args: list[str], world: int, timeout: int = 300, **env: str) -> None:
+    """Run ``script args`` in ``world`` CPU processes under torchrun (one thread each, ``env``
+    added), failing the test with the output when a rank fails or the launch outlives
+    ``timeout`` seconds (a hang fails, it does not stall CI)."""
+    launched = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
+    launched.update(OMP_NUM_THREADS="1", **env)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+    try:
+        done = subprocess.run(
+            [*command, str(script), *args], env=launched, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(
+            f"{world} processes of {script.name} did not end in {timeout} s (hung?):\n{e.stdout}\n{e.stderr}"
+        )
+    assert done.returncode == 0, f"torchrun ({world}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"

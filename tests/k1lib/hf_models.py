@@ -90,7 +90,7 @@ def weights(model: nn.Module) -> dict[str, Tensor]:
 # ---- DDP ------------------------------------------------------------------------------------------
 
 
-class _Seen(k1lib.Callback):
+class Seen(k1lib.Callback):
     """The training batches this rank ran, in order."""
 
     def __init__(self) -> None:
@@ -112,7 +112,7 @@ def hf_ddp_scenario(rank: int) -> dict[str, Any]:
     for name in ("LossLandscape", "HookParam", "ParamFinder"):
         l.cbs.remove(name)
     l.css = CSS
-    l.cbs.append(_Seen(), "Seen")
+    l.cbs.append(Seen(), "Seen")
     l.run(1)
     hooks = l.HookModule
     return {

@@ -7,8 +7,6 @@ stall CI.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,28 +27,13 @@ sys.path.insert(0, str(WORKER.parent))
 import ddp_worker  # noqa: E402
 import hf_models  # noqa: E402
 
+from .helpers import torchrun  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ddp")
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(WORKER),
-        str(out),
-    ]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the 2-process run did not finish in 300 s (a hang?); output:\n{e.stdout}\n{e.stderr}")
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    torchrun(WORKER, [str(out)], 2)
     found = []
     for rank in range(2):
         results = torch.load(out / f"rank{rank}" / "results.pt", weights_only=False)

@@ -5,8 +5,6 @@ world size and saves what each rank saw; a hang fails the test (timeout), it doe
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,29 +25,11 @@ sys.path.insert(0, str(WORKER.parent))
 import fsdp_worker  # noqa: E402
 import hf_models  # noqa: E402
 
+from .helpers import torchrun  # noqa: E402
+
 
 def launch(out: Path, world: int, **extra: str) -> list[dict[str, Any]]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={world}",
-        str(WORKER),
-        str(out),
-    ]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(
-            f"the {world}-process run did not finish in 400 s (a hang?); output:\n{e.stdout}\n{e.stderr}"
-        )
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    torchrun(WORKER, [str(out)], world, timeout=400, **extra)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

@@ -17,7 +17,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,31 +39,13 @@ sys.path.insert(0, str(WORKER.parent))
 
 import fsdp_checkpoint_worker as worker  # noqa: E402
 
-from .helpers import learner  # noqa: E402
+from .helpers import learner, torchrun  # noqa: E402
 
 LISTING = [".metadata", "__0_0.distcp", "__1_0.distcp", sharded.MANIFEST, sharded.STATE]
 
 
 def launch(ranks: int, phase: str, shared: Path) -> None:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={ranks}",
-        str(WORKER),
-        phase,
-        str(shared),
-    ]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the {ranks}-process {phase} did not finish in 300 s (a hang?):\n{e.stdout}\n{e.stderr}")
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    torchrun(WORKER, [phase, str(shared)], ranks)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,6 @@ on a model sharded over a process group of one.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +34,6 @@ from . import helpers
 
 WORKER = Path(__file__).with_name("fsdp_param_worker.py")
 WORLDS = (2, 3)
-# HookParam in a Learner sharding its model (``l.strategy = "fsdp"``, being written in
-# k1lib/_fsdp.py): True once it lands, and the worker runs that scenario too
-LEARNER = True
 TIMEOUT = 120
 CLOSE = {"rtol": 1e-5, "atol": 1e-6, "equal_nan": True}
 
@@ -203,31 +197,10 @@ def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str,
     """Each world's ranks' results (one launch after the other: at once, they fight over the
     cores and take longer)."""
     pytest.importorskip("torch.distributed.fsdp", reason="needs FSDP2")
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    if LEARNER:
-        env["K1LIB_FSDP_LEARNER"] = "1"
     found = {}
     for world in WORLDS:
         out = tmp_path_factory.mktemp(f"fsdp{world}")
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={world}",
-            str(WORKER),
-            str(out),
-        ]
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"the {world}-process run did not finish in {TIMEOUT} s (a hang?):\n{e.stderr}")
-        assert done.returncode == 0, (
-            f"torchrun ({world}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-        )
+        helpers.torchrun(WORKER, [str(out)], world, timeout=TIMEOUT)
         found[world] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
     return found
 
@@ -347,7 +320,6 @@ def test_replicated_dtensors_need_no_collective_and_two_sharded_dimensions_are_r
 
 
 @distributed
-@pytest.mark.skipif(not LEARNER, reason="enabled when l.strategy = 'fsdp' lands (k1lib/_fsdp.py): LEARNER")
 def test_hook_param_in_a_sharded_learner_records_whole_parameters(
     worlds: dict[int, list[dict[str, Any]]],
 ) -> None:
