@@ -496,6 +496,8 @@ def clean(directory: Path) -> list[str]:
         if name in _ours or name in needed or not (found or _OLD_TEMPORARY.match(name)):
             continue
         path = directory / name
+        if not found and path.is_dir():
+            continue  # the old pattern named files only: a folder of that name is the user's
         try:
             age = now - path.stat().st_mtime
         except OSError:

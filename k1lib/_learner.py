@@ -352,13 +352,15 @@ class Learner:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint: the state_dicts of the model, the optimizer and each callback, the
-        css and the epoch (``torch.save`` to a temporary file, renamed into place). With
+        css and the epoch (``torch.save`` to a temporary file, renamed into place).
+
+        A model sharded by FSDP (``l.strategy = "fsdp"``, after its first run): call it on
+        EVERY rank (called on rank 0 alone it waits for the others until the process group's
+        timeout); it writes a directory, each rank its shards (``k1lib/_sharded_checkpoint.py``),
+        which loads on any number of ranks, or in one process into the plain model, and of
+        which ``k1lib.consolidate`` makes one file of the model's weights. Otherwise, with
         several processes only rank 0 writes (call it on rank 0 alone or on every rank); to
-        ``load`` on the others, wait for the file first (``torch.distributed.barrier()``).
-        A model sharded by FSDP (``l.strategy = "fsdp"``, after its first run) writes a
-        directory instead, each rank its shards (``k1lib/_sharded_checkpoint.py``): call it on
-        every rank; it loads on any number of ranks, or in one process into the plain model,
-        and ``k1lib.consolidate`` makes one file of the model's weights from it."""
+        ``load`` on the others, wait for the file first (``torch.distributed.barrier()``)."""
         from ._checkpoint import checkpoint_of, write
 
         if _fsdp.is_sharded(self.model):
@@ -387,12 +389,17 @@ class Learner:
         from . import _sharded_checkpoint
         from ._checkpoint import CheckpointError, load
 
+        name = os.fspath(path)
         if _sharded_checkpoint.is_checkpoint(path):
             _fsdp.check_initialised(self.model)
             _fsdp.reshard(self.model)
             self.shard()
+            self._check_not_meta(name)
             _sharded_checkpoint.load(self, path)
             return self
+        self._check_not_meta(name)
+        if _fsdp.is_sharded(self.model) and not Path(path).exists():
+            raise CheckpointError(f"{name!r} does not exist")
         if _fsdp.is_sharded(self.model):
             raise CheckpointError(
                 f"{os.fspath(path)!r} is one file, and l.model is sharded (FSDP): load a sharded "
@@ -401,6 +408,19 @@ class Learner:
             )
         load(self, path)
         return self
+
+    def _check_not_meta(self, name: str) -> None:
+        """Refuse to load into a model on the meta device that is not sharded (it would load
+        nothing into it)."""
+        from ._checkpoint import CheckpointError
+
+        model = self.model
+        if model is not None and not _fsdp.is_sharded(model) and any(p.is_meta for p in model.parameters()):
+            raise CheckpointError(
+                f"loading {name!r}: l.model is on the meta device (no memory to load into). Under "
+                "torchrun with l.strategy = 'fsdp', l.load shards and materialises it first; in one "
+                "process, build the model on the CPU"
+            )
 
     def predict(self, loader: Iterable[Any] | None = None) -> Predictions:
         """The model's outputs and the targets over ``loader`` (default: the validation loader),

@@ -32,7 +32,9 @@ rows together when the block ends without an exception (a collective: every rank
 block, as each calls ``w.step()`` as often). Until then ``w.HookParam`` shows the rows of the
 blocks before, and ``w.flush()`` brings none of this block's (no collective: one rank may read
 alone). A block left by an exception drops its HookParam rows: the other ranks may not be
-there to put them together.
+there to put them together (and while one rank leaves by an exception, the others wait for it
+where their blocks end, until the process group's timeout: end every rank's block alike).
+``k1lib.hf.WatchCallback`` and ``k1lib.lightning.Watch`` refuse sharded parameters.
 
 Hooks exist only inside the ``with`` block: they are removed when it ends, however it ends (an
 exception, Ctrl-C), with the tensor hooks and retained gradients of a batch cut short. A
@@ -60,7 +62,7 @@ from .callbacks._module_record import ModuleRecord
 from .callbacks._param_capture import ParamCapture
 from .callbacks._param_record import ParamRecord
 from .callbacks._selection import modules_with, parameters_of, warn_if_empty
-from .callbacks._sharded_params import param_capture
+from .callbacks._sharded_params import param_capture, sharded_names
 
 __all__ = ["PROPS", "Watch", "check_props", "selected", "start_captures", "watch"]
 
@@ -156,6 +158,11 @@ class Watch:
     def HookParam(self) -> ParamRecord:  # noqa: N802 - the callback's name
         """Mean, std, min and max of the selected parameters, one row a step."""
         return self._hookParam
+
+    def sharded_params(self) -> list[str]:
+        """Names of the selected parameters that are FSDP shards (DTensors): their HookParam
+        rows are combined across ranks where the block ends, a collective."""
+        return sharded_names(self._params)
 
     # ---- the block ----------------------------------------------------------------------------------
     def __enter__(self) -> Watch:

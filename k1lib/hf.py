@@ -195,6 +195,13 @@ class WatchCallback(TrainerCallback):
         self.close()
         self._model = kwargs["model"]
         watch = self._bound()
+        sharded = watch.sharded_params()
+        if sharded:  # their rows need a collective where every rank is: not wired to the Trainer
+            raise NotImplementedError(
+                f"{_NAME}: HookParam of parameters sharded across ranks (FSDP's DTensors, e.g. "
+                f"{sharded[0]!r}) is not supported; leave their modules out of the css's HookParam "
+                f"selection (css {self.css!r})"
+            )
         watch.__enter__()
         self._recording = True
 

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .callback import Callback
 from .early_stopping import _Monitor
 
@@ -84,7 +86,11 @@ class BestCheckpoint(Callback):
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
                 options = StateDictOptions(cpu_offload=True)
-                self._weights = get_model_state_dict(unwrap(learner.model), options=options)
+                shards = get_model_state_dict(unwrap(learner.model), options=options)
+                # on a CPU mesh the offload is no copy: the values would follow training
+                self._weights = {
+                    k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in shards.items()
+                }
                 return
             state = unwrap(learner.model).state_dict()
             self._weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

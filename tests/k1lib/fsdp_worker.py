@@ -401,8 +401,42 @@ def resume_load() -> dict[str, Any]:
     return {"final": full(l.model), "sharded before the run": sharded}
 
 
+class Worse(k1lib.Callback):
+    """From epoch 2 on, a learning rate that makes the model worse; keeps each epoch's weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: dict[int, dict[str, Tensor]] = {}
+
+    def startEpoch(self) -> None:
+        if self.learner.epoch == 2:
+            for group in self.learner.opt.param_groups:
+                group["lr"] = 2.0
+
+    def endEpoch(self) -> None:
+        self.weights[self.learner.epoch] = full(self.learner.model)
+
+
+def best() -> dict[str, Any]:
+    """BestCheckpoint(restoreBest=True) on the sharded model puts back the best epoch's weights."""
+    l = resume_learner(dist.get_world_size())  # validation batches on every rank
+    folder = Path(os.environ["FSDP_OUT"]) / "best"
+    l.cbs.append(k1lib.callbacks.BestCheckpoint(folder, monitor="valid loss", restoreBest=True))
+    l.cbs.append(Worse(), "Worse")
+    l.cbs.remove("CancelOnExplosion")
+    l.run(4)
+    end = full(l.model)
+    kept = l.Worse.weights
+    return {
+        "best epoch": l.BestCheckpoint.bestEpoch,
+        "restored": all(torch.equal(end[k], kept[l.BestCheckpoint.bestEpoch][k]) for k in end),
+        "last": all(torch.equal(end[k], kept[3][k]) for k in end),
+    }
+
+
 def scenarios() -> dict[str, Any]:
     return {
+        "best": best,
         "edges": edges,
         "clipped": clipped,
         "finders": finders,
@@ -418,6 +452,7 @@ def scenarios() -> dict[str, Any]:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    os.environ["FSDP_OUT"] = str(out)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -1201,3 +1202,13 @@ def test_a_tiny_file_holding_a_huge_expanded_tensor_is_refused_without_materiali
     out = run.stdout
     assert "refused 'bomb.pth' is corrupted" in out
     assert int(out.split()[-2]) < 100, out
+
+
+def test_loading_into_a_model_on_meta_in_one_process_is_refused(tmp_path: Path) -> None:
+    """It would load nothing (the parameters stay on meta) and report success."""
+    l = learner()
+    l.save(tmp_path / "ck.pth")
+    l.model = copy.deepcopy(l.model).to("meta")
+    l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
+    with pytest.raises(k1lib.CheckpointError, match=r"l\.model is on the meta device"):
+        l.load(tmp_path / "ck.pth")

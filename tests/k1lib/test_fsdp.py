@@ -281,3 +281,9 @@ def test_a_run_saved_on_2_ranks_resumes_on_4_and_on_1_as_if_uninterrupted(tmp_pa
     k1lib.consolidate(tmp_path / "ck", tmp_path / "weights.pt")  # the first epoch's weights, one file
     model.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     assert not torch.equal(model.head.weight, alone.model.head.weight)
+
+
+def test_best_checkpoint_restores_the_best_epoch_of_a_sharded_model(ranks: list[dict[str, Any]]) -> None:
+    for r in scenario(ranks, "best"):
+        assert r["best epoch"] == 1  # epochs 2 and 3 are made worse
+        assert r["restored"] and not r["last"]

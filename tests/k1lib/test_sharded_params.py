@@ -189,6 +189,21 @@ def test_the_lightning_watch_refuses_sharded_parameters() -> None:
         watch.on_train_start(None, module)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("one_rank")
+def test_the_hugging_face_watch_callback_refuses_sharded_parameters() -> None:
+    pytest.importorskip("transformers")
+    from torch.distributed.fsdp import fully_shard
+
+    import k1lib.hf
+
+    module = nn.Sequential(nn.Linear(2, 3))
+    fully_shard(module)
+    cb = k1lib.hf.WatchCallback("*")
+    with pytest.raises(NotImplementedError, match="HookParam of parameters sharded across ranks"):
+        cb.on_train_begin(None, None, None, model=module)  # type: ignore[arg-type]
+    assert not cb._recording  # no hook was put on
+
+
 # ---- several processes ----------------------------------------------------------------------------------
 
 
