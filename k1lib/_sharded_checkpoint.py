@@ -409,6 +409,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{name!r} has no {MANIFEST}: it is not a complete k1lib sharded checkpoint (a save that "
             "did not finish, or a directory written by something else); it is not loaded"
         ) from None
+    except OSError as e:
+        raise CheckpointError(f"{str(where)!r} cannot be read ({type(e).__name__}: {e.strerror})") from None
     try:
         manifest = json.loads(raw)
     except (ValueError, RecursionError):
@@ -450,6 +452,8 @@ def _check_file(path: Path, f: str, expected: Any) -> None:
         raise CheckpointError(
             f"{where!r} is missing: the sharded checkpoint {str(path)!r} is incomplete"
         ) from None
+    except OSError as e:  # a directory where a file should be, no permission, ...
+        raise CheckpointError(f"{where!r} cannot be read ({type(e).__name__}: {e.strerror})") from None
     if found["bytes"] != expected.get("bytes"):
         raise CheckpointError(
             f"{where!r} is truncated or corrupted: {found['bytes']} bytes, {expected.get('bytes')} when saved"

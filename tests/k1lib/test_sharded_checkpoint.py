@@ -240,6 +240,21 @@ def test_the_index_is_unpickled_with_dcps_classes_only(shared: Path, tmp_path: P
     assert_equal(before, worker.snapshot(l))
 
 
+@pytest.mark.parametrize("inside", [".metadata", "k1lib-manifest.json"])
+def test_a_folder_where_a_file_of_the_checkpoint_should_be_is_refused(
+    shared: Path, tmp_path: Path, inside: str
+) -> None:
+    copy = tmp_path / "odd"
+    shutil.copytree(shared / "ck", copy)
+    (copy / inside).unlink()
+    (copy / inside).mkdir()
+    l = worker.sharded_learner(6, sharded_model=False)
+    before = worker.snapshot(l)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(inside)}' cannot be read \(IsADirectoryError"):
+        sharded.load(l, copy)
+    assert_equal(before, worker.snapshot(l))
+
+
 class _RunsCode:
     def __init__(self, path: str) -> None:
         self.path = path
