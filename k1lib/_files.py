@@ -240,6 +240,19 @@ def _journal_of(directory: Path, stem: str) -> Path:
     return directory / f".{stem}.rotation"
 
 
+def _ready(directory: Path, journal: Path, where: str, also: str = "") -> None:
+    """Before a journalled save (holding the folder's lock): finish what killed saves left
+    (``recover``), refusing when ``journal``'s own earlier save could not be finished, then
+    remove stale temporaries (``clean``). ``where`` names the save in the message."""
+    stuck = recover(directory)
+    if journal.name in stuck:
+        raise OSError(
+            f"cannot save {where}: an earlier save there could not be finished "
+            f"({stuck[journal.name]}); fix that, or remove {str(journal)!r} {also}by hand"
+        )
+    clean(directory)
+
+
 def rotate(slots: Sequence[Path], temporary: Path, stem: str) -> Path:
     """Put ``temporary`` (a complete, flushed file from ``write_temporary``, or a complete
     directory from ``temporary_directory``) into the newest of ``slots`` (oldest first, named
@@ -253,14 +266,7 @@ def rotate(slots: Sequence[Path], temporary: Path, stem: str) -> Path:
     journal = _journal_of(directory, stem)
 
     def work() -> Path:
-        stuck = recover(directory)
-        if journal.name in stuck:
-            raise OSError(
-                f"cannot save into the {stem} rotation in {str(directory)!r}: an earlier rotation "
-                f"there could not be finished ({stuck[journal.name]}); fix that, or remove "
-                f"{str(journal)!r} and its files by hand"
-            )
-        clean(directory)
+        _ready(directory, journal, f"into the {stem} rotation in {str(directory)!r}", "and its files ")
         existing = [p for p in slots if p.is_file() or p.is_dir()]
         everything = [*existing, temporary]
         final = everything[-len(slots) :]
@@ -299,13 +305,7 @@ def replace_tree(temporary: Path, target: Path) -> Path:
     journal = directory / f".{target.name}.k1-replacing"
 
     def work() -> Path:
-        stuck = recover(directory)
-        if journal.name in stuck:
-            raise OSError(
-                f"cannot save to {str(target)!r}: an earlier save there could not be finished "
-                f"({stuck[journal.name]}); fix that, or remove {str(journal)!r} by hand"
-            )
-        clean(directory)
+        _ready(directory, journal, f"to {str(target)!r}")
         if not os.path.lexists(target):
             committed.append(True)
             os.replace(temporary, target)

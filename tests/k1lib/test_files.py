@@ -141,7 +141,7 @@ def test_a_journal_that_k1lib_did_not_write_moves_nothing(
     assert "not a rotation journal k1lib wrote" in caplog.text
     assert Path("notes.txt").read_text() == "mine" and marks() == [1]
     with pytest.raises(
-        OSError, match=r"an earlier rotation there could not be finished .*remove '\.autosave\.rotation'"
+        OSError, match=r"an earlier save there could not be finished .*remove '\.autosave\.rotation'"
     ):
         save_marked(l, 2)  # the rotation itself does not guess
     assert marks() == [1]
