@@ -95,9 +95,9 @@ __all__ = [
 
 _LEVELS: tuple[type[CancelException], ...] = (CancelBatchException, CancelEpochException, CancelRunException)
 _ERROR = len(_LEVELS) + 1
-# what an exchange is for (its header's kind): the events, drawing an epoch's order and
-# averaging losses
-_KINDS = {name: i + 1 for i, name in enumerate((*EVENTS, "seed", "average"))}
+# what an exchange is for (its header's kind): the events, drawing an epoch's order,
+# averaging losses and a callback's own collective (``align``)
+_KINDS = {name: i + 1 for i, name in enumerate((*EVENTS, "seed", "average", "combine"))}
 _KIND_NAMES = {kind: name for name, kind in _KINDS.items()}
 # the agreement points inside a batch: riding (``_Rider``), their exchange is the riding one alone
 _IN_BATCH = (_KINDS["startPass"], _KINDS["startBackward"])
@@ -426,6 +426,10 @@ class Session(Group):
 
     def batches_in(self, loader: Any) -> int:
         return batches_per_rank(loader)
+
+    def align(self, what: str) -> None:
+        if not self.broken:
+            self._header(_KINDS[what])
 
     def watch(self, steps: OptimizerStep) -> None:
         self.steps = steps

@@ -83,6 +83,11 @@ class Group:
         """The mean over ranks of one number."""
         return value
 
+    def align(self, what: str) -> None:
+        """Before a collective a callback makes itself (``what``: ``"combine"``, HookParam's rows
+        of sharded parameters): under several processes the ranks first check that they are all
+        there (an ``OutOfStepError`` saying where each was, instead of a hang); here nothing."""
+
     def watch(self, steps: OptimizerStep) -> None:
         """The run's optimizer step: under DDP each exchange checks that every rank has taken
         as many steps and zero_grads (a skip on one rank only would split the models)."""

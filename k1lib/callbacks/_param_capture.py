@@ -42,6 +42,10 @@ class ParamCapture:
         if views:
             self._reducer(views, into=self._record.next_row(views[0].device), key=self._key)
 
+    def exchanges(self) -> bool:
+        """Whether ``combine`` is a collective (``ShardedParamCapture`` of sharded parameters)."""
+        return False
+
     def combine(self) -> None:
         """Where the ranks put their rows together (``ShardedParamCapture``): nothing to do
         for whole parameters."""

@@ -169,6 +169,9 @@ class ShardedParamCapture(ParamCapture):
         self._reducer(views, into=self._mine.next(self._device), key=self._key)
         self._keys.append(len(self._keys) if key is None else key)
 
+    def exchanges(self) -> bool:
+        return bool(self._meshes)
+
     def combine(self) -> None:
         """Put the ranks' rows since the last combine together and add them to the record (on the
         device). A collective on each mesh: every rank of it must call this."""

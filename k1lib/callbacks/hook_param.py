@@ -91,8 +91,12 @@ class HookParam(ParamRecord, Callback):
     def _combine(self) -> None:
         """Sharded parameters: the ranks put their rows together (a collective, where every
         rank is), unless the ranks are out of step (the run makes no more collectives then)."""
-        if self._capture is not None and not self.learner.group.broken:
-            self._capture.combine()
+        group = self.learner.group
+        if self._capture is None or group.broken:
+            return
+        if self._capture.exchanges():
+            group.align("combine")  # ranks out of step raise here instead of hanging below
+        self._capture.combine()
 
     # ---- reading and display ------------------------------------------------------------------------
     def __getitem__(self, index: int | slice) -> Any:

@@ -434,6 +434,20 @@ def best() -> dict[str, Any]:
     }
 
 
+def out_of_step() -> dict[str, Any]:
+    """Rank 0 runs one epoch, the others two, with HookParam on sharded parameters (a
+    collective at each epoch's end): every rank raises saying where each was, none hangs."""
+    torch.manual_seed(0)
+    l = net_learner(Net())
+    l.cbs.withHookParam()
+    l.css = "Block: shard\n#head: HookParam"
+    try:
+        l.run(1 if dist.get_rank() == 0 else 2)
+    except Exception as e:
+        return {"raised": f"{type(e).__name__}: {e}"}
+    return {"raised": None}
+
+
 def scenarios() -> dict[str, Any]:
     return {
         "best": best,
@@ -458,7 +472,12 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict[str, Any] = {"world": dist.get_world_size()}
     only = os.environ.get("FSDP_ONLY")  # a comma-separated list of scenarios, when debugging
-    chosen = {"resume_save": resume_save, "resume_load": resume_load, **scenarios()}
+    chosen = {
+        "resume_save": resume_save,
+        "resume_load": resume_load,
+        **scenarios(),
+        "out_of_step": out_of_step,
+    }
     for name, scenario in chosen.items():
         if (only and name not in only.split(",")) or (not only and name.startswith("resume")):
             continue

@@ -5,6 +5,7 @@ world size and saves what each rank saw; a hang fails the test (timeout), it doe
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,14 @@ def test_best_checkpoint_restores_the_best_epoch_of_a_sharded_model(ranks: list[
     for r in scenario(ranks, "best"):
         assert r["best epoch"] == 1  # epochs 2 and 3 are made worse
         assert r["restored"] and not r["last"]
+
+
+def test_ranks_out_of_step_at_hook_params_combine_raise_instead_of_hanging(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """HookParam's rows of sharded parameters are put together at each epoch's end, a
+    collective: a rank that ran fewer epochs meets the others' next exchange there first."""
+    for r in scenario(ranks, "out_of_step"):
+        assert r["raised"] is not None and r["raised"].startswith("OutOfStepError: the ranks are out of step")
+        assert re.search(r"rank 0: at 'combine' \(epoch 0, batch \d+\)", r["raised"])
+        assert "rank 1: at 'startEpoch' (epoch 1, batch 0)" in r["raised"]
