@@ -394,10 +394,10 @@ class Learner:
             _fsdp.check_initialised(self.model)
             _fsdp.reshard(self.model)
             self.shard()
-            self._check_not_meta(name)
+            self._check_not_meta(name, sharded=True)
             _sharded_checkpoint.load(self, path)
             return self
-        self._check_not_meta(name)
+        self._check_not_meta(name, sharded=False)
         if _fsdp.is_sharded(self.model) and not Path(path).exists():
             raise CheckpointError(f"{name!r} does not exist")
         if _fsdp.is_sharded(self.model):
@@ -409,18 +409,29 @@ class Learner:
         load(self, path)
         return self
 
-    def _check_not_meta(self, name: str) -> None:
+    def _check_not_meta(self, name: str, sharded: bool) -> None:
         """Refuse to load into a model on the meta device that is not sharded (it would load
-        nothing into it)."""
+        nothing into it); ``sharded``: whether ``name`` is a sharded checkpoint."""
         from ._checkpoint import CheckpointError
 
         model = self.model
-        if model is not None and not _fsdp.is_sharded(model) and any(p.is_meta for p in model.parameters()):
+        if model is None or _fsdp.is_sharded(model):
+            return
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return
+        if not sharded and not Path(name).exists():
+            raise CheckpointError(f"{name!r} does not exist")
+        if not sharded and self._strategy == "fsdp" and self.worldSize > 1:
             raise CheckpointError(
-                f"loading {name!r}: l.model is on the meta device (no memory to load into). Under "
-                "torchrun with l.strategy = 'fsdp', l.load shards and materialises it first; in one "
-                "process, build the model on the CPU"
+                f"loading {name!r}: it is one file, and l.model is on the meta device: a model on meta "
+                "loads a sharded checkpoint (a directory l.save wrote under FSDP), which l.load shards "
+                "and materialises it for; to load a file, build the model on the CPU"
             )
+        raise CheckpointError(
+            f"loading {name!r}: l.model is on the meta device (no memory to load into). Under "
+            "torchrun with l.strategy = 'fsdp', l.load of a sharded checkpoint shards and "
+            "materialises it first; in one process, build the model on the CPU"
+        )
 
     def predict(self, loader: Iterable[Any] | None = None) -> Predictions:
         """The model's outputs and the targets over ``loader`` (default: the validation loader),

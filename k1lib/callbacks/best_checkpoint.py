@@ -85,11 +85,12 @@ class BestCheckpoint(Callback):
             if is_sharded(learner.model):  # this rank's shards, on the CPU
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-                options = StateDictOptions(cpu_offload=True)
-                shards = get_model_state_dict(unwrap(learner.model), options=options)
-                # on a CPU mesh the offload is no copy: the values would follow training
+                shards = get_model_state_dict(unwrap(learner.model), options=StateDictOptions())
+                # one copy on the CPU (torch's cpu_offload makes none of shards already there:
+                # they would follow training)
                 self._weights = {
-                    k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in shards.items()
+                    k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in shards.items()
                 }
                 return
             state = unwrap(learner.model).state_dict()

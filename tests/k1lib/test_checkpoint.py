@@ -1212,3 +1212,13 @@ def test_loading_into_a_model_on_meta_in_one_process_is_refused(tmp_path: Path) 
     l.opt = torch.optim.SGD(l.model.parameters(), lr=0.1)
     with pytest.raises(k1lib.CheckpointError, match=r"l\.model is on the meta device"):
         l.load(tmp_path / "ck.pth")
+
+
+def test_loading_into_a_model_with_a_buffer_on_meta_is_refused(tmp_path: Path) -> None:
+    l = learner()
+    l.save(tmp_path / "ck.pth")
+    l.model.register_buffer("scale", torch.ones(1, device="meta"))
+    with pytest.raises(k1lib.CheckpointError, match=r"l\.model is on the meta device"):
+        l.load(tmp_path / "ck.pth")
+    with pytest.raises(k1lib.CheckpointError, match=r"missing\.pth' does not exist"):
+        l.load(tmp_path / "missing.pth")
