@@ -105,7 +105,7 @@ def checkpoint_of(learner: Learner) -> dict[str, Any]:
         "opt": None if opt is None else {"class": class_name(opt), "state": opt.state_dict()},
         **state_of(learner),
     }
-    _check_loadable(checkpoint, "checkpoint")
+    check_loadable(checkpoint, "checkpoint")
     return checkpoint
 
 
@@ -133,19 +133,14 @@ def state_of(learner: Learner) -> dict[str, Any]:
 
 def check_loadable(value: Any, where: str) -> None:
     """Refuse what ``torch.load(weights_only=True)`` would refuse, naming where it is."""
-    _check_loadable(value, where)
-
-
-def _check_loadable(value: Any, where: str) -> None:
-    """Refuse what ``torch.load(weights_only=True)`` would refuse, naming where it is."""
     if isinstance(value, Mapping) and type(value) in (dict, OrderedDict):
         for key, item in value.items():
             if not isinstance(key, str | int):
                 raise CheckpointError(f"{where}: keys must be strings or ints, got {type(key).__name__}")
-            _check_loadable(item, f"{where}.{key}")
+            check_loadable(item, f"{where}.{key}")
     elif type(value) in (list, tuple, torch.Size):
         for i, item in enumerate(value):
-            _check_loadable(item, f"{where}[{i}]")
+            check_loadable(item, f"{where}[{i}]")
     elif not (isinstance(value, torch.Tensor) or type(value) in _LEAVES):
         # exact types: a float subclass such as numpy.float64 passes isinstance but not the load
         raise CheckpointError(
@@ -161,7 +156,7 @@ def write(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     temporary file is removed and ``path`` is as before. Half-done rotations in the folder are
     finished and temporaries that killed writers left there are removed (``_files``)."""
     target = Path(path)
-    _check_folder(target)
+    check_folder(target)
     return _files.replace(_files.write_temporary(target, _serialiser(checkpoint)), target)
 
 
@@ -170,11 +165,12 @@ def write_rotated(checkpoint: Mapping[str, Any], slots: Sequence[Path], stem: st
     one folder), shifting the others (``Autosave``). The new file is complete on disk before
     any file is renamed; a kill at any point is finished by the next save or load in the
     folder (``_files.rotate``)."""
-    _check_folder(slots[-1])
+    check_folder(slots[-1])
     return _files.rotate(slots, _files.write_temporary(slots[-1], _serialiser(checkpoint)), stem)
 
 
-def _check_folder(target: Path) -> None:
+def check_folder(target: Path) -> None:
+    """Refuse a save into a folder that does not exist, naming it."""
     if not target.parent.is_dir():
         raise FileNotFoundError(
             f"cannot save to {str(target)!r}: directory {str(target.parent)!r} does not exist"

@@ -89,6 +89,7 @@ __all__ = [
     "batches_per_rank",
     "group_for",
     "init_from_environment",
+    "initialized",
     "rank",
     "world_size",
 ]
@@ -119,21 +120,22 @@ _UNUSED_YOURS = (
 )
 
 
-def _initialized() -> bool:
+def initialized() -> bool:
+    """Whether a process group is initialised (torch.distributed available and set up)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
     """Processes in the default group; before one is initialised, what ``torchrun`` asks for
     (``WORLD_SIZE``), else 1."""
-    if _initialized():
+    if initialized():
         return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
     """This process's rank (``RANK`` before the group is initialised; 0 in one process)."""
-    if _initialized():
+    if initialized():
         return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
 
@@ -144,7 +146,7 @@ def group_for(learner: Learner, local: bool = False) -> Session | None:
     if local:
         return None
     init_from_environment()
-    if not _initialized() or dist.get_world_size() == 1:
+    if not initialized() or dist.get_world_size() == 1:
         return None
     return Session(learner)
 
@@ -160,7 +162,7 @@ def init_from_environment() -> bool:
     variables) asks for more than one process and none is initialised; True if it did.
     CUDA processes use ``nccl`` for CUDA tensors (on ``cuda:LOCAL_RANK``) and ``gloo`` for CPU
     ones; others ``gloo``."""
-    if _initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_available():
         raise RuntimeError(
@@ -182,7 +184,7 @@ def init_from_environment() -> bool:
 
 
 def _destroy() -> None:
-    if _initialized():
+    if initialized():
         dist.destroy_process_group()
 
 

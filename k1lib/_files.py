@@ -62,6 +62,7 @@ __all__ = [
     "replace_tree",
     "rotate",
     "temporary_directory",
+    "write_bytes",
     "write_temporary",
 ]
 
@@ -154,6 +155,18 @@ def replace(temporary: Path, target: Path) -> Path:
         return _locked(target.parent, work)
     finally:
         _done_with(temporary)
+
+
+def write_bytes(target: Path, content: bytes) -> None:
+    """``content`` as the file ``target``, atomically: a temporary flushed to disk, renamed over
+    it, the folder flushed. Without the folder's lock or its recovery (``replace`` does both):
+    for the small files of a save in progress (a journal, a sharded checkpoint's manifest)."""
+    temporary = write_temporary(target, lambda f: _write_all(f, content))
+    try:
+        os.replace(temporary, target)
+    finally:
+        _done_with(temporary)
+    fsync_directory(target.parent)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -331,13 +344,7 @@ def _journalled(directory: Path, journal: Path, moves: list[tuple[str, str]], co
     """Write ``moves`` to ``journal`` (atomically), then do them, then remove the journal. Once
     the journal is on disk (``committed`` gets an entry) the moves will be done, here or by
     the next ``recover``."""
-    content = json.dumps({"format": _JOURNAL_FORMAT, "moves": moves}).encode()
-    journal_temporary = write_temporary(journal, lambda f: _write_all(f, content))
-    try:
-        os.replace(journal_temporary, journal)
-    finally:
-        _done_with(journal_temporary)
-    fsync_directory(directory)
+    write_bytes(journal, json.dumps({"format": _JOURNAL_FORMAT, "moves": moves}).encode())
     # the commit point: from here on the journal needs the temporary, whatever happens
     committed.append(True)
     _finish(directory, moves)

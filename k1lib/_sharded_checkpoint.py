@@ -54,13 +54,14 @@ import pickle
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
 from . import _checkpoint, _files, _opt_state
 from ._checkpoint import CheckpointError
+from ._distributed import initialized
 from ._fsdp import reshard
 from ._unwrap import unwrap
 
@@ -91,12 +92,6 @@ _MODEL, _OPTIM = "model.", "optim."
 
 
 # ---- agreement between ranks ---------------------------------------------------------------------
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
 
 
 def _agree(step: Callable[[], _T], collective: bool, what: str) -> _T:
@@ -131,13 +126,13 @@ def _agree(step: Callable[[], _T], collective: bool, what: str) -> _T:
 def _rank() -> int:
     import torch.distributed as dist
 
-    return dist.get_rank() if _distributed() else 0
+    return dist.get_rank() if initialized() else 0
 
 
 def _world() -> int:
     import torch.distributed as dist
 
-    return dist.get_world_size() if _distributed() else 1
+    return dist.get_world_size() if initialized() else 1
 
 
 @contextlib.contextmanager
@@ -185,7 +180,7 @@ def save_rotated(learner: Learner, slots: Sequence[Path], stem: str) -> Path:
 
 def _save(learner: Learner, target: Path, put: Callable[[Path], Path]) -> Path:
     name = str(target)
-    collective = _distributed()
+    collective = initialized()
     rank = _rank()
     reshard(learner.model)  # after validation FSDP2 keeps the root unit gathered: its shards again
     pieces = _agree(lambda: _pieces(learner, name), collective, f"saving {name!r}")
@@ -221,10 +216,7 @@ def _save(learner: Learner, target: Path, put: Callable[[Path], Path]) -> Path:
 
 def _check_target(target: Path) -> None:
     """Refuse a save that would replace what is not a checkpoint (a folder of other files)."""
-    if not target.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot save to {str(target)!r}: directory {str(target.parent)!r} does not exist"
-        )
+    _checkpoint.check_folder(target)
     if target.is_dir() and not target.is_symlink():
         if (target / MANIFEST).exists() or not any(target.iterdir()):
             return
@@ -346,17 +338,8 @@ def _hash(path: Path) -> dict[str, Any]:
 def _write_manifest(directory: Path, files: dict[str, Any]) -> None:
     body = {"format": FORMAT, "version": VERSION, "files": dict(sorted(files.items()))}
     content = json.dumps({**body, "digest": _manifest_digest(body)}, indent=1).encode()
-    target = directory / MANIFEST
-    temporary = _files.write_temporary(target, lambda f: _write_all(f, content))
-    try:
-        os.replace(temporary, target)
-    finally:
-        _files.discard(temporary)
-    _files.fsync_directory(directory)  # every file's name in the directory is on disk too
-
-
-def _write_all(f: IO[bytes], content: bytes) -> None:
-    f.write(content)
+    # flushes the directory after: every file's name in it is on disk too
+    _files.write_bytes(directory / MANIFEST, content)
 
 
 def _manifest_digest(body: Mapping[str, Any]) -> str:
@@ -580,7 +563,7 @@ def load(learner: Learner, path: str | os.PathLike[str]) -> None:
 
     directory = Path(path)
     name = str(directory)
-    collective = is_sharded(learner.model) and _distributed()
+    collective = is_sharded(learner.model) and initialized()
     model = _agree(lambda: _checkpoint.model_to_load(name, learner), collective, f"loading {name!r}")
     _verify(directory, collective)
     rest = _read_rest(directory, collective)
@@ -637,7 +620,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     directory = Path(path)
     name = str(directory)
-    collective = is_sharded(model) and _distributed()
+    collective = is_sharded(model) and initialized()
     model = unwrap(model)
     _verify(directory, collective)
     rest = _read_rest(directory, collective)
@@ -773,8 +756,5 @@ def consolidate(path: str | os.PathLike[str], out_file: str | os.PathLike[str]) 
         dcp_load(targets, storage_reader=_reader(directory), no_dist=True)
     state = {k: targets[_MODEL + k] for k in rest["model_tensors"]}
     state.update(rest["model"])
-    if not target.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot write {str(target)!r}: directory {str(target.parent)!r} does not exist"
-        )
+    _checkpoint.check_folder(target)
     return _files.replace(_files.write_temporary(target, lambda f: torch.save(state, f)), target)
